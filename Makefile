@@ -1,0 +1,37 @@
+# make test : create .venv, install the pinned dependencies, build cc/ with CMake, run pytest
+# make demo : the whole job end to end on a simulated log
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: all install build test test-fast demo bench asan clean
+
+all: test
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+install: $(VENV)/.deps
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+
+build: install
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# Skips tests marked slow (the full suite, `make test`, runs them).
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) tests
+
+demo: install
+	$(PY) -m tfrec_kuai.demo
+
+bench: install
+	$(PY) benchmarks/bench_attention.py
+
+clean:
+	rm -rf build *.egg-info tfrec_kuai/*.so

@@ -1,0 +1,1 @@
+"""TF Serving-compatible server and clients."""

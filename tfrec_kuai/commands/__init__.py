@@ -1,0 +1,1 @@
+"""Sub-commands of the tfrec-kuai CLI (see tfrec_kuai.cli)."""
