@@ -1,0 +1,280 @@
+"""Feedback-weighted target attention (DESIGN.md §7): the fused C++ op and its composite twin.
+
+For every batch row ``b`` and head ``h``, over the valid history ``l < lengths[b]`` only::
+
+    p   = softmax_l(scale * <query[b,h], keys[b,l,h]> + bias[b,l,h])
+    out = sum_l p_l * gate[b,l,h] * values[b,l,h]                         # [B, H, Dv]
+
+``lengths[b] == 0`` gives zeros. Two implementations compute the same maths:
+
+* ``"fused"`` - the custom op ``FeedbackWeightedAttention`` from ``_fwa_ops.so`` (built from
+  ``cc/`` by ``pip install --no-build-isolation -e .``), with a fused backward op. It reads only
+  the valid positions, so it is the fast path for training.
+* ``"composite"`` - plain TensorFlow ops. It needs no custom library, so a SavedModel that uses
+  it loads in stock TF Serving (the *portable* export), and it is the reference for the tests.
+
+``"auto"`` (the default) picks ``"fused"`` when the library loads and matches this TensorFlow,
+otherwise ``"composite"`` with one warning per process.
+
+The gradient of the fused op is registered here, in the module that loads the library, so that
+importing ``tfrec_kuai.ops`` before ``tf.saved_model.load`` is all a fine-tuning job needs.
+"""
+import logging
+import math
+import os
+import threading
+import warnings
+
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+__all__ = [
+    "feedback_weighted_attention",
+    "fused_available",
+    "load_op_library",
+    "OpLibraryError",
+    "IMPLEMENTATIONS",
+]
+
+IMPLEMENTATIONS = ("auto", "fused", "composite")
+
+_LOG = logging.getLogger(__name__)
+_LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fwa_ops.so")
+# The op library embeds this marker followed by the TensorFlow version it was compiled against
+# (cc/fwa_tf_op.cc). Reading it from the file *before* loading avoids dlopen-ing a library built
+# for another TensorFlow, which can fail in confusing ways or register ops against a foreign ABI.
+_VERSION_MARKER = b"tfrec_kuai_built_against_tf="
+_FIX = ("rebuild it against the installed TensorFlow with "
+        "`pip install --no-build-isolation -e .` (or `make install`) in the repository root")
+
+_lock = threading.Lock()
+_library = None       # the loaded module once loading succeeded
+_load_error = None    # the OpLibraryError once loading failed (not retried: the answer is stable)
+_warned = False
+
+
+class OpLibraryError(RuntimeError):
+    """The fused op library is missing, unloadable or built for another TensorFlow."""
+
+
+def _built_against_version(path):
+    """The TensorFlow version recorded in the library file, or None when absent."""
+    with open(path, "rb") as f:
+        data = f.read()
+    start = data.find(_VERSION_MARKER)
+    if start < 0:
+        return None
+    start += len(_VERSION_MARKER)
+    end = data.find(b"\0", start)
+    return data[start:end if end >= 0 else start + 64].decode("ascii", "replace")
+
+
+def load_op_library():
+    """Loads ``_fwa_ops.so`` once and returns its op module.
+
+    Raises:
+      OpLibraryError: the library is missing, fails to load, or was compiled against a different
+        TensorFlow than the one imported; the message names the file and the fix.
+    """
+    global _library, _load_error
+    with _lock:
+        if _library is not None:
+            return _library
+        if _load_error is not None:
+            raise _load_error
+        try:
+            if not os.path.exists(_LIBRARY_PATH):
+                raise OpLibraryError(f"the fused attention op library {_LIBRARY_PATH} is missing; {_FIX}")
+            built = _built_against_version(_LIBRARY_PATH)
+            if built != tf.version.VERSION:
+                raise OpLibraryError(
+                    f"the fused attention op library {_LIBRARY_PATH} was built against TensorFlow "
+                    f"{built or 'unknown'}, but TensorFlow {tf.version.VERSION} is imported; {_FIX}")
+            try:
+                _library = tf.load_op_library(_LIBRARY_PATH)
+            except (tf.errors.OpError, OSError) as e:
+                raise OpLibraryError(f"could not load the fused attention op library {_LIBRARY_PATH} "
+                                     f"({e}); {_FIX}") from e
+        except OpLibraryError as e:
+            _load_error = e
+            raise
+        return _library
+
+
+def fused_available():
+    """True when the fused op library loads and matches the imported TensorFlow."""
+    try:
+        load_op_library()
+        return True
+    except OpLibraryError:
+        return False
+
+
+def _warn_fallback(error):
+    """One warning per process: the fallback is slower but correct, so it must not be silent."""
+    global _warned
+    with _lock:
+        if _warned:
+            return
+        _warned = True
+    message = f"feedback_weighted_attention: using the composite (pure TF) implementation because {error}"
+    _LOG.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+@tf.RegisterGradient("FeedbackWeightedAttention")
+def _feedback_weighted_attention_grad(op, grad):
+    """One fused backward op gives the gradients of all five float inputs (none for lengths)."""
+    lib = load_op_library()
+    q, k, v, bias, gate, lengths = op.inputs
+    dq, dk, dv, dbias, dgate = lib.feedback_weighted_attention_grad(
+        grad=grad, query=q, keys=k, values=v, bias=bias, gate=gate, lengths=lengths,
+        scale=op.get_attr("scale"))
+    return dq, dk, dv, dbias, dgate, None
+
+
+def _invalid(message):
+    return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def _check_static_shapes(query, keys, values, bias, gate, lengths):
+    """Rejects shapes that are wrong already at trace time, naming the input.
+
+    Dynamic dimensions are checked by the fused kernel at run time (and by the composite's
+    assertions on ``lengths``); this catches the common mistakes early and with a clear message.
+    """
+    ranks = {"query": 3, "keys": 4, "values": 4, "bias": 3, "gate": 3, "lengths": 1}
+    tensors = {"query": query, "keys": keys, "values": values, "bias": bias, "gate": gate,
+               "lengths": lengths}
+    for name, rank in ranks.items():
+        r = tensors[name].shape.rank
+        if r is not None and r != rank:
+            raise _invalid(f"{name} must have rank {rank}, got shape {tensors[name].shape}")
+
+    def dim(t, i):
+        return t.shape[i] if t.shape.rank is not None else None
+
+    # (name, axis) pairs that must agree: B, L, H, D.
+    groups = {
+        "B (batch)": [("query", 0), ("keys", 0), ("values", 0), ("bias", 0), ("gate", 0), ("lengths", 0)],
+        "L (history)": [("keys", 1), ("values", 1), ("bias", 1), ("gate", 1)],
+        "H (heads)": [("query", 1), ("keys", 2), ("values", 2), ("bias", 2), ("gate", 2)],
+        "D (key depth)": [("query", 2), ("keys", 3)],
+    }
+    for what, members in groups.items():
+        ref_name, ref_value = None, None
+        for name, axis in members:
+            d = dim(tensors[name], axis)
+            if d is None:
+                continue
+            if ref_value is None:
+                ref_name, ref_value = name, d
+            elif d != ref_value:
+                raise _invalid(f"{name} has {what} = {d} in dimension {axis}, but {ref_name} has {ref_value}; "
+                               f"shapes: query {query.shape}, keys {keys.shape}, values {values.shape}, "
+                               f"bias {bias.shape}, gate {gate.shape}, lengths {lengths.shape}")
+
+
+def _default_scale(query):
+    d = query.shape[-1] if query.shape.rank is not None else None
+    if d is None:
+        return None
+    return 1.0 / math.sqrt(d) if d > 0 else 1.0
+
+
+def _composite(query, keys, values, bias, gate, lengths, scale):
+    """The same maths in plain TF ops: the portable (stock TF Serving) path and the reference.
+
+    Padding positions are replaced by zeros with ``tf.where`` *before* any arithmetic, so
+    whatever they hold (even NaN or inf) never reaches the result and they get exactly zero
+    gradient. The masked logits use the dtype's lowest finite value rather than ``-inf``, so an
+    all-padding row (``lengths == 0``) gives zeros instead of NaN.
+    """
+    dtype = query.dtype
+    num_positions = tf.shape(keys)[1]
+    lengths = tf.cast(lengths, tf.int32)
+    with tf.control_dependencies([
+            tf.debugging.assert_non_negative(lengths, message="lengths must be >= 0"),
+            tf.debugging.assert_less_equal(lengths, num_positions,
+                                           message="lengths must be <= L (keys.shape[1])")]):
+        valid = tf.sequence_mask(lengths, num_positions)                 # [B, L]
+    valid3 = valid[:, :, tf.newaxis]                                      # [B, L, 1]
+    valid4 = valid3[..., tf.newaxis]                                      # [B, L, 1, 1]
+    keys = tf.where(valid4, keys, tf.zeros([], dtype))
+    values = tf.where(valid4, values, tf.zeros([], dtype))
+    bias = tf.where(valid3, bias, tf.zeros([], dtype))
+    gate = tf.where(valid3, gate, tf.zeros([], dtype))
+
+    logits = tf.einsum("bhd,blhd->blh", query, keys) * tf.cast(scale, dtype) + bias
+    logits = tf.where(valid3, logits, tf.cast(dtype.min, dtype))
+    logits -= tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))
+    weights = tf.where(valid3, tf.exp(logits), tf.zeros([], dtype))
+    denom = tf.reduce_sum(weights, axis=1, keepdims=True)
+    probs = weights / tf.where(denom > 0, denom, tf.ones([], dtype))   # [B, L, H]
+    return tf.einsum("blh,blhv->bhv", probs * gate, values)
+
+
+def _fused(query, keys, values, bias, gate, lengths, scale):
+    lib = load_op_library()
+    return lib.feedback_weighted_attention(
+        query=query, keys=keys, values=values, bias=bias, gate=gate,
+        lengths=tf.cast(lengths, tf.int32), scale=float(scale))
+
+
+def feedback_weighted_attention(query, keys, values, bias, gate, lengths, scale=None, implementation="auto"):
+    """Target attention over a history whose positions carry a feedback bias and a signed gate.
+
+    Args:
+      query: ``[B, H, D]`` float32, the target (one query per head).
+      keys: ``[B, L, H, D]`` float32, the history tokens' keys.
+      values: ``[B, L, H, Dv]`` float32.
+      bias: ``[B, L, H]`` float32, added to the logits (what the feedback says about attention).
+      gate: ``[B, L, H]`` float32, multiplies each value; negative pushes away from that item.
+      lengths: ``[B]`` int32 (int64 is cast), each in ``[0, L]``; positions ``l >= lengths[b]`` are
+        padding and are never read.
+      scale: logit scale; ``None`` means ``1/sqrt(D)``.
+      implementation: ``"auto"`` (fused when the op library loads, else composite with a
+        warning), ``"fused"`` (raise ``OpLibraryError`` when the library is unavailable) or
+        ``"composite"`` (plain TF ops; what a portable SavedModel must use).
+
+    Returns:
+      ``[B, H, Dv]`` float32.
+
+    Raises:
+      tf.errors.InvalidArgumentError: a wrong rank, mismatched dimensions, a non-float32 input or
+        a length outside ``[0, L]`` (at trace time where shapes are static, else at run time),
+        naming the input.
+      OpLibraryError: ``implementation="fused"`` and the op library is unavailable.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    with tf.name_scope("feedback_weighted_attention"):
+        named = {}
+        for name, t in (("query", query), ("keys", keys), ("values", values), ("bias", bias), ("gate", gate)):
+            t = tf.convert_to_tensor(t)
+            if t.dtype != tf.float32:
+                raise _invalid(f"{name} must be float32, got {t.dtype.name}")
+            named[name] = t
+        lengths = tf.convert_to_tensor(lengths)
+        if lengths.dtype not in (tf.int32, tf.int64):
+            raise _invalid(f"lengths must be int32 (or int64), got {lengths.dtype.name}")
+        query, keys, values, bias, gate = (named[n] for n in ("query", "keys", "values", "bias", "gate"))
+        _check_static_shapes(query, keys, values, bias, gate, lengths)
+
+        if scale is None:
+            scale = _default_scale(query)
+            if scale is None:
+                if implementation == "fused":
+                    raise ValueError("scale=None needs a static last dimension of query (D); pass scale")
+                scale = tf.math.rsqrt(tf.cast(tf.shape(query)[-1], tf.float32))
+
+        if implementation == "auto":
+            try:
+                load_op_library()
+                implementation = "fused" if not isinstance(scale, tf.Tensor) else "composite"
+            except OpLibraryError as e:
+                _warn_fallback(e)
+                implementation = "composite"
+        if implementation == "fused":
+            return _fused(query, keys, values, bias, gate, lengths, scale)
+        return _composite(query, keys, values, bias, gate, lengths, scale)
