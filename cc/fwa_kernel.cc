@@ -1,0 +1,167 @@
+// Kernel core of the feedback-weighted attention (see fwa_kernel.h for the maths and layouts).
+//
+// Per (b, h) unit the work is a few short passes over the valid positions only:
+//   forward:  logits (reads keys) -> max, exp, sum -> weighted sum of values (reads values)
+//   backward: logits again (keys, then cached in L1/L2 for dq/dk) -> u_l = <dout, v_l> and
+//             dv_l in the same pass over values -> ds_l -> dk_l and dq in one pass over keys.
+// The loops over D and Dv are contiguous in memory and carry `omp simd` (enabled by
+// -fopenmp-simd, no OpenMP runtime) so that the compiler vectorises the dot-product reductions,
+// which it may not reorder on its own under strict IEEE semantics.
+#include "fwa_kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace tfrec_kuai {
+namespace {
+
+inline float Dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+inline void Axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+inline void Scaled(float alpha, const float* __restrict x, float* __restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = alpha * x[i];
+}
+
+// Valid length of row b, clamped so that a caller that skipped FwaCheckLengths still cannot
+// make the kernel read outside the arrays.
+inline int64_t ValidLength(const FwaInputs& in, int64_t b) {
+  const int64_t n = in.lengths[b];
+  return std::min<int64_t>(std::max<int64_t>(n, 0), in.shape.length);
+}
+
+// Softmax probabilities of unit (b, h) over its n > 0 valid positions, into p[0..n).
+void Probabilities(const FwaInputs& in, int64_t b, int64_t h, int64_t n, float* __restrict p) {
+  const FwaShape& s = in.shape;
+  const int64_t row = s.heads;                      // stride of bias/gate between positions
+  const int64_t krow = s.heads * s.depth;           // stride of keys between positions
+  const float* q = in.query + (b * s.heads + h) * s.depth;
+  const float* k = in.keys + (b * s.length * s.heads + h) * s.depth;
+  const float* bias = in.bias + b * s.length * s.heads + h;
+  float max_logit = -std::numeric_limits<float>::infinity();
+  for (int64_t l = 0; l < n; ++l) {
+    const float logit = in.scale * Dot(q, k + l * krow, s.depth) + bias[l * row];
+    p[l] = logit;
+    max_logit = std::max(max_logit, logit);
+  }
+  // A +inf or NaN logit (from inf/NaN inputs) would make every probability NaN; that is the
+  // honest answer for such inputs and matches the composite, so it is not masked here.
+  float sum = 0.0f;
+  for (int64_t l = 0; l < n; ++l) {
+    p[l] = std::exp(p[l] - max_logit);
+    sum += p[l];
+  }
+  const float inv = 1.0f / sum;  // sum >= 1: the max position contributes exp(0)
+#pragma omp simd
+  for (int64_t l = 0; l < n; ++l) p[l] *= inv;
+}
+
+}  // namespace
+
+std::string FwaCheckLengths(const int32_t* lengths, int64_t batch, int64_t length) {
+  for (int64_t b = 0; b < batch; ++b) {
+    if (lengths[b] < 0 || lengths[b] > length) {
+      return "lengths[" + std::to_string(b) + "] = " + std::to_string(lengths[b]) + " is outside [0, L = " +
+             std::to_string(length) + "]";
+    }
+  }
+  return std::string();
+}
+
+int64_t FwaForwardCostPerUnit(const FwaShape& s) {
+  // ~2 flops per key and value element plus an exp (~20 cycles) per position.
+  return std::max<int64_t>(1, s.length * (2 * s.depth + 2 * s.value_depth + 24));
+}
+
+int64_t FwaBackwardCostPerUnit(const FwaShape& s) {
+  return std::max<int64_t>(1, s.length * (6 * s.depth + 4 * s.value_depth + 32));
+}
+
+void FwaForward(const FwaInputs& in, float* out, int64_t begin, int64_t end) {
+  const FwaShape& s = in.shape;
+  std::vector<float> p(static_cast<size_t>(std::max<int64_t>(s.length, 1)));
+  const int64_t row = s.heads;
+  const int64_t vrow = s.heads * s.value_depth;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t b = unit / s.heads;
+    const int64_t h = unit % s.heads;
+    float* o = out + unit * s.value_depth;
+    std::fill(o, o + s.value_depth, 0.0f);
+    const int64_t n = ValidLength(in, b);
+    if (n == 0) continue;
+    Probabilities(in, b, h, n, p.data());
+    const float* v = in.values + (b * s.length * s.heads + h) * s.value_depth;
+    const float* gate = in.gate + b * s.length * s.heads + h;
+    for (int64_t l = 0; l < n; ++l) Axpy(p[l] * gate[l * row], v + l * vrow, o, s.value_depth);
+  }
+}
+
+void FwaBackward(const FwaInputs& in, const float* grad_out, const FwaGradients& grads, int64_t begin,
+                 int64_t end) {
+  const FwaShape& s = in.shape;
+  const size_t len = static_cast<size_t>(std::max<int64_t>(s.length, 1));
+  std::vector<float> p(len), u(len);
+  const int64_t row = s.heads;
+  const int64_t krow = s.heads * s.depth;
+  const int64_t vrow = s.heads * s.value_depth;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t b = unit / s.heads;
+    const int64_t h = unit % s.heads;
+    const int64_t n = ValidLength(in, b);
+    const int64_t kv_base = b * s.length * s.heads + h;  // index of (b, l=0, h) in [B,L,H]
+    const float* q = in.query + unit * s.depth;
+    const float* k = in.keys + kv_base * s.depth;
+    const float* v = in.values + kv_base * s.value_depth;
+    const float* gate = in.gate + kv_base;
+    const float* go = grad_out + unit * s.value_depth;
+    float* dq = grads.query + unit * s.depth;
+    float* dk = grads.keys + kv_base * s.depth;
+    float* dv = grads.values + kv_base * s.value_depth;
+    float* dbias = grads.bias + kv_base;
+    float* dgate = grads.gate + kv_base;
+
+    std::fill(dq, dq + s.depth, 0.0f);
+    // Padding positions get exact zeros (they never influenced the output).
+    for (int64_t l = n; l < s.length; ++l) {
+      std::memset(dk + l * krow, 0, sizeof(float) * s.depth);
+      std::memset(dv + l * vrow, 0, sizeof(float) * s.value_depth);
+      dbias[l * row] = 0.0f;
+      dgate[l * row] = 0.0f;
+    }
+    if (n == 0) continue;
+
+    Probabilities(in, b, h, n, p.data());
+    // u_l = <dout, v_l>; dv_l = p_l g_l dout; dgate_l = p_l u_l; c = sum_l p_l g_l u_l = <dout, out>.
+    float c = 0.0f;
+    for (int64_t l = 0; l < n; ++l) {
+      const float ul = Dot(go, v + l * vrow, s.value_depth);
+      const float pg = p[l] * gate[l * row];
+      Scaled(pg, go, dv + l * vrow, s.value_depth);
+      dgate[l * row] = p[l] * ul;
+      u[l] = ul;
+      c += pg * ul;
+    }
+    // Softmax backward: ds_l = p_l (g_l u_l - c); dbias = ds; dk_l = scale ds_l q; dq = scale sum ds_l k_l.
+    for (int64_t l = 0; l < n; ++l) {
+      const float ds = p[l] * (gate[l * row] * u[l] - c);
+      dbias[l * row] = ds;
+      const float sds = in.scale * ds;
+      Scaled(sds, q, dk + l * krow, s.depth);
+      Axpy(sds, k + l * krow, dq, s.depth);
+    }
+  }
+}
+
+}  // namespace tfrec_kuai
