@@ -1,0 +1,230 @@
+"""Dynamic batching: concurrent requests to one signature are concatenated and run as one call.
+
+A model call has a fixed cost (Python dispatch, kernel launches, a matmul that is no wider for 1
+row than for 16), so merging the requests that arrive within ``batch_timeout_micros`` of each
+other into one call of up to ``max_batch_size`` rows raises throughput under concurrency. The
+knobs are TF Serving's ``BatchingParameters`` (text format, ``--batching_parameters_file``); the
+proto is not shipped in the ``tensorflow-serving-api`` wheel, so its schema is declared here with
+TF Serving's field names and numbers.
+"""
+import collections
+import threading
+import time
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, text_format, wrappers_pb2  # noqa: F401
+from google.protobuf import message_factory
+
+from serving.errors import ServingError, invalid_argument
+
+
+def _batching_parameters_class():
+    """BatchingParameters of tensorflow_serving/servables/tensorflow/session_bundle_config.proto."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(descriptor_pb2.FileDescriptorProto.FromString(
+        wrappers_pb2.DESCRIPTOR.serialized_pb).SerializeToString())
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="tfrec_kuai_serving/batching_parameters.proto", package="tensorflow.serving",
+        dependency=["google/protobuf/wrappers.proto"], syntax="proto3")
+    message = file_proto.message_type.add(name="BatchingParameters")
+    F = descriptor_pb2.FieldDescriptorProto
+    fields = [
+        ("max_batch_size", 1, ".google.protobuf.Int64Value"),
+        ("batch_timeout_micros", 2, ".google.protobuf.Int64Value"),
+        ("max_enqueued_batches", 3, ".google.protobuf.Int64Value"),
+        ("num_batch_threads", 4, ".google.protobuf.Int64Value"),
+        ("thread_pool_name", 5, ".google.protobuf.StringValue"),
+        ("allowed_batch_sizes", 6, None),
+        ("pad_variable_length_inputs", 7, None),
+        ("enable_large_batch_splitting", 8, ".google.protobuf.BoolValue"),
+        ("max_execution_batch_size", 9, ".google.protobuf.Int64Value"),
+    ]
+    for name, number, type_name in fields:
+        field = message.field.add(name=name, number=number, json_name=name)
+        if name == "allowed_batch_sizes":
+            field.type, field.label = F.TYPE_INT64, F.LABEL_REPEATED
+        elif name == "pad_variable_length_inputs":
+            field.type, field.label = F.TYPE_BOOL, F.LABEL_OPTIONAL
+        else:
+            field.type, field.label, field.type_name = F.TYPE_MESSAGE, F.LABEL_OPTIONAL, type_name
+    pool.Add(file_proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+BatchingParameters = _batching_parameters_class()
+
+
+class BatchingOptions:
+    """The effective batching knobs (TF Serving's defaults where the file leaves one out)."""
+
+    def __init__(self, max_batch_size=32, batch_timeout_micros=1000, max_enqueued_batches=100,
+                 num_batch_threads=2, allowed_batch_sizes=(), pad_variable_length_inputs=False):
+        self.max_batch_size = int(max_batch_size)
+        self.batch_timeout_micros = int(batch_timeout_micros)
+        self.max_enqueued_batches = int(max_enqueued_batches)
+        self.num_batch_threads = max(1, int(num_batch_threads))
+        self.allowed_batch_sizes = tuple(int(s) for s in allowed_batch_sizes)
+        self.pad_variable_length_inputs = bool(pad_variable_length_inputs)
+        if self.allowed_batch_sizes:
+            if list(self.allowed_batch_sizes) != sorted(self.allowed_batch_sizes) or \
+                    self.allowed_batch_sizes[-1] != self.max_batch_size:
+                raise ValueError("allowed_batch_sizes must increase and end with max_batch_size")
+
+    @classmethod
+    def from_text(cls, text):
+        """Parse a text-format BatchingParameters proto."""
+        params = text_format.Parse(text, BatchingParameters())
+        kwargs = {}
+        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+            if params.HasField(name):
+                kwargs[name] = getattr(params, name).value
+        kwargs["allowed_batch_sizes"] = list(params.allowed_batch_sizes)
+        kwargs["pad_variable_length_inputs"] = params.pad_variable_length_inputs
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path):
+        with open(path) as f:
+            return cls.from_text(f.read())
+
+    def __repr__(self):
+        return (f"BatchingOptions(max_batch_size={self.max_batch_size}, batch_timeout_micros="
+                f"{self.batch_timeout_micros}, max_enqueued_batches={self.max_enqueued_batches}, "
+                f"num_batch_threads={self.num_batch_threads}, allowed_batch_sizes={list(self.allowed_batch_sizes)})")
+
+
+class _Task:
+    __slots__ = ("inputs", "size", "key", "enqueued", "done", "outputs", "error")
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+        self.size = next(iter(inputs.values())).shape[0]
+        # Requests merge only when every input agrees on dtype and the non-batch dimensions.
+        self.key = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
+        self.enqueued = time.monotonic()
+        self.done = threading.Event()
+        self.outputs = None
+        self.error = None
+
+
+class Batcher:
+    """Queues requests for one signature; ``num_batch_threads`` workers each run merged batches."""
+
+    def __init__(self, run, options, name="batcher"):
+        self._run = run
+        self.options = options
+        self.name = name
+        self._queue = collections.deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._histogram = collections.Counter()  # batch size -> number of calls
+        self._threads = [threading.Thread(target=self._worker, name=f"{name}#{i}", daemon=True)
+                         for i in range(options.num_batch_threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, inputs):
+        """Run ``inputs`` (already validated) as part of a batch; blocks until its rows are back."""
+        task = _Task(inputs)
+        if task.size > self.options.max_batch_size:
+            raise invalid_argument(
+                f"Task size {task.size} is larger than maximum input batch size {self.options.max_batch_size}")
+        with self._cond:
+            if self._closed:  # an old version being unloaded: serve the straggler directly
+                closed = True
+            else:
+                closed = False
+                limit = self.options.max_enqueued_batches * self.options.max_batch_size
+                if self._queued_rows + task.size > limit:
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                       "The batch scheduling queue to which this task was submitted is full")
+                self._queue.append(task)
+                self._queued_rows += task.size
+                self._cond.notify()
+        if closed:
+            return self._run(inputs)
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        return task.outputs
+
+    def _take_batch(self):
+        """Wait for a first task, then gather compatible tasks until full or the timeout passes."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            batch, rows = [first], first.size
+            deadline = first.enqueued + self.options.batch_timeout_micros / 1e6
+            while rows < self.options.max_batch_size:
+                for task in list(self._queue):
+                    if task.key == first.key and rows + task.size <= self.options.max_batch_size:
+                        self._queue.remove(task)
+                        batch.append(task)
+                        rows += task.size
+                remaining = deadline - time.monotonic()
+                if rows >= self.options.max_batch_size or remaining <= 0 or self._closed:
+                    break
+                self._cond.wait(remaining)
+            self._queued_rows -= rows
+            return batch
+
+    def _padded_size(self, rows):
+        for size in self.options.allowed_batch_sizes:
+            if size >= rows:
+                return size
+        return rows
+
+    def _worker(self):
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            try:
+                self._execute(batch)
+            except ServingError as error:
+                for task in batch:
+                    task.error = error
+            except Exception as error:  # never let one bad batch kill the worker thread
+                for task in batch:
+                    task.error = ServingError(grpc.StatusCode.INTERNAL, f"batch failed: {error}")
+            for task in batch:
+                task.done.set()
+
+    def _execute(self, batch):
+        rows = sum(task.size for task in batch)
+        padded = self._padded_size(rows)
+        if len(batch) == 1 and padded == rows:
+            merged = batch[0].inputs
+        else:
+            merged = {}
+            for key in batch[0].inputs:
+                parts = [task.inputs[key] for task in batch]
+                if padded > rows:  # pad by repeating the first row; the extra rows are dropped
+                    parts.append(np.repeat(parts[0][:1], padded - rows, axis=0))
+                merged[key] = np.concatenate(parts, axis=0)
+        outputs = self._run(merged)
+        bad = [k for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != padded]
+        if bad:
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               f"batched outputs {bad} do not have the batch's {padded} rows in dimension 0")
+        self._histogram[rows] += 1
+        offset = 0
+        for task in batch:
+            task.outputs = {k: v[offset:offset + task.size] for k, v in outputs.items()}
+            offset += task.size
+
+    def stats(self):
+        """{'calls': n, 'requests_rows': n, 'max_batch': n, 'histogram': {size: calls}}."""
+        histogram = dict(self._histogram)
+        return {"calls": sum(histogram.values()), "rows": sum(s * c for s, c in histogram.items()),
+                "max_batch": max(histogram) if histogram else 0, "histogram": histogram}
+
+    def close(self):
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

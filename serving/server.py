@@ -1,0 +1,199 @@
+"""``python -m serving.server``: a model server that speaks TF Serving's gRPC and REST APIs.
+
+Stock ``tensorflow_model_server`` cannot load a custom op without a rebuild, so the fused export
+needs this server; it takes ``tensorflow_model_server``'s flag names so the two are used alike:
+
+    python -m serving.server --port=8500 --rest_api_port=8501 \
+        --model_name=kuai --model_base_path=/abs/export/kuai \
+        [--model_config_file=models.config] [--enable_batching --batching_parameters_file=batching.config]
+
+The op library is loaded before any SavedModel, so fused exports run. It listens on 127.0.0.1
+unless ``--host`` says otherwise.
+"""
+import argparse
+import concurrent.futures
+import logging
+import os
+import signal
+import sys
+import threading
+
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+log = logging.getLogger("serving.server")
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+def _bool(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
+    p.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST (as in TF Serving)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--model_name", default="kuai")
+    p.add_argument("--model_base_path", default="", help="folder holding numeric version folders")
+    p.add_argument("--model_config_file", default="", help="text-format ModelServerConfig (instead of --model_*)")
+    p.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument("--batching_parameters_file", default="", help="text-format BatchingParameters")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                   help="how often to look for new versions; 0 = only at startup")
+    p.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True)
+    p.add_argument("--num_request_iterations_for_warmup", type=int, default=1)
+    p.add_argument("--max_message_size_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                   help="largest gRPC message / REST body accepted (RESOURCE_EXHAUSTED / 413 beyond)")
+    p.add_argument("--grpc_max_threads", type=int, default=64, help="concurrent gRPC requests in flight")
+    p.add_argument("--ssl_config_file", default="",
+                   help="text-format SSLConfig (server_key, server_cert, custom_ca, client_verify) for gRPC TLS")
+    p.add_argument("--op_library", action="append", default=[],
+                   help="extra custom-op .so to load before models (the tfrec_kuai op library is always tried)")
+    p.add_argument("--log_level", default="INFO")
+    return p
+
+
+def load_op_libraries(extra=()):
+    """Register the fused attention op (and any extra libraries) so fused SavedModels load."""
+    import tensorflow as tf
+    loaded = []
+    try:
+        from tfrec_kuai import ops
+        ops.load_op_library()
+        loaded.append("tfrec_kuai")
+    except Exception as error:  # the portable export still serves without it
+        log.warning("tfrec_kuai op library not loaded (%s); fused exports will fail to load", error)
+    for path in extra:
+        tf.load_op_library(path)
+        loaded.append(path)
+    return loaded
+
+
+def model_server_config(args):
+    """The ModelServerConfig from --model_config_file, or one model from --model_name/--model_base_path."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    config = model_server_config_pb2.ModelServerConfig()
+    if args.model_config_file:
+        with open(args.model_config_file) as f:
+            text_format.Parse(f.read(), config)
+    elif args.model_base_path:
+        model = config.model_config_list.config.add()
+        model.name = args.model_name
+        model.base_path = os.path.abspath(args.model_base_path)
+        model.model_platform = "tensorflow"
+    else:
+        raise SystemExit("give --model_base_path or --model_config_file")
+    return config
+
+
+def _ssl_credentials(path):
+    import grpc
+    from serving.ssl_config import read_ssl_config
+    ssl = read_ssl_config(path)
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode(), ssl.server_cert.encode())],
+        root_certificates=ssl.custom_ca.encode() if ssl.custom_ca else None,
+        require_client_auth=bool(ssl.client_verify))
+
+
+class ModelServer:
+    """The whole server in-process: manager + gRPC + optional REST. ``start()`` then ``stop()``."""
+
+    def __init__(self, args):
+        self.args = args
+        self.manager = None
+        self.grpc_server = None
+        self.rest_server = None
+        self.port = None
+        self.rest_port = None
+
+    def start(self):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+        from serving.batching import BatchingOptions
+        from serving.grpc_service import ModelServicer, PredictionServicer
+        from serving.manager import ModelManager
+        from serving.rest import RestServer
+
+        args = self.args
+        load_op_libraries(args.op_library)
+        batching = None
+        if args.enable_batching:
+            batching = (BatchingOptions.from_file(args.batching_parameters_file)
+                        if args.batching_parameters_file else BatchingOptions())
+            log.info("dynamic batching on: %s", batching)
+        self.manager = ModelManager(model_server_config(args), args.file_system_poll_wait_seconds, batching,
+                                    args.num_request_iterations_for_warmup, args.enable_model_warmup)
+        self.manager.start()
+        options = [("grpc.max_receive_message_length", args.max_message_size_bytes),
+                   ("grpc.max_send_message_length", args.max_message_size_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.grpc_server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(max_workers=args.grpc_max_threads, thread_name_prefix="grpc"),
+            options=options, maximum_concurrent_rpcs=None)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.manager), self.grpc_server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self.grpc_server)
+        address = f"{args.host}:{args.port}"
+        if args.ssl_config_file:
+            self.port = self.grpc_server.add_secure_port(address, _ssl_credentials(args.ssl_config_file))
+        else:
+            self.port = self.grpc_server.add_insecure_port(address)
+        if not self.port:
+            raise SystemExit(f"cannot listen on {address}")
+        self.grpc_server.start()
+        if args.rest_api_port:
+            self.rest_server = RestServer(self.manager, args.host, args.rest_api_port, args.max_message_size_bytes).start()
+            self.rest_port = self.rest_server.port
+        elif args.rest_api_port == 0 and getattr(args, "rest_api_port_auto", False):
+            self.rest_server = RestServer(self.manager, args.host, 0, args.max_message_size_bytes).start()
+            self.rest_port = self.rest_server.port
+        return self
+
+    def stop(self):
+        if self.rest_server is not None:
+            self.rest_server.stop()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=1).wait()
+        if self.manager is not None:
+            self.manager.stop()
+
+
+def start_in_process(**flags):
+    """Start a server from keyword flags (tests, benchmarks). ``rest_api_port=-1`` = a free REST port."""
+    argv = []
+    auto_rest = flags.get("rest_api_port") == -1
+    if auto_rest:
+        flags["rest_api_port"] = 0
+    for key, value in flags.items():
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            argv.append(f"--{key}={item}")
+    args = build_parser().parse_args(argv)
+    args.rest_api_port_auto = auto_rest
+    return ModelServer(args).start()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = ModelServer(args).start()
+    print(f"gRPC listening on {args.host}:{server.port}", flush=True)
+    if server.rest_port:
+        print(f"REST listening on {args.host}:{server.rest_port}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
