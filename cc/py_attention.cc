@@ -25,14 +25,15 @@ std::string ShapeString(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-void CheckShape(const py::array& a, const char* name, const std::vector<int64_t>& expected, const char* layout) {
+void CheckShape(const py::array& a, const char* name, const std::vector<int64_t>& expected, const char* layout,
+                const std::string& context) {
   bool ok = a.ndim() == static_cast<py::ssize_t>(expected.size());
   for (size_t i = 0; ok && i < expected.size(); ++i) ok = a.shape(i) == expected[i];
   if (!ok) {
     std::string want = "(";
     for (size_t i = 0; i < expected.size(); ++i) want += (i ? ", " : "") + std::to_string(expected[i]);
     throw std::invalid_argument(std::string(name) + " has shape " + ShapeString(a) + " but " + want +
-                                ") is required (" + layout + ")");
+                                ") is required (" + layout + ", from " + context + ")");
   }
 }
 
@@ -51,11 +52,13 @@ py::array_t<float> FwaForwardPy(CArray<float> query, CArray<float> keys, CArray<
   s.depth = query.shape(2);
   s.length = keys.shape(1);
   s.value_depth = values.shape(3);
-  CheckShape(keys, "keys", {s.batch, s.length, s.heads, s.depth}, "[B,L,H,D]");
-  CheckShape(values, "values", {s.batch, s.length, s.heads, s.value_depth}, "[B,L,H,Dv]");
-  CheckShape(bias, "bias", {s.batch, s.length, s.heads}, "[B,L,H]");
-  CheckShape(gate, "gate", {s.batch, s.length, s.heads}, "[B,L,H]");
-  CheckShape(lengths, "lengths", {s.batch}, "[B]");
+  const std::string context = "query " + ShapeString(query) + " [B,H,D], keys " + ShapeString(keys) +
+                              " [B,L,H,D], values " + ShapeString(values) + " [B,L,H,Dv]";
+  CheckShape(keys, "keys", {s.batch, s.length, s.heads, s.depth}, "[B,L,H,D]", context);
+  CheckShape(values, "values", {s.batch, s.length, s.heads, s.value_depth}, "[B,L,H,Dv]", context);
+  CheckShape(bias, "bias", {s.batch, s.length, s.heads}, "[B,L,H]", context);
+  CheckShape(gate, "gate", {s.batch, s.length, s.heads}, "[B,L,H]", context);
+  CheckShape(lengths, "lengths", {s.batch}, "[B]", context);
   const std::string bad = FwaCheckLengths(lengths.data(), s.batch, s.length);
   if (!bad.empty()) throw std::invalid_argument(bad);
 

@@ -261,6 +261,10 @@ def feedback_weighted_attention(query, keys, values, bias, gate, lengths, scale=
         query, keys, values, bias, gate = (named[n] for n in ("query", "keys", "values", "bias", "gate"))
         _check_static_shapes(query, keys, values, bias, gate, lengths)
 
+        if isinstance(scale, (int, float)) and scale < 0:
+            # The op reserves negative scales for "1/sqrt(D)"; a negative scale is also just the
+            # same as negating the query, so nothing is lost by refusing it.
+            raise ValueError(f"scale must be >= 0 (or None for 1/sqrt(D)), got {scale}")
         if scale is None:
             scale = _default_scale(query)
             if scale is None:
