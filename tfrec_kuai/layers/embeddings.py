@@ -1,0 +1,169 @@
+"""Feature preprocessing layers: raw §6 ids and floats in, dense tensors out.
+
+The model receives *raw* ids (DESIGN.md §6) and maps them through vocabularies stored inside the
+model (``IntegerLookup``), so a SavedModel is self-contained and a serving client can send an
+example's features as they are. Padding ids (−1) and ids unseen in training map to the single
+out-of-vocabulary row; padded history positions are never read by the attention anyway.
+"""
+import math
+
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+# Duration buckets (seconds): the skip and watch-ratio behaviour changes fastest for short videos,
+# so the boundaries are roughly log-spaced.
+DURATION_BOUNDARIES = [3.0, 5.0, 7.0, 10.0, 14.0, 18.0, 25.0, 35.0, 50.0, 70.0, 100.0, 150.0, 240.0, 400.0]
+# Event age (seconds before the target impression): minutes, hours, days.
+AGE_BOUNDARIES = [30.0, 120.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 8 * 3600.0, 86400.0, 3 * 86400.0,
+                  7 * 86400.0, 30 * 86400.0]
+NUM_FEEDBACK_BITS = 9   # skip, valid, long, complete, like, follow, comment, forward, hate
+
+
+class IdEmbedding(tf.keras.layers.Layer):
+    """Raw int64 id → vocabulary index → embedding, any input shape ``S`` → ``S + [dim]``.
+
+    Index 0 is the out-of-vocabulary row (unknown ids, padding −1), 1.. follow the vocabulary
+    order (most frequent first, as the pipeline writes it).
+    """
+
+    def __init__(self, vocabulary, dim, embeddings_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary = [int(v) for v in vocabulary]
+        self.dim = int(dim)
+        self.embeddings_regularizer = embeddings_regularizer
+        self.lookup = tf.keras.layers.IntegerLookup(
+            vocabulary=tf.constant(self.vocabulary, tf.int64) if self.vocabulary else None,
+            mask_token=None, num_oov_indices=1, dtype="int64", name="lookup")
+        self.embedding = tf.keras.layers.Embedding(
+            len(self.vocabulary) + 1, self.dim, name="embedding",
+            embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
+            embeddings_regularizer=embeddings_regularizer)
+
+    @property
+    def vocabulary_size(self):
+        return len(self.vocabulary) + 1
+
+    def index(self, ids):
+        return self.lookup(tf.cast(ids, tf.int64))
+
+    def call(self, ids):
+        return self.embedding(self.index(ids))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"vocabulary": self.vocabulary, "dim": self.dim,
+                       "embeddings_regularizer": tf.keras.regularizers.serialize(self.embeddings_regularizer)
+                       if self.embeddings_regularizer else None})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("embeddings_regularizer"):
+            config["embeddings_regularizer"] = tf.keras.regularizers.deserialize(config["embeddings_regularizer"])
+        return cls(**config)
+
+
+class BucketEmbedding(tf.keras.layers.Layer):
+    """A float feature bucketed by fixed boundaries, then embedded: shape ``S`` → ``S + [dim]``.
+
+    Bucket ``i`` holds values in ``[boundaries[i-1], boundaries[i])``; ``len(boundaries) + 1``
+    buckets in all.
+    """
+
+    def __init__(self, boundaries, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.boundaries = [float(b) for b in boundaries]
+        self.dim = int(dim)
+        self.embedding = tf.keras.layers.Embedding(
+            len(self.boundaries) + 1, self.dim, name="embedding",
+            embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+
+    def bucket(self, x):
+        return tf.raw_ops.Bucketize(input=tf.cast(x, tf.float32), boundaries=self.boundaries)
+
+    def call(self, x):
+        return self.embedding(self.bucket(x))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"boundaries": self.boundaries, "dim": self.dim})
+        return config
+
+
+class ModuloEmbedding(tf.keras.layers.Layer):
+    """A small categorical int (hour of day, tab) embedded after ``floormod(x, num_buckets)``.
+
+    No vocabulary is needed for such features; the modulo keeps any unexpected value in range.
+    """
+
+    def __init__(self, num_buckets, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.num_buckets = int(num_buckets)
+        self.dim = int(dim)
+        self.embedding = tf.keras.layers.Embedding(
+            self.num_buckets, self.dim, name="embedding",
+            embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+
+    def call(self, x):
+        return self.embedding(tf.math.floormod(tf.cast(x, tf.int64), self.num_buckets))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_buckets": self.num_buckets, "dim": self.dim})
+        return config
+
+
+class ItemEmbedding(tf.keras.layers.Layer):
+    """video ⊕ author ⊕ tag embeddings, shared by the target video and the history tokens.
+
+    Input: dict with ``video_id, author_id, tag`` int64 of any shape ``S``; output ``S + [d]`` with
+    ``d = video_dim + author_dim + tag_dim``.
+    """
+
+    def __init__(self, video_vocabulary, author_vocabulary, tag_vocabulary, video_dim, author_dim, tag_dim,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.video = IdEmbedding(video_vocabulary, video_dim, name="video")
+        self.author = IdEmbedding(author_vocabulary, author_dim, name="author")
+        self.tag = IdEmbedding(tag_vocabulary, tag_dim, name="tag")
+        self.output_dim = int(video_dim) + int(author_dim) + int(tag_dim)
+
+    def call(self, ids):
+        return tf.concat([self.video(ids["video_id"]), self.author(ids["author_id"]), self.tag(ids["tag"])], -1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "video_vocabulary": self.video.vocabulary, "author_vocabulary": self.author.vocabulary,
+            "tag_vocabulary": self.tag.vocabulary, "video_dim": self.video.dim,
+            "author_dim": self.author.dim, "tag_dim": self.tag.dim})
+        return config
+
+
+def feedback_features(play_s, duration_s, feedback_bits, with_context=True):
+    """What the feedback network reads per history event: ``[B, L]`` each → ``[B, L, F]``.
+
+    With context (the full model): the 9 label bits, ``log1p(play_s)``, ``log1p(duration_s)`` and
+    the watch ratio clipped to [0, 5] — so a skip of a 5-minute video and a skip of a 6-second one
+    look different. Without context (the ``no_context`` variant) only the label bits (F = 9).
+    """
+    bits = tf.cast(feedback_bits, tf.int64)
+    flags = tf.cast(tf.bitwise.bitwise_and(bits[..., tf.newaxis],
+                                           tf.constant([1 << i for i in range(NUM_FEEDBACK_BITS)], tf.int64)) > 0,
+                    tf.float32)
+    if not with_context:
+        return flags
+    play_s = tf.maximum(tf.cast(play_s, tf.float32), 0.0)
+    duration_s = tf.maximum(tf.cast(duration_s, tf.float32), 0.0)
+    ratio = tf.clip_by_value(tf.math.divide_no_nan(play_s, duration_s), 0.0, 5.0)
+    return tf.concat([flags, tf.stack([tf.math.log1p(play_s), tf.math.log1p(duration_s), ratio], -1)], -1)
+
+
+def num_feedback_features(with_context=True):
+    return NUM_FEEDBACK_BITS + (3 if with_context else 0)
+
+
+def log_duration(duration_s):
+    """A standardised scalar of the target duration: ``(log1p(s) − log1p(30)) / 2``."""
+    return (tf.math.log1p(tf.maximum(tf.cast(duration_s, tf.float32), 0.0)) - math.log1p(30.0)) / 2.0

@@ -1,0 +1,87 @@
+"""The feedback-aware history encoder (DESIGN.md §5), on top of the fused attention op (§7).
+
+A user's history says what the user *did* with each video. Plain target attention (DIN) weighs
+every past event by its similarity to the target and adds the items up, so a skipped video pulls
+the user's representation *towards* itself just like a completed one. Here a small feedback
+network reads each event's feedback together with its context (play seconds, duration, watch
+ratio, the label bits) and emits, per head,
+
+* an attention **bias** — how much this event should be listened to at all (a skip of a 6-second
+  video is strong evidence, a skip of a 5-minute one weak), and
+* a signed value **gate** in (−1, 1) — whether the event pulls the representation towards the item
+  (watched, liked) or pushes it away (skipped, hated).
+
+The op computes ``out[b,h] = Σ_l softmax_l(scale·q·k_l + bias_l) · gate_l · v_l`` over the valid
+history only. With ``use_feedback=False`` (the ``no_feedback`` variant) bias = 0 and gate = 1:
+the same op reduces to DIN-style target attention with every event treated alike.
+"""
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+from tfrec_kuai import ops
+
+
+class FeedbackAwareEncoder(tf.keras.layers.Layer):
+    """Target attention over a feedback-annotated history.
+
+    Call args:
+      query_input: ``[B, Dq]`` float32 — the target video with its request context (ranking), or
+        a learned, user-conditioned query (the retrieval query tower).
+      tokens: ``[B, L, Dt]`` float32 — history tokens (item embedding + context embedding).
+      feedback: ``[B, L, F]`` float32 — per-event feedback features (``embeddings.feedback_features``);
+        ignored when ``use_feedback=False``.
+      lengths: ``[B]`` int — number of valid history events (newest first, the rest is padding).
+
+    Returns:
+      ``[B, H * Dv]`` float32.
+    """
+
+    def __init__(self, num_heads=4, head_dim=16, value_dim=16, feedback_hidden=32, use_feedback=True,
+                 attention_implementation="auto", **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.head_dim = int(head_dim)
+        self.value_dim = int(value_dim)
+        self.feedback_hidden = int(feedback_hidden)
+        self.use_feedback = bool(use_feedback)
+        self.attention_implementation = attention_implementation
+        h = self.num_heads
+        self.query_proj = tf.keras.layers.Dense(h * self.head_dim, name="query")
+        self.key_proj = tf.keras.layers.Dense(h * self.head_dim, name="key")
+        self.value_proj = tf.keras.layers.Dense(h * self.value_dim, name="value")
+        if self.use_feedback:
+            self.feedback_net = tf.keras.layers.Dense(self.feedback_hidden, activation="relu", name="feedback_hidden")
+            # Gate pre-activations start at +1 (gate ≈ 0.76), so the untrained encoder behaves like
+            # plain target attention and learns to flip the sign where the feedback says so.
+            self.feedback_out = tf.keras.layers.Dense(
+                2 * h, name="feedback_out", kernel_initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
+                bias_initializer=tf.keras.initializers.Constant([0.0] * h + [1.0] * h))
+
+    def bias_and_gate(self, feedback):
+        """``[B, L, F]`` → (bias ``[B, L, H]``, gate ``[B, L, H]``)."""
+        h = self.num_heads
+        out = self.feedback_out(self.feedback_net(feedback))
+        return out[..., :h], tf.tanh(out[..., h:])
+
+    def call(self, query_input, tokens, feedback, lengths):
+        h, d, dv = self.num_heads, self.head_dim, self.value_dim
+        num_positions = tf.shape(tokens)[1]
+        query = tf.reshape(self.query_proj(query_input), [-1, h, d])
+        keys = tf.reshape(self.key_proj(tokens), [-1, num_positions, h, d])
+        values = tf.reshape(self.value_proj(tokens), [-1, num_positions, h, dv])
+        if self.use_feedback:
+            bias, gate = self.bias_and_gate(feedback)
+        else:
+            bias = tf.zeros(tf.shape(keys)[:3], tf.float32)
+            gate = tf.ones(tf.shape(keys)[:3], tf.float32)
+        lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
+        out = ops.feedback_weighted_attention(query, keys, values, bias, gate, lengths,
+                                              implementation=self.attention_implementation)
+        return tf.reshape(out, [-1, h * dv])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_heads": self.num_heads, "head_dim": self.head_dim, "value_dim": self.value_dim,
+                       "feedback_hidden": self.feedback_hidden, "use_feedback": self.use_feedback,
+                       "attention_implementation": self.attention_implementation})
+        return config
