@@ -184,7 +184,10 @@ class ModelManager:
         try:
             servable = Servable(name, version, path, self.batching_options)
             if self.enable_warmup:
-                record.warmup_requests = run_warmup(servable, self.warmup_iterations)
+                try:
+                    record.warmup_requests = run_warmup(servable, self.warmup_iterations)
+                except Exception as error:
+                    raise RuntimeError(f"warmup failed: {getattr(error, 'message', error)}") from error
         except Exception as error:  # a broken folder must never take the server down
             if servable is not None:
                 servable.close()

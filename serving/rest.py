@@ -119,8 +119,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         if length > self.max_body:
-            # Refuse without reading; the connection is closed since the body is left unread.
+            # Refuse without keeping the body: drain it in chunks (bounded memory) so the client
+            # can read the answer, then close the connection.
             self.close_connection = True
+            left = min(length, 16 * self.max_body)
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
             data = json.dumps({"error": f"Request body of {length} bytes exceeds the maximum message size of "
                                         f"{self.max_body} bytes (RESOURCE_EXHAUSTED)"}).encode()
             self.send_response(413)
