@@ -1,0 +1,32 @@
+"""``tfrec-kuai simulate``: a KuaiRand-format log with its ground truth (DESIGN.md §9).
+
+Kept free of TensorFlow so that generating a log is fast to start.
+"""
+from tfrec_kuai.simulator import SimParams, simulate
+
+
+def add_arguments(parser):
+    parser.add_argument("--output", required=True, help="folder for the logs, side tables and ground truth")
+    parser.add_argument("--impressions", type=int, default=100_000, help="log rows to write (1k .. 10M)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    parser.add_argument("--users", type=int, default=0, help="number of users (default impressions / 150)")
+    parser.add_argument("--days", type=int, default=14, help="days the log spans (from --start_date)")
+    parser.add_argument("--start_date", default="2022-04-08", help="first day (Beijing time), as KuaiRand")
+    parser.add_argument("--random_share", type=float, default=0.10, help="share of is_rand=1 random exposures")
+    parser.add_argument("--catalogue", choices=("kuairand_pure", "generated"), default="kuairand_pure",
+                        help="real KuaiRand-Pure video/user tables or generated ones of the same shape")
+    parser.add_argument("--policy_strength", type=float, default=0.5,
+                        help="how strongly the logging policy follows the users' true interests")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    if args.impressions < 1:
+        raise SystemExit("--impressions must be >= 1")
+    params = SimParams(impressions=args.impressions, seed=args.seed, users=args.users, days=args.days,
+                       start_date=args.start_date, random_share=args.random_share, catalogue=args.catalogue,
+                       policy_strength=args.policy_strength)
+    info = simulate(args.output, params, progress=not args.no_progress)
+    print(f"wrote {args.impressions} impressions of {info['users']} users over {info['videos']} videos "
+          f"to {args.output}: {info['label_rates']}")
+    return 0
