@@ -1,0 +1,33 @@
+"""``tfrec-kuai export``: the trained models as a SavedModel in TF Serving's layout (DESIGN.md §8)."""
+
+
+def add_arguments(parser):
+    parser.add_argument("--ranking_dir", required=True, help="trained ranking model folder")
+    parser.add_argument("--retrieval_dir", required=True, help="trained retrieval model folder")
+    parser.add_argument("--examples", required=True, help="examples folder (its corpus/ is indexed, eval/ feeds warmup)")
+    parser.add_argument("--export_base", required=True, help="writes <export_base>/<model_name>/<version>/")
+    parser.add_argument("--portable", action="store_true",
+                        help="composite attention: stock TF Serving loads it (default: the fused op, for serving/)")
+    parser.add_argument("--model_name", default="kuai")
+    parser.add_argument("--version", type=int, default=None, help="default: one more than the newest version")
+    parser.add_argument("--top_n", type=int, default=20, help="videos returned by recommend")
+    parser.add_argument("--retrieve_k", type=int, default=100, help="candidates retrieved (and ranked) by recommend")
+    parser.add_argument("--warmup_examples", type=int, default=4, help="eval examples used for warmup requests")
+
+
+def run(args):
+    import sys
+    import time
+
+    from tfrec_kuai import export
+
+    started = time.monotonic()
+    variant = "portable (composite attention)" if args.portable else "fused (custom op)"
+    print(f"exporting {variant}: ranking={args.ranking_dir} retrieval={args.retrieval_dir} ...", file=sys.stderr,
+          flush=True)
+    path = export.export(args.ranking_dir, args.retrieval_dir, args.examples, args.export_base,
+                         portable=args.portable, model_name=args.model_name, version=args.version,
+                         top_n=args.top_n, retrieve_k=args.retrieve_k, warmup_examples=args.warmup_examples)
+    print(f"exported in {time.monotonic() - started:.1f}s: {path}", file=sys.stderr)
+    print(path)
+    return 0

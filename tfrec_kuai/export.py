@@ -1,0 +1,388 @@
+"""Export the trained models as one SavedModel in TF Serving's layout (DESIGN.md §8).
+
+``<export_base>/<model_name>/<version>/`` holds ``saved_model.pb``, ``variables/``, ``assets/`` and
+``assets.extra/tf_serving_warmup_requests``; the version folder is written aside and renamed in,
+so a watching server never sees half a version. Signatures (inputs are §6 feature names):
+
+* ``recommend`` (= ``serving_default``): user context + history → the retrieval query, top-K of
+  the corpus embeddings (computed at export time), ranked by the ranking model, top-N returned
+  with their ids, final scores, retrieval scores and every objective's prediction;
+* ``rank``: user context + history + candidate ``video_id, author_id, tag, duration_s`` with a
+  candidate axis ``[B, C]`` → every objective and the score, ``[B, C]``;
+* ``retrieve``: user context + history → top-K ``video_id`` and ``score``;
+* ``examples``: serialized ``tf.Example`` → ``classes``/``scores`` (the nine objectives), a
+  classification signature for Classify / MultiInference; ``examples_score``: serialized
+  ``tf.Example`` → ``outputs`` (the ranking score), a regression signature for Regress. (TF
+  Serving allows a regression signature exactly one output, so they cannot be one signature.)
+
+The **portable** variant rebuilds both models with the composite (pure TF) attention, so stock
+TF Serving loads it; the default **fused** variant uses the custom op and needs a server that
+loads the op library (``serving/``).
+"""
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from tfrec_kuai import schema
+
+OBJECTIVES = ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")
+RANK_OUTPUTS = tuple(f"p_{o}" for o in OBJECTIVES) + ("watch_s", "score")
+USER_FEATURES = ("user_id", "hour", "tab")
+HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s", "hist_age_s",
+                    "hist_feedback")
+CANDIDATE_FEATURES = ("video_id", "author_id", "tag", "duration_s")
+SIGNATURES = ("serving_default", "recommend", "rank", "retrieve", "examples", "examples_score")
+
+
+def _dtype(name):
+    return tf.float32 if name in ("duration_s",) + schema.HISTORY_FLOAT_FEATURES else tf.int64
+
+
+def user_specs(history_length):
+    """Input specs of the user side (§6 names): request context ``[B]``, history ``[B, L]``."""
+    specs = {name: tf.TensorSpec([None], tf.int64, name=name) for name in USER_FEATURES}
+    for name in HISTORY_FEATURES:
+        specs[name] = tf.TensorSpec([None, history_length], _dtype(name), name=name)
+    specs["hist_len"] = tf.TensorSpec([None], tf.int64, name="hist_len")
+    return specs
+
+
+def candidate_specs():
+    """Candidate inputs of ``rank``: ``[B, C]``, C candidates per request row."""
+    return {name: tf.TensorSpec([None, None], _dtype(name), name=name) for name in CANDIDATE_FEATURES}
+
+
+class ServingModule(tf.Module):
+    """The exported object: both models, the corpus and its embeddings, and the signatures."""
+
+    def __init__(self, ranking_model, retrieval_model, corpus, history_length, top_n=20, retrieve_k=100):
+        super().__init__(name="kuai_serving")
+        self.ranking = ranking_model
+        self.retrieval = retrieval_model
+        self.history_length = int(history_length)
+        n = len(corpus["video_id"])
+        if n == 0:
+            raise ValueError("the corpus is empty: nothing to retrieve")
+        self.retrieve_k = int(min(retrieve_k, n))
+        self.top_n = int(min(top_n, self.retrieve_k))
+        embeddings = _corpus_embeddings(retrieval_model, corpus)
+        # Non-trainable variables (not constants): they live in variables/, not in the graph proto.
+        self.corpus = {name: tf.Variable(np.asarray(corpus[name]), trainable=False, name=f"corpus_{name}")
+                       for name in CANDIDATE_FEATURES}
+        self.corpus_embeddings = tf.Variable(embeddings, trainable=False, name="corpus_embeddings")
+        L = self.history_length
+        user = user_specs(L)
+        self.rank = tf.function(self._rank, input_signature=[{**user, **candidate_specs()}])
+        self.retrieve = tf.function(self._retrieve, input_signature=[user])
+        self.recommend = tf.function(self._recommend, input_signature=[user])
+        self.classify_examples = tf.function(
+            self._classify_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        self.score_examples = tf.function(
+            self._score_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+
+    # -- signatures ------------------------------------------------------------------------------
+    def _rank_rows(self, user, candidates):
+        """Rank ``[B, C]`` candidates for ``B`` users: repeat each user row C times, call the model."""
+        shape = tf.shape(candidates["video_id"])
+        b, c = shape[0], shape[1]
+        features = {name: tf.repeat(value, c, axis=0) for name, value in user.items()}
+        for name in CANDIDATE_FEATURES:
+            features[name] = tf.reshape(candidates[name], [-1])
+        out = self.ranking(features, training=False)
+        return {name: tf.reshape(out[name], [b, c]) for name in RANK_OUTPUTS}
+
+    def _split(self, inputs):
+        user = {name: inputs[name] for name in USER_FEATURES + HISTORY_FEATURES + ("hist_len",)}
+        candidates = {name: inputs[name] for name in CANDIDATE_FEATURES if name in inputs}
+        return user, candidates
+
+    def _rank(self, inputs):
+        user, candidates = self._split(inputs)
+        return self._rank_rows(user, candidates)
+
+    def _top_k(self, user):
+        query = self.retrieval.query_tower(user)                                   # [B, d]
+        scores = tf.matmul(query, self.corpus_embeddings, transpose_b=True)        # [B, N]
+        top = tf.math.top_k(scores, k=self.retrieve_k)
+        return top.values, top.indices
+
+    def _retrieve(self, inputs):
+        user, _ = self._split(inputs)
+        scores, indices = self._top_k(user)
+        return {"video_id": tf.gather(self.corpus["video_id"], indices), "score": scores}
+
+    def _recommend(self, inputs):
+        user, _ = self._split(inputs)
+        retrieval_scores, indices = self._top_k(user)                              # [B, K]
+        candidates = {name: tf.gather(self.corpus[name], indices) for name in CANDIDATE_FEATURES}
+        ranked = self._rank_rows(user, candidates)                                 # [B, K] each
+        order = tf.math.top_k(ranked["score"], k=self.top_n).indices               # [B, N]
+        pick = lambda t: tf.gather(t, order, batch_dims=1)  # noqa: E731
+        out = {name: pick(value) for name, value in ranked.items()}
+        out["video_id"] = pick(candidates["video_id"])
+        out["retrieval_score"] = pick(retrieval_scores)
+        return out
+
+    def _parse(self, serialized):
+        spec = parse_spec(self.history_length)
+        features = tf.io.parse_example(serialized, spec)
+        return features
+
+    def _classify_examples(self, serialized):
+        out = self.ranking(self._parse(serialized), training=False)
+        n = tf.shape(serialized)[0]
+        scores = tf.stack([out[f"p_{o}"] for o in OBJECTIVES], axis=1)
+        classes = tf.tile(tf.constant([list(OBJECTIVES)]), [n, 1])
+        return {"classes": classes, "scores": scores}
+
+    def _score_examples(self, serialized):
+        return {"outputs": self.ranking(self._parse(serialized), training=False)["score"]}
+
+    def signatures(self):
+        recommend = self.recommend.get_concrete_function()
+        return {
+            "serving_default": recommend,
+            "recommend": recommend,
+            "rank": self.rank.get_concrete_function(),
+            "retrieve": self.retrieve.get_concrete_function(),
+            "examples": self.classify_examples.get_concrete_function(),
+            "examples_score": self.score_examples.get_concrete_function(),
+        }
+
+
+def parse_spec(history_length):
+    """tf.io.parse_example spec for the ``examples`` signatures: the target video and context are
+    required; a missing history means an empty history (padding), as for a new user."""
+    L = int(history_length)
+    spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in USER_FEATURES + ("video_id", "author_id", "tag")}
+    spec["duration_s"] = tf.io.FixedLenFeature([], tf.float32)
+    for name in HISTORY_FEATURES:
+        pad = 0.0 if name in schema.HISTORY_FLOAT_FEATURES else (0 if name == "hist_feedback" else schema.ID_PADDING)
+        spec[name] = tf.io.FixedLenFeature([L], _dtype(name), default_value=[pad] * L)
+    spec["hist_len"] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
+    return spec
+
+
+def _corpus_embeddings(retrieval_model, corpus, batch_size=4096):
+    parts = []
+    n = len(corpus["video_id"])
+    for start in range(0, n, batch_size):
+        batch = {name: tf.constant(np.asarray(corpus[name][start:start + batch_size]), _dtype(name))
+                 for name in CANDIDATE_FEATURES}
+        parts.append(retrieval_model.candidate_tower(batch).numpy())
+    return np.concatenate(parts, 0).astype(np.float32)
+
+
+# -- reading the examples folder ---------------------------------------------------------------
+def _tfrecord_files(examples_dir, split):
+    folder = os.path.join(examples_dir, split)
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if ".tfrecord" in f) if os.path.isdir(folder) else []
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files in {folder}")
+    return files
+
+
+def _dataset(files):
+    compression = "GZIP" if files[0].endswith(".gz") else ""
+    return tf.data.TFRecordDataset(files, compression_type=compression)
+
+
+def read_corpus(examples_dir):
+    """The corpus folder (one example per video) as NumPy arrays of ``video_id, author_id, tag, duration_s``."""
+    spec = {name: tf.io.FixedLenFeature([], _dtype(name)) for name in CANDIDATE_FEATURES}
+    columns = {name: [] for name in CANDIDATE_FEATURES}
+    for batch in _dataset(_tfrecord_files(examples_dir, "corpus")).batch(4096):
+        parsed = tf.io.parse_example(batch, spec)
+        for name in CANDIDATE_FEATURES:
+            columns[name].append(parsed[name].numpy())
+    corpus = {name: np.concatenate(values) for name, values in columns.items()}
+    _, first = np.unique(corpus["video_id"], return_index=True)  # one row per video
+    return {name: values[np.sort(first)] for name, values in corpus.items()}
+
+
+def read_serialized_examples(examples_dir, split="eval", count=8):
+    """The first ``count`` serialized tf.Example of a split (warmup requests, tests, the client)."""
+    try:
+        files = _tfrecord_files(examples_dir, split)
+    except FileNotFoundError:
+        files = _tfrecord_files(examples_dir, "train")
+    return [record.numpy() for record in _dataset(files).take(count)]
+
+
+def parse_examples(serialized, history_length):
+    """Serialized examples -> {§6 name: ndarray} for the request inputs."""
+    parsed = tf.io.parse_example(tf.constant(serialized), parse_spec(history_length))
+    return {name: value.numpy() for name, value in parsed.items()}
+
+
+def user_inputs(features):
+    return {name: features[name] for name in USER_FEATURES + HISTORY_FEATURES + ("hist_len",)}
+
+
+def rank_inputs(features, candidates):
+    """Request for ``rank``: each example's user + the same ``candidates`` (dict of ``[C]``) per row."""
+    inputs = user_inputs(features)
+    b = len(features["user_id"])
+    for name in CANDIDATE_FEATURES:
+        inputs[name] = np.tile(np.asarray(candidates[name])[None, :], (b, 1))
+    return inputs
+
+
+# -- warmup --------------------------------------------------------------------------------------
+def warmup_logs(model_name, features, serialized, candidates):
+    """PredictionLogs for every signature, built from real examples (TF Serving's warmup format)."""
+    from tensorflow_serving.apis import (classification_pb2, predict_pb2, prediction_log_pb2,
+                                         regression_pb2)
+    logs = []
+
+    def predict(signature, inputs):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+
+    for rows in sorted({1, len(features["user_id"])}):
+        head = {k: v[:rows] for k, v in features.items()}
+        predict("recommend", user_inputs(head))
+        predict("retrieve", user_inputs(head))
+        predict("rank", rank_inputs(head, candidates))
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = model_name
+    classify.model_spec.signature_name = "examples"
+    for record in serialized:
+        classify.input.example_list.examples.add().ParseFromString(record)
+    logs.append(prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=classify)))
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name = model_name
+    regress.model_spec.signature_name = "examples_score"
+    regress.input.CopyFrom(classify.input)
+    logs.append(prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog(request=regress)))
+    return logs
+
+
+def _write_warmup(version_dir, logs):
+    path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+# -- the export ----------------------------------------------------------------------------------
+def next_version(model_base):
+    """One more than the largest numeric version folder (1 for a new model); a timestamp never goes back."""
+    existing = [int(n) for n in os.listdir(model_base) if n.isdigit()] if os.path.isdir(model_base) else []
+    return max(existing, default=0) + 1
+
+
+@contextlib.contextmanager
+def _quiet_keras_saving():
+    """Save without tf_keras tracing every layer's call (the signatures are all a server needs):
+    several times faster, and no warning per unbuilt metric or task layer."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
+        scope = keras_option_scope(save_traces=False, in_tf_saved_model_scope=True)
+    except ImportError:  # another tf_keras layout: save with traces, just slower
+        scope = contextlib.nullcontext()
+    try:
+        with scope:
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def save_version(module, export_base, model_name="kuai", version=None, warmup=(), extra_info=None):
+    """Save ``module`` as ``<export_base>/<model_name>/<version>`` atomically; returns the folder."""
+    model_base = os.path.join(os.path.abspath(export_base), model_name)
+    os.makedirs(model_base, exist_ok=True)
+    version = int(version) if version is not None else next_version(model_base)
+    final = os.path.join(model_base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists: versions are immutable, pick a new one")
+    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)
+    try:
+        with _quiet_keras_saving():
+            tf.saved_model.save(module, staging, signatures=module.signatures())
+        if warmup:
+            _write_warmup(staging, warmup)
+        if extra_info is not None:
+            os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
+            with open(os.path.join(staging, "assets.extra", "export_info.json"), "w") as f:
+                json.dump(extra_info, f, indent=2, sort_keys=True)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def write_serving_configs(export_base, model_name, batching=True):
+    """``models.config`` (text ModelServerConfig) and ``batching_parameters.txt`` next to the models,
+    ready for ``tensorflow_model_server --model_config_file=...`` or ``python -m serving.server``."""
+    base = os.path.abspath(export_base)
+    models = os.path.join(base, "models.config")
+    with open(models, "w") as f:
+        f.write("model_config_list {\n  config {\n"
+                f"    name: \"{model_name}\"\n    base_path: \"{os.path.join(base, model_name)}\"\n"
+                "    model_platform: \"tensorflow\"\n"
+                "    model_version_policy { latest { num_versions: 1 } }\n  }\n}\n")
+    batching_path = os.path.join(base, "batching_parameters.txt")
+    if batching:
+        with open(batching_path, "w") as f:
+            f.write("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 2000 }\n"
+                    "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 2 }\n")
+    return models, batching_path
+
+
+def export_models(ranking_model, retrieval_model, corpus, history_length, export_base, model_name="kuai",
+                  version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None):
+    """Build the serving module from model objects and save one version; returns its folder."""
+    module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k)
+    logs = []
+    if warmup_serialized:
+        features = parse_examples(list(warmup_serialized), history_length)
+        k = min(len(corpus["video_id"]), 16)
+        candidates = {name: corpus[name][:k] for name in CANDIDATE_FEATURES}
+        logs = warmup_logs(model_name, features, list(warmup_serialized), candidates)
+    info = dict(extra_info or {}, top_n=module.top_n, retrieve_k=module.retrieve_k,
+                history_length=int(history_length), corpus_videos=int(len(corpus["video_id"])),
+                signatures=list(SIGNATURES), exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return save_version(module, export_base, model_name, version, logs, info)
+
+
+def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,
+           top_n=20, retrieve_k=100, warmup_examples=4, write_configs=True):
+    """``tfrec-kuai export``: load both trained models, build the signatures, save one version."""
+    from tfrec_kuai import training
+    implementation = "composite" if portable else "fused"
+    ranking = training.load_ranking_model(ranking_dir, attention_implementation=implementation)
+    retrieval = training.load_retrieval_model(retrieval_dir, attention_implementation=implementation)
+    history_length = int(ranking.model_config.history_length)
+    if int(retrieval.model_config.history_length) != history_length:
+        raise ValueError(f"ranking (L={history_length}) and retrieval (L={retrieval.model_config.history_length}) "
+                         "models were trained with different history lengths")
+    corpus = read_corpus(examples_dir)
+    serialized = read_serialized_examples(examples_dir, "eval", warmup_examples) if warmup_examples else []
+    path = export_models(ranking, retrieval, corpus, history_length, export_base, model_name, version, top_n,
+                         retrieve_k, serialized,
+                         extra_info={"variant": "portable" if portable else "fused",
+                                     "attention_implementation": implementation,
+                                     "ranking_dir": os.path.abspath(ranking_dir),
+                                     "retrieval_dir": os.path.abspath(retrieval_dir),
+                                     "examples": os.path.abspath(examples_dir)})
+    if write_configs:
+        write_serving_configs(export_base, model_name)
+    return path
