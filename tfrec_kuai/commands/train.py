@@ -1,0 +1,45 @@
+"""``tfrec-kuai train``: Keras fit of the ranking or retrieval model (DESIGN.md §9).
+
+Re-running the same command after a kill resumes from ``<model_dir>/backup`` and ends where an
+unbroken run ends; ``--restart`` throws the previous state away instead.
+"""
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+from tfrec_kuai.config import STAGES, VARIANTS
+
+
+def add_arguments(parser):
+    parser.add_argument("--examples", required=True, help="examples folder written by beam_pipelines.build_examples")
+    parser.add_argument("--model_dir", required=True, help="where config, vocabularies, weights and logs go")
+    parser.add_argument("--stage", choices=STAGES, default="ranking")
+    parser.add_argument("--variant", choices=VARIANTS, default=None, help="ablation (default: full)")
+    parser.add_argument("--config", default=None, help="JSON/YAML config file (default: tfrec_kuai/configs/<stage>.json)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--learning_rate", type=float, default=None)
+    parser.add_argument("--steps_per_epoch", type=int, default=None)
+    parser.add_argument("--max_train_examples", type=int, default=None,
+                        help="cap the examples per epoch (steps = cap / batch size)")
+    parser.add_argument("--validation", choices=("last_train_day", "eval", "none"), default=None,
+                        help="what early stopping watches (default: the last training day, held out)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--attention_implementation", choices=("auto", "fused", "composite"), default=None)
+    parser.add_argument("--restart", action="store_true", help="delete model_dir first instead of resuming")
+    parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
+
+
+def run(args):
+    from tfrec_kuai import training
+    from tfrec_kuai.config import load_config
+    config = load_config(args.config, args.stage)
+    config = config.override("model", stage=args.stage, variant=args.variant,
+                             attention_implementation=args.attention_implementation)
+    config = config.override("train", epochs=args.epochs, batch_size=args.batch_size,
+                             learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
+                             max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed)
+    if args.restart:
+        training.clear_model_dir(args.model_dir)
+    history = training.train(args.examples, args.model_dir, config, verbose=args.verbose)
+    last = {k: v[-1] for k, v in history.items() if v}
+    print("final epoch: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
+    return 0

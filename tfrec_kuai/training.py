@@ -1,0 +1,371 @@
+"""Training: Keras ``fit`` on the tf.data reader, resumable, and the model-directory format.
+
+A model directory holds::
+
+    config.json            the Config tree (model + train), incl. variant and history length
+    vocab/<feature>.txt     the vocabularies the model was built with (copied from the examples)
+    weights/               the final (best on validation) weights, a TF checkpoint
+    checkpoints/epoch-N    per-epoch weights
+    backup/                BackupAndRestore state while a run is in progress (deleted at the end)
+    logs/                  TensorBoard
+    training_state.json    early-stopping / best-epoch state (kept in step with backup/)
+    history.json           per-epoch metrics
+
+**Resumption that ends where an unbroken run ends.** Keras' ``BackupAndRestore`` restores the
+weights, the optimizer and the (epoch, step) counters, but it re-creates the input iterator from
+the start, so a resumed run would see a different stream of batches. Here the training input is
+one deterministic stream — epoch ``e`` is the training split shuffled with seed ``seed + e`` and
+cut to ``steps_per_epoch`` batches, the epochs concatenated — and on resume it is advanced by the
+checkpoint's ``train_counter`` (the number of steps already taken). Early-stopping and best-epoch
+state live in ``training_state.json``, written at the epoch ends and ignored for epochs already
+counted, so they resume too.
+
+**Validation is not the test set.** Early stopping and best-epoch selection watch the *last day
+of the training split* (held out from training), never the eval days that ``evaluate`` reports.
+"""
+import json
+import logging
+import os
+import shutil
+import time
+
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from tfrec_kuai.config import Config, ModelConfig
+from tfrec_kuai.models import RankingModel, RetrievalModel
+from tfrec_kuai.models.features import ID_VOCABULARIES
+
+_LOG = logging.getLogger(__name__)
+CONFIG_FILE = "config.json"
+WEIGHTS = os.path.join("weights", "model")
+
+
+# ----------------------------------------------------------------------------- model directory
+
+def read_vocabularies(examples_dir):
+    from tfrec_kuai import data
+    return {name: [int(v) for v in data.read_vocabulary(examples_dir, name)] for name in ID_VOCABULARIES}
+
+
+def _write_vocabularies(model_dir, vocabularies):
+    os.makedirs(os.path.join(model_dir, "vocab"), exist_ok=True)
+    for name, ids in vocabularies.items():
+        with open(os.path.join(model_dir, "vocab", f"{name}.txt"), "w") as f:
+            f.write("".join(f"{int(v)}\n" for v in ids))
+
+
+def _read_model_vocabularies(model_dir):
+    out = {}
+    for name in ID_VOCABULARIES:
+        with open(os.path.join(model_dir, "vocab", f"{name}.txt")) as f:
+            out[name] = [int(line) for line in f if line.strip()]
+    return out
+
+
+def build_model(config: Config, vocabularies):
+    """A fresh, built (variables created) model for ``config.model.stage``."""
+    cls = RankingModel if config.model.stage == "ranking" else RetrievalModel
+    model = cls(config.model, vocabularies)
+    _build(model, config.model.history_length)
+    return model
+
+
+def dummy_features(history_length, batch=2):
+    """A well-formed §6 batch of padding, used to create the variables before loading weights."""
+    L = int(history_length)
+    ints = {k: np.zeros([batch], np.int64) for k in ("user_id", "video_id", "author_id", "tag", "hour", "tab")}
+    hist = {k: np.full([batch, L], -1, np.int64) for k in ("hist_video_id", "hist_author_id", "hist_tag")}
+    floats = {k: np.zeros([batch, L], np.float32) for k in ("hist_play_s", "hist_duration_s", "hist_age_s")}
+    return {**ints, **hist, **floats, "hist_feedback": np.zeros([batch, L], np.int64),
+            "hist_len": np.zeros([batch], np.int64), "duration_s": np.ones([batch], np.float32)}
+
+
+def _build(model, history_length):
+    features = dummy_features(history_length)
+    model(features)
+    if isinstance(model, RetrievalModel):
+        model.candidate_tower({k: features[k] for k in ("video_id", "author_id", "tag", "duration_s")})
+
+
+def save_model_dir(model, config: Config, model_dir):
+    """Writes config, vocabularies and weights: everything ``load_*_model`` needs."""
+    os.makedirs(model_dir, exist_ok=True)
+    config.save(os.path.join(model_dir, CONFIG_FILE))
+    _write_vocabularies(model_dir, model.vocabularies)
+    model.save_weights(os.path.join(model_dir, WEIGHTS))
+
+
+def load_config_from_model_dir(model_dir):
+    with open(os.path.join(model_dir, CONFIG_FILE)) as f:
+        return Config.from_dict(json.load(f))
+
+
+def _load(model_dir, stage, attention_implementation):
+    config = load_config_from_model_dir(model_dir)
+    if config.model.stage != stage:
+        raise ValueError(f"{model_dir} holds a {config.model.stage} model, not {stage}")
+    config = config.override("model", attention_implementation=attention_implementation)
+    model = build_model(config, _read_model_vocabularies(model_dir))
+    model.load_weights(os.path.join(model_dir, WEIGHTS)).expect_partial()
+    return model
+
+
+def load_ranking_model(model_dir, attention_implementation="auto"):
+    """Rebuilds the ranking model from ``model_dir`` (config + vocabularies + weights).
+
+    ``attention_implementation`` overrides the saved one: the portable export asks for
+    ``"composite"`` so the SavedModel needs no custom op.
+    """
+    return _load(model_dir, "ranking", attention_implementation)
+
+
+def load_retrieval_model(model_dir, attention_implementation="auto"):
+    """Rebuilds the retrieval model (both towers) from ``model_dir``."""
+    return _load(model_dir, "retrieval", attention_implementation)
+
+
+# ----------------------------------------------------------------------------- input
+
+def _mask_batch(batch, keep):
+    return {k: tf.boolean_mask(v, keep) for k, v in batch.items()}
+
+
+def validation_date(metadata):
+    dates = sorted(int(d) for d in metadata.get("date_split", {}).get("train_dates", []))
+    return dates[-1] if len(dates) >= 2 else None
+
+
+def training_stream(examples_dir, config: Config, steps_per_epoch, val_date=None, skip_steps=0):
+    """The deterministic stream of training batches for all epochs, advanced by ``skip_steps``."""
+    from tfrec_kuai import data
+    t = config.train
+    epochs = []
+    for epoch in range(t.epochs):
+        ds = data.make_dataset(examples_dir, "train", t.batch_size, shuffle=True, repeat=True, seed=t.seed + epoch)
+        epochs.append(ds.take(steps_per_epoch))
+    stream = epochs[0]
+    for ds in epochs[1:]:
+        stream = stream.concatenate(ds)
+    stream = stream.skip(skip_steps)
+    stream = stream.map(lambda b: _prepare(b, config, val_date, training=True), num_parallel_calls=1)
+    return stream.prefetch(2)
+
+
+def _prepare(batch, config, val_date, training):
+    keep = None
+    if val_date is not None:
+        is_val = tf.equal(tf.cast(batch["date"], tf.int64), val_date)
+        keep = tf.logical_not(is_val) if training else is_val
+    if config.model.stage == "retrieval":
+        # Only effective views are retrieval queries; the other rows cost compute and add nothing.
+        positive = tf.cast(batch["label_valid"], tf.bool)
+        keep = positive if keep is None else tf.logical_and(keep, positive)
+    return batch if keep is None else _mask_batch(batch, keep)
+
+
+def validation_data(examples_dir, config: Config, val_date):
+    """A fixed, cached validation set: the last training day's rows (or the eval split if asked)."""
+    from tfrec_kuai import data
+    t = config.train
+    if t.validation == "none":
+        return None
+    if t.validation == "eval":
+        ds = data.make_dataset(examples_dir, "eval", t.batch_size)
+        ds = ds.map(lambda b: _prepare(b, config, None, training=False))
+    elif val_date is None:
+        return None
+    else:
+        ds = data.make_dataset(examples_dir, "train", t.batch_size, shuffle=True, seed=t.seed + 10_000)
+        ds = ds.map(lambda b: _prepare(b, config, val_date, training=False))
+        ds = ds.filter(lambda b: tf.shape(b["date"])[0] > 0)
+    if t.validation_batches:
+        ds = ds.take(t.validation_batches)
+    return ds.cache()
+
+
+def count_video_impressions(examples_dir):
+    """Impressions per raw video id in the training split (for the logQ correction)."""
+    import glob
+    files = sorted(glob.glob(os.path.join(examples_dir, "train", "*.tfrecord*")))
+    compression = "GZIP" if files and files[0].endswith(".gz") else None
+    ds = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=2).batch(4096)
+    ds = ds.map(lambda s: tf.io.parse_example(s, {"video_id": tf.io.FixedLenFeature([], tf.int64)})["video_id"])
+    counts = {}
+    for ids in ds:
+        u, c = np.unique(ids.numpy(), return_counts=True)
+        for a, b in zip(u, c):
+            counts[int(a)] = counts.get(int(a), 0) + int(b)
+    return counts
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+class EarlyStoppingWithState(tf.keras.callbacks.Callback):
+    """Early stopping + best-epoch weights, whose state survives a kill and restart.
+
+    At each epoch end (once per epoch, even when a resumed run replays the end of an epoch) it
+    compares ``monitor`` with the best so far, saves the best weights to ``best/`` and counts the
+    epochs without improvement; the state is written to ``training_state.json``.
+    """
+
+    def __init__(self, model_dir, monitor, mode="max", patience=1):
+        super().__init__()
+        self.model_dir = model_dir
+        self.monitor = monitor
+        self.mode = mode
+        self.patience = int(patience)
+        self.path = os.path.join(model_dir, "training_state.json")
+        self.state = {"last_epoch": -1, "best": None, "best_epoch": None, "wait": 0, "stopped": False}
+
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.state.update(json.load(f))
+        if self.state["stopped"]:
+            self.model.stop_training = True
+
+    def _better(self, value):
+        best = self.state["best"]
+        return best is None or (value > best if self.mode == "max" else value < best)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch <= self.state["last_epoch"]:
+            return
+        value = (logs or {}).get(self.monitor)
+        if value is not None:
+            value = float(value)
+            if self._better(value):
+                self.state.update(best=value, best_epoch=epoch, wait=0)
+                self.model.save_weights(os.path.join(self.model_dir, "best", "model"))
+            else:
+                self.state["wait"] += 1
+                if self.state["wait"] >= self.patience:
+                    self.state["stopped"] = True
+                    self.model.stop_training = True
+        self.state["last_epoch"] = epoch
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f)
+        os.replace(tmp, self.path)
+
+
+class StopAfterSteps(tf.keras.callbacks.Callback):
+    """Ends the process abruptly after ``steps`` batches — the test's stand-in for a kill."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = int(steps)
+        self.seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen >= self.steps:
+            raise KeyboardInterrupt(f"simulated kill after {self.steps} steps")
+
+
+class ThroughputLogger(tf.keras.callbacks.Callback):
+    """Examples per second per epoch, into the logs (TensorBoard and history.json)."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0, self.steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.steps:
+            logs["examples_per_s"] = self.steps * self.batch_size / (time.perf_counter() - self.t0)
+
+
+def _read_train_counter(backup_dir):
+    """Steps already taken according to the BackupAndRestore checkpoint (0 when there is none)."""
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not latest:
+        return 0
+    reader = tf.train.load_checkpoint(latest)
+    for key in reader.get_variable_to_shape_map():
+        if key.startswith("train_counter"):
+            return int(reader.get_tensor(key))
+    return 0
+
+
+# ----------------------------------------------------------------------------- fit
+
+def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=(), log=print):
+    """Trains (or resumes training) and writes the model directory. Returns the Keras history dict."""
+    from tfrec_kuai import data
+    metadata = data.load_metadata(examples_dir)
+    config = config.override("model", history_length=int(metadata["history_length"]))
+    t, stage = config.train, config.model.stage
+    os.makedirs(model_dir, exist_ok=True)
+    config.save(os.path.join(model_dir, CONFIG_FILE))
+    vocabularies = read_vocabularies(examples_dir)
+    _write_vocabularies(model_dir, vocabularies)
+
+    tf.keras.utils.set_random_seed(t.seed)
+    model = build_model(config, vocabularies)
+    if stage == "retrieval" and config.model.logq_correction:
+        model.set_candidate_probabilities(count_video_impressions(examples_dir))
+    model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
+
+    n_train = int(metadata["rows"]["train_examples"])
+    if t.max_train_examples:
+        n_train = min(n_train, int(t.max_train_examples))
+    steps_per_epoch = t.steps_per_epoch or max(1, n_train // t.batch_size)
+    val_date = validation_date(metadata) if t.validation == "last_train_day" else None
+
+    backup_dir = os.path.join(model_dir, "backup")
+    done_steps = _read_train_counter(backup_dir)
+    if done_steps:
+        log(f"resuming from the backup in {backup_dir}: {done_steps} of {steps_per_epoch * t.epochs} steps done")
+    stream = training_stream(examples_dir, config, steps_per_epoch, val_date, skip_steps=done_steps)
+    validation = validation_data(examples_dir, config, val_date)
+    monitor = ("val_auc_skip" if stage == "ranking" else "val_batch_recall_at_50") if validation is not None else None
+
+    callbacks = [
+        tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq=t.backup_every_steps, delete_checkpoint=True),
+        ThroughputLogger(t.batch_size),
+        tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq=max(1, steps_per_epoch // 20),
+                                       profile_batch=0),
+        tf.keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "checkpoints", "epoch-{epoch:02d}", "model"),
+                                           save_weights_only=True),
+    ]
+    if monitor:
+        callbacks.append(EarlyStoppingWithState(model_dir, monitor, "max", t.early_stopping_patience))
+    callbacks += list(extra_callbacks)
+    log(f"training {stage}/{config.model.variant}: {t.epochs} epochs x {steps_per_epoch} steps of {t.batch_size}"
+        f" (validation: {t.validation if validation is not None else 'none'}"
+        f"{'' if val_date is None else f', date {val_date}'})")
+    history = model.fit(stream, epochs=t.epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
+                        callbacks=callbacks, verbose=verbose)
+    hist = {k: [float(x) for x in v] for k, v in history.history.items()}
+    best_dir = os.path.join(model_dir, "best")
+    if monitor and tf.train.latest_checkpoint(best_dir):
+        model.load_weights(os.path.join(best_dir, "model")).expect_partial()
+    save_model_dir(model, config, model_dir)
+    _merge_history(model_dir, hist)
+    return hist
+
+
+def _merge_history(model_dir, hist):
+    path = os.path.join(model_dir, "history.json")
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    for k, v in hist.items():
+        old.setdefault(k, []).extend(v)
+    with open(path, "w") as f:
+        json.dump(old, f, indent=1)
+
+
+def clear_model_dir(model_dir):
+    """Removes a previous run's state so that ``train`` starts from scratch."""
+    if os.path.isdir(model_dir):
+        shutil.rmtree(model_dir)
