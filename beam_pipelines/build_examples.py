@@ -1,0 +1,326 @@
+"""KuaiRand-format logs -> the examples folder of DESIGN.md §6 (Apache Beam).
+
+    python -m beam_pipelines.build_examples --input 'DIR/log_*.csv' --output OUT \\
+        [--video_features F] [--user_features F] [--history_length 50] [--eval_days 1] \\
+        [--vocab_min_count 1] [any Beam pipeline option, e.g. --direct_num_workers=2
+        --direct_running_mode=multi_processing, or --runner=DataflowRunner --project ... ]
+
+Shape of the job (element counts kept small, per-row Python work kept to parsing):
+
+1. the input globs are matched and cut into byte ranges (gzip files: one range each);
+2. each range is read in blocks, every line validated (``validation.py``); bad lines go to the
+   dead letter with their reason, good rows leave grouped *per user of the range* as NumPy arrays;
+3. a ``GroupByKey`` on ``user_id`` gathers each user's arrays; each user is sorted once,
+   de-duplicated, labelled, windowed by the native history builder and split by date
+   (``user_examples.py``); a bundle's users are serialised together by the vectorised
+   ``tf.train.Example`` encoder (``example_encoder.py``);
+4. per-range and per-bundle statistics are merged once into vocabularies, the corpus and
+   ``metadata.json`` (``outputs.py``), which reconciles rows in = rows used + dead letters.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipelines import example_encoder, outputs, user_examples, validation
+from beam_pipelines.side_tables import UserTable, VideoTable
+from tfrec_kuai.schema import COLUMN_INDEX, example_feature_spec
+
+NAMESPACE = "build_examples"
+_COMPRESSED = (".gz", ".gzip", ".bz2", ".zst", ".zstd", ".deflate", ".lzma", ".xz")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m beam_pipelines.build_examples", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, action="append",
+                        help="glob of KuaiRand-format log CSVs (plain or gzip); repeat or comma-separate")
+    parser.add_argument("--output", required=True, help="examples folder (local path or gs://...)")
+    parser.add_argument("--video_features", default=None, help="video_features_basic*.csv (author, tag, duration)")
+    parser.add_argument("--user_features", default=None, help="user_features*.csv (user_<column> features)")
+    parser.add_argument("--history_length", type=int, default=50, help="L: events per history window")
+    parser.add_argument("--eval_days", type=int, default=1, help="the last K dates form the eval split")
+    parser.add_argument("--vocab_min_count", type=int, default=1, help="ids seen fewer times in train are OOV")
+    parser.add_argument("--history_implementation", choices=("auto", "native", "python"), default="auto",
+                        help="history-window builder (python: the slow reference, for benchmarks)")
+    parser.add_argument("--read_range_mb", type=float, default=16.0,
+                        help="uncompressed inputs are read in ranges of this size, in parallel")
+    parser.add_argument("--encode_batch", type=int, default=4096, help="examples serialised per batch")
+    args, beam_args = parser.parse_known_args(argv)
+    args.input = [p for item in args.input for p in item.split(",") if p]
+    if args.history_length < 1:
+        parser.error("--history_length must be >= 1")
+    return args, beam_args
+
+
+# --- 1-2: read ranges, validate lines ---------------------------------------------------------
+def split_ranges(metadata, range_bytes):
+    path, size = metadata.path, metadata.size_in_bytes
+    if path.lower().endswith(_COMPRESSED) or size <= range_bytes:
+        return [(path, 0, None)]
+    return [(path, start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
+
+
+def read_range_lines(path, start, end, block=8 << 20):
+    """``(byte offset, line bytes)`` of every line that *starts* in ``[start, end)``.
+
+    ``end=None`` reads to the end (compressed files, whose offsets are in decompressed bytes).
+    A range other than the first begins after the first newline at or after ``start - 1``, so
+    every line belongs to exactly one range.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    compression = CompressionTypes.AUTO if end is None else CompressionTypes.UNCOMPRESSED
+    with FileSystems.open(path, compression_type=compression) as f:
+        pos = 0
+        if start > 0:
+            f.seek(start - 1)
+            pos = start - 1 + len(f.readline())
+        carry = b""
+        while True:
+            data = f.read(block)
+            buf = carry + data
+            lines = buf.split(b"\n")
+            carry = lines.pop() if data else b""
+            if not data and not carry and lines and lines[-1] == b"":
+                lines.pop()
+            for line in lines:
+                if end is not None and pos >= end:
+                    return
+                yield pos, line
+                pos += len(line) + 1
+            if not data:
+                return
+
+
+class ParseRangeFn(beam.DoFn):
+    """Validates every line of a byte range; emits per-user row arrays, dead letters, stats."""
+
+    def __init__(self, video_features, user_features):
+        self.video_features = video_features
+        self.user_features = user_features
+
+    def setup(self):
+        self.video_table = VideoTable.load(self.video_features) if self.video_features else None
+        self.user_table = UserTable.load(self.user_features) if self.user_features else None
+        self.counters = {r: Metrics.counter(NAMESPACE, f"dead_letter_{r}") for r in validation.REASONS}
+        self.rows_in = Metrics.counter(NAMESPACE, "rows_in")
+
+    def process(self, item, block_lines=200_000):
+        path, start, end = item
+        offsets, lines = [], []
+        first = True
+        for offset, line in read_range_lines(path, start, end):
+            if first and start == 0 and line.startswith(validation.HEADER_PREFIX):
+                first = False
+                continue  # the file's header row
+            first = False
+            offsets.append(offset)
+            lines.append(line)
+            if len(lines) >= block_lines:
+                yield from self._emit(path, offsets, lines)
+                offsets, lines = [], []
+        if lines:
+            yield from self._emit(path, offsets, lines)
+
+    def _emit(self, path, offsets, lines):
+        values, kept, rejects = validation.validate_lines(lines, self.video_table, self.user_table)
+        dead = {}
+        for index, reason in rejects:
+            dead[reason] = dead.get(reason, 0) + 1
+            self.counters[reason].inc()
+            yield beam.pvalue.TaggedOutput("dead", dead_letter_json(reason, f"{path}:{offsets[index]}",
+                                                                    lines[index]))
+        self.rows_in.inc(len(lines))
+        dates = np.unique(values[:, COLUMN_INDEX["date"]], return_counts=True)
+        yield beam.pvalue.TaggedOutput("stats", {"input": len(lines), "dead": dead,
+                                                 "dates": dict(zip(dates[0].tolist(), dates[1].tolist()))})
+        if not len(values):
+            return
+        offs = np.asarray(offsets, np.int64)[kept]
+        users = values[:, COLUMN_INDEX["user_id"]]
+        order = np.argsort(users, kind="stable")
+        users_sorted = users[order]
+        bounds = np.flatnonzero(np.diff(users_sorted)) + 1
+        for idx in np.split(order, bounds):
+            yield int(users[idx[0]]), (path, values[idx], offs[idx])
+
+
+def dead_letter_json(reason, source, raw):
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="backslashreplace")
+    return json.dumps({"reason": reason, "source": source, "row": raw}, ensure_ascii=True)
+
+
+# --- 3: per user ------------------------------------------------------------------------------
+class UserExamplesFn(beam.DoFn):
+    """Sort, dedup, label, window and split one user; serialise a bundle's examples in batches."""
+
+    def __init__(self, spec, video_features, user_features, history_length, eval_days, implementation,
+                 encode_batch):
+        self.spec = spec
+        self.video_features = video_features
+        self.user_features = user_features
+        self.history_length = history_length
+        self.eval_days = eval_days
+        self.implementation = implementation
+        self.encode_batch = encode_batch
+
+    def setup(self):
+        self.video_table = VideoTable.load(self.video_features) if self.video_features else None
+        self.user_table = UserTable.load(self.user_features) if self.user_features else None
+        self.dup_counter = Metrics.counter(NAMESPACE, "dead_letter_duplicate_event")
+        self.examples_counter = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in ("train", "eval")}
+
+    def start_bundle(self):
+        self.buffer = []
+        self.buffered = 0
+        self.stats = {}
+
+    def process(self, element, dates):
+        user_id, groups = element
+        groups = list(groups)
+        paths = sorted({g[0] for g in groups})
+        path_rank = {p: i for i, p in enumerate(paths)}
+        values = np.concatenate([g[1] for g in groups])
+        offsets = np.concatenate([g[2] for g in groups])
+        source = np.concatenate([np.full(len(g[1]), path_rank[g[0]], np.int64) for g in groups])
+        keep, dups = user_examples.sort_and_dedup(values, source * (1 << 40) + offsets)
+        for j in dups:
+            self.dup_counter.inc()
+            yield beam.pvalue.TaggedOutput("dead", dead_letter_json(
+                "duplicate_event", f"{paths[source[j]]}:{offsets[j]}", ",".join(map(str, values[j].tolist()))))
+        eval_dates = outputs.eval_dates_of(dates.keys(), self.eval_days)
+        cols, is_eval = user_examples.user_columns(values[keep], self.video_table, self.user_table,
+                                                   self.history_length, eval_dates, self.implementation)
+        stats = {"dead": {"duplicate_event": len(dups)} if len(dups) else {},
+                 "splits": {"train": user_examples.split_stats(cols, ~is_eval),
+                            "eval": user_examples.split_stats(cols, is_eval)},
+                 "ids": user_examples.id_counts(cols, ~is_eval),
+                 "video_duration_ms": _max_duration(values[keep])}
+        outputs.merge_stats(self.stats, stats)
+        self.buffer.append((cols, is_eval))
+        self.buffered += len(is_eval)
+        if self.buffered >= self.encode_batch:
+            yield from self._flush()
+
+    def _flush(self):
+        if not self.buffer:
+            return
+        cols = {k: np.concatenate([c[k] for c, _ in self.buffer]) for k in self.spec}
+        is_eval = np.concatenate([e for _, e in self.buffer])
+        self.buffer, self.buffered = [], 0
+        records = example_encoder.encode_examples(cols, self.spec)
+        for split, mask in (("train", ~is_eval), ("eval", is_eval)):
+            self.examples_counter[split].inc(int(mask.sum()))
+            for j in np.flatnonzero(mask):
+                yield beam.pvalue.TaggedOutput(split, records[j])
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        for tagged in self._flush():
+            yield beam.pvalue.TaggedOutput(tagged.tag, GlobalWindows.windowed_value(tagged.value))
+        if self.stats:
+            yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(self.stats))
+            self.stats = {}
+
+
+def _max_duration(values):
+    vid = values[:, COLUMN_INDEX["video_id"]]
+    dur = values[:, COLUMN_INDEX["duration_ms"]]
+    order = np.lexsort((dur, vid))
+    last = np.ones(len(order), bool)
+    last[:-1] = vid[order][1:] != vid[order][:-1]
+    return dict(zip(vid[order][last].tolist(), dur[order][last].tolist()))
+
+
+class CorpusFn(beam.DoFn):
+    def __init__(self, video_features):
+        self.video_features = video_features
+
+    def process(self, stats):
+        table = VideoTable.load(self.video_features) if self.video_features else None
+        cols, _ = outputs.corpus_rows(stats, table)
+        yield from example_encoder.encode_examples(cols, outputs.corpus_spec())
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+def build(pipeline, args, command, options_dict):
+    user_spec, user_codes = [], {}
+    if args.user_features:
+        table = UserTable.load(args.user_features)
+        user_spec, user_codes = table.feature_spec, table.codes
+    spec = example_feature_spec(args.history_length, user_spec)
+    out = args.output.rstrip("/")
+
+    ranges = (pipeline
+              | "Globs" >> beam.Create(args.input)
+              | "Match" >> fileio.MatchAll()
+              | "Ranges" >> beam.FlatMap(split_ranges, int(args.read_range_mb * (1 << 20)))
+              | "SpreadRanges" >> beam.Reshuffle())
+    parsed = ranges | "Validate" >> beam.ParDo(ParseRangeFn(args.video_features, args.user_features)).with_outputs(
+        "dead", "stats", main="rows")
+    dates = (parsed.stats
+             | "DatesOnly" >> beam.Map(lambda s: {"dates": s["dates"]})
+             | "Dates" >> beam.CombineGlobally(outputs.StatsCombineFn())
+             | "DateDict" >> beam.Map(lambda s: s.get("dates", {})))
+    per_user = (parsed.rows
+                | "ByUser" >> beam.GroupByKey()
+                | "UserExamples" >> beam.ParDo(
+                    UserExamplesFn(spec, args.video_features, args.user_features, args.history_length,
+                                   args.eval_days, args.history_implementation, args.encode_batch),
+                    dates=beam.pvalue.AsSingleton(dates)).with_outputs("train", "eval", "dead", "stats"))
+    for split in ("train", "eval"):
+        (per_user[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+            f"{out}/{split}/part", file_name_suffix=".tfrecord.gz", compression_type=CompressionTypes.GZIP))
+    ((parsed.dead, per_user.dead) | "AllDead" >> beam.Flatten()
+     | "WriteDead" >> beam.io.WriteToText(f"{out}/dead_letter/rows", file_name_suffix=".jsonl"))
+    stats = ((parsed.stats, per_user.stats) | "AllStats" >> beam.Flatten()
+             | "Summary" >> beam.CombineGlobally(outputs.StatsCombineFn()))
+    (stats | "Corpus" >> beam.ParDo(CorpusFn(args.video_features))
+     | "WriteCorpus" >> beam.io.WriteToTFRecord(f"{out}/corpus/part", file_name_suffix=".tfrecord.gz",
+                                               compression_type=CompressionTypes.GZIP))
+    meta_kwargs = dict(spec=spec, history_length=args.history_length, user_features=user_spec,
+                       user_codes=user_codes, eval_days=args.eval_days, command=command, options=options_dict)
+    stats | "Metadata" >> beam.Map(outputs.write_summary, out, args.video_features, meta_kwargs,
+                                   args.vocab_min_count)
+    return pipeline
+
+
+def run(argv=None):
+    """Build and run the job; returns the metadata dict written."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, beam_args = parse_args(argv)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        # Beam's default would try to download the Prism runner first; the DirectRunner is local.
+        beam_args = ["--runner=DirectRunner"] + beam_args
+    options = PipelineOptions(beam_args)
+    command = "python -m beam_pipelines.build_examples " + " ".join(shlex.quote(a) for a in argv)
+    options_dict = {k: v for k, v in options.get_all_options(drop_default=True).items()
+                    if isinstance(v, (str, int, float, bool, list))}
+    with beam.Pipeline(options=options) as pipeline:
+        build(pipeline, args, command, options_dict)
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.open(f"{args.output.rstrip('/')}/metadata.json") as f:
+        meta = json.loads(f.read().decode("utf-8"))
+    logging.info("examples: %s", meta["rows"])
+    return meta
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    meta = run()
+    print(json.dumps(meta["rows"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
