@@ -131,3 +131,53 @@ def toy_stubs(toy_server):
                                     options=[("grpc.max_send_message_length", 8 << 20)])
     yield prediction_service_pb2_grpc.PredictionServiceStub(channel), model_service_pb2_grpc.ModelServiceStub(channel)
     channel.close()
+
+
+# ---- export fixtures (tfrec-kuai export on models built from the tiny examples) ----------------
+
+def _model_dirs_from_fixtures(request):
+    """Trained tiny model folders from the model area's fixtures, when that area provides them."""
+    for ranking_name, retrieval_name in (("tiny_ranking_model_dir", "tiny_retrieval_model_dir"),
+                                         ("ranking_model_dir", "retrieval_model_dir")):
+        try:
+            return request.getfixturevalue(ranking_name), request.getfixturevalue(retrieval_name)
+        except pytest.FixtureLookupError:
+            continue
+    return None
+
+
+@pytest.fixture(scope="session")
+def export_model_dirs(request, tiny_examples_dir, tmp_path_factory):
+    """(ranking_dir, retrieval_dir): the model area's trained tiny models, or else models built
+    (not trained) and saved by ``tfrec_kuai.training`` — the same folder layout and load path."""
+    found = _model_dirs_from_fixtures(request)
+    if found is not None:
+        return found
+    from tfrec_kuai import data, training
+    from tfrec_kuai.config import load_config
+    history_length = data.load_metadata(tiny_examples_dir)["history_length"]
+    vocabularies = training.read_vocabularies(tiny_examples_dir)
+    root = tmp_path_factory.mktemp("export_models")
+    dirs = []
+    for stage in ("ranking", "retrieval"):
+        config = load_config(stage=stage).override("model", history_length=history_length, stage=stage)
+        model = training.build_model(config, vocabularies)
+        training.save_model_dir(model, config, str(root / stage))
+        dirs.append(str(root / stage))
+    return tuple(dirs)
+
+
+@pytest.fixture(scope="session")
+def kuai_exports(export_model_dirs, tiny_examples_dir, tmp_path_factory):
+    """``tfrec-kuai export`` run twice into one base: fused as ``kuai``, portable as ``kuai_portable``.
+
+    Returns {"base": dir, "fused": version dir, "portable": version dir}.
+    """
+    from tfrec_kuai import cli
+    ranking_dir, retrieval_dir = export_model_dirs
+    base = str(tmp_path_factory.mktemp("kuai_export"))
+    common = ["export", "--ranking_dir", ranking_dir, "--retrieval_dir", retrieval_dir,
+              "--examples", tiny_examples_dir, "--export_base", base, "--top_n", "10", "--retrieve_k", "50"]
+    assert cli.main(common) == 0
+    assert cli.main(common + ["--portable", "--model_name", "kuai_portable"]) == 0
+    return {"base": base, "fused": os.path.join(base, "kuai", "1"), "portable": os.path.join(base, "kuai_portable", "1")}
