@@ -118,6 +118,9 @@ CASES = {
     # makes the softmax peaky so underflowing terms are exercised too.
     "large_logits": (4, 8, 2, 6, 5, [8, 3, 8, 1], 100.0, 4.0),
     "larger_threaded": (64, 50, 2, 16, 16, None, 0.0, None),
+    # The kernel has unrolled specialisations for D = Dv in {16, 32, 64}; cover each.
+    "specialised_32": (8, 12, 2, 32, 32, [12, 0, 5, 1, 12, 7, 3, 9], 0.0, None),
+    "specialised_64": (3, 5, 1, 64, 64, [5, 2, 0], 0.0, None),
 }
 
 
