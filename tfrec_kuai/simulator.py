@@ -242,7 +242,10 @@ def _timestamps(rng, p, row_of, counts, session_start, play):
     nominal = (rng.integers(0, p.days, n_sess) * 86_400_000 + hour * 3_600_000 +
                rng.integers(0, 3_600_000, n_sess)).astype(np.int64)
     by_user = np.lexsort((nominal, sess_user_rank))   # sessions are already grouped by user
-    nominal = nominal[by_user]
+    # k-th session of a user (impression order) takes the user's k-th earliest start; a start so
+    # late that the session would run past the last day is pulled back to end inside it.
+    nominal = np.minimum(nominal[by_user], p.days * 86_400_000 - 1 - sess_len - 60_000)
+    nominal = np.maximum(nominal, 0)
     # Push a session later when the previous one of the user has not ended (+1 min pause):
     # start_k = C_k + max_{j<=k}(nominal_j - C_j), C = per-user prefix of (length + pause).
     total = sess_len + 60_000
