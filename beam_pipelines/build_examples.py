@@ -295,8 +295,8 @@ def build(pipeline, args, command, options_dict):
     return pipeline
 
 
-def run(argv=None):
-    """Build and run the job; returns the metadata dict written."""
+def run(argv=None, return_result=False):
+    """Build and run the job; returns the metadata dict written (and the PipelineResult)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parse_args(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
@@ -306,13 +306,25 @@ def run(argv=None):
     command = "python -m beam_pipelines.build_examples " + " ".join(shlex.quote(a) for a in argv)
     options_dict = {k: v for k, v in options.get_all_options(drop_default=True).items()
                     if isinstance(v, (str, int, float, bool, list))}
-    with beam.Pipeline(options=options) as pipeline:
-        build(pipeline, args, command, options_dict)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, args, command, options_dict)
+    result = pipeline.run()
+    result.wait_until_finish()
     from apache_beam.io.filesystems import FileSystems
     with FileSystems.open(f"{args.output.rstrip('/')}/metadata.json") as f:
         meta = json.loads(f.read().decode("utf-8"))
     logging.info("examples: %s", meta["rows"])
-    return meta
+    return (meta, result) if return_result else meta
+
+
+def counters(result):
+    """``{counter name: value}`` of this job's Beam counters (dead letters per reason, rows in...)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    out = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (c.committed if c.committed is not None
+                                                                 else c.attempted)
+    return out
 
 
 def main():
