@@ -36,7 +36,7 @@ def _bool(text):
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
-    p.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST (as in TF Serving)")
+    p.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST (as in TF Serving), -1 picks a free port")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--model_name", default="kuai")
     p.add_argument("--model_base_path", default="", help="folder holding numeric version folders")
@@ -148,11 +148,9 @@ class ModelServer:
         if not self.port:
             raise SystemExit(f"cannot listen on {address}")
         self.grpc_server.start()
-        if args.rest_api_port:
-            self.rest_server = RestServer(self.manager, args.host, args.rest_api_port, args.max_message_size_bytes).start()
-            self.rest_port = self.rest_server.port
-        elif args.rest_api_port == 0 and getattr(args, "rest_api_port_auto", False):
-            self.rest_server = RestServer(self.manager, args.host, 0, args.max_message_size_bytes).start()
+        if args.rest_api_port:  # -1: any free port (printed at startup)
+            self.rest_server = RestServer(self.manager, args.host, max(0, args.rest_api_port),
+                                          args.max_message_size_bytes).start()
             self.rest_port = self.rest_server.port
         return self
 
@@ -168,15 +166,10 @@ class ModelServer:
 def start_in_process(**flags):
     """Start a server from keyword flags (tests, benchmarks). ``rest_api_port=-1`` = a free REST port."""
     argv = []
-    auto_rest = flags.get("rest_api_port") == -1
-    if auto_rest:
-        flags["rest_api_port"] = 0
     for key, value in flags.items():
         for item in (value if isinstance(value, (list, tuple)) else [value]):
             argv.append(f"--{key}={item}")
-    args = build_parser().parse_args(argv)
-    args.rest_api_port_auto = auto_rest
-    return ModelServer(args).start()
+    return ModelServer(build_parser().parse_args(argv)).start()
 
 
 def main(argv=None):
