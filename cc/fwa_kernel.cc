@@ -11,9 +11,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include <immintrin.h>  // SSE streaming stores (x86-64 baseline)
 
 namespace tfrec_kuai {
 namespace {
@@ -23,6 +26,33 @@ inline float Dot(const float* __restrict a, const float* __restrict b, int64_t n
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
   return acc;
+}
+
+// y[0..n) = alpha * x[0..n). The gradient rows of keys and values are written once and never
+// read back by the kernel, so when `stream` is set (n % 4 == 0 and y 16-byte aligned) they are
+// written with non-temporal stores: that skips the read-for-ownership of every destination
+// cache line, a third of the backward's memory traffic. Callers end with _mm_sfence().
+inline void ScaleRow(float alpha, const float* __restrict x, float* __restrict y, int64_t n, bool stream) {
+  if (stream) {
+    const __m128 a = _mm_set1_ps(alpha);
+    for (int64_t j = 0; j < n; j += 4) _mm_stream_ps(y + j, _mm_mul_ps(a, _mm_loadu_ps(x + j)));
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) y[j] = alpha * x[j];
+}
+
+inline void ZeroRow(float* y, int64_t n, bool stream) {
+  if (stream) {
+    const __m128 z = _mm_setzero_ps();
+    for (int64_t j = 0; j < n; j += 4) _mm_stream_ps(y + j, z);
+    return;
+  }
+  std::memset(y, 0, sizeof(float) * n);
+}
+
+inline bool Streamable(const float* base, int64_t depth) {
+  return depth % 4 == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0;
 }
 
 // Valid length of row b, clamped so that a caller that skipped FwaCheckLengths still cannot
@@ -133,6 +163,8 @@ void BackwardRange(const FwaInputs& in, const float* grad_out, const FwaGradient
   const int64_t row = s.heads;
   const int64_t krow = s.heads * D;
   const int64_t vrow = s.heads * Dv;
+  const bool stream_k = Streamable(grads.keys, D);
+  const bool stream_v = Streamable(grads.values, Dv);
   for (int64_t unit = begin; unit < end; ++unit) {
     const int64_t b = unit / s.heads;
     const int64_t h = unit % s.heads;
@@ -150,8 +182,8 @@ void BackwardRange(const FwaInputs& in, const float* grad_out, const FwaGradient
 
     // Padding positions get exact zeros (they never influenced the output).
     for (int64_t l = n; l < s.length; ++l) {
-      std::memset(dk + l * krow, 0, sizeof(float) * D);
-      std::memset(dv + l * vrow, 0, sizeof(float) * Dv);
+      ZeroRow(dk + l * krow, D, stream_k);
+      ZeroRow(dv + l * vrow, Dv, stream_v);
       dbias[l * row] = 0.0f;
       dgate[l * row] = 0.0f;
     }
@@ -167,8 +199,7 @@ void BackwardRange(const FwaInputs& in, const float* grad_out, const FwaGradient
 #pragma omp simd reduction(+ : ul)
         for (int64_t j = 0; j < Dv; ++j) ul += go[j] * vl[j];
         const float pg = p[l] * gate[l * row];
-#pragma omp simd
-        for (int64_t j = 0; j < Dv; ++j) dvl[j] = pg * go[j];
+        ScaleRow(pg, go, dvl, Dv, stream_v);
         dgate[l * row] = p[l] * ul;
         u[l] = ul;
         c += pg * ul;
@@ -180,15 +211,14 @@ void BackwardRange(const FwaInputs& in, const float* grad_out, const FwaGradient
         const float sds = in.scale * ds;
         const float* __restrict kl = k + l * krow;
         float* __restrict dkl = dk + l * krow;
+        ScaleRow(sds, q, dkl, D, stream_k);
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) {
-          dkl[j] = sds * q[j];
-          dq_acc[j] += sds * kl[j];
-        }
+        for (int64_t j = 0; j < D; ++j) dq_acc[j] += sds * kl[j];
       }
     }
     std::memcpy(grads.query + unit * D, dq_acc, sizeof(float) * D);
   }
+  _mm_sfence();  // make the streaming stores visible before the caller's threads join
 }
 
 using ForwardFn = void (*)(const FwaInputs&, float*, int64_t, int64_t);
