@@ -22,6 +22,7 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 log = logging.getLogger("serving.server")
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def _bool(text):

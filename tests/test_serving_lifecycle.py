@@ -279,3 +279,15 @@ def _answers(stub):
         return served_version(stub) == 1
     except grpc.RpcError:
         return False
+
+
+def test_example_configs_parse():
+    from serving.batching import BatchingOptions
+    from serving.server import REPO_CONFIGS
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse(open(os.path.join(REPO_CONFIGS, "models.config")).read(), config)
+    names = [c.name for c in config.model_config_list.config]
+    assert names == ["kuai", "kuai_portable"]
+    assert dict(config.model_config_list.config[1].version_labels) == {"stable": 1, "canary": 2}
+    options = BatchingOptions.from_file(os.path.join(REPO_CONFIGS, "batching_parameters.txt"))
+    assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads) == (32, 1000, 2)
