@@ -184,6 +184,7 @@ class UserExamplesFn(beam.DoFn):
         self.buffer = []
         self.buffered = 0
         self.stats = {}
+        self.eval_dates = []
 
     def process(self, element, dates):
         user_id, groups = element
@@ -194,31 +195,31 @@ class UserExamplesFn(beam.DoFn):
         offsets = np.concatenate([g[2] for g in groups])
         source = np.concatenate([np.full(len(g[1]), path_rank[g[0]], np.int64) for g in groups])
         keep, dups = user_examples.sort_and_dedup(values, source * (1 << 40) + offsets)
+        if len(dups):
+            outputs.merge_stats(self.stats, {"dead": {"duplicate_event": len(dups)}})
         for j in dups:
             self.dup_counter.inc()
             yield beam.pvalue.TaggedOutput("dead", dead_letter_json(
                 "duplicate_event", f"{paths[source[j]]}:{offsets[j]}", ",".join(map(str, values[j].tolist()))))
-        eval_dates = outputs.eval_dates_of(dates.keys(), self.eval_days)
-        cols, is_eval = user_examples.user_columns(values[keep], self.video_table, self.user_table,
-                                                   self.history_length, eval_dates, self.implementation)
-        stats = {"dead": {"duplicate_event": len(dups)} if len(dups) else {},
-                 "splits": {"train": user_examples.split_stats(cols, ~is_eval),
-                            "eval": user_examples.split_stats(cols, is_eval)},
-                 "ids": user_examples.id_counts(cols, ~is_eval),
-                 "video_duration_ms": _max_duration(values[keep])}
-        outputs.merge_stats(self.stats, stats)
-        self.buffer.append((cols, is_eval))
-        self.buffered += len(is_eval)
+        self.eval_dates = outputs.eval_dates_of(dates.keys(), self.eval_days)
+        self.buffer.append(values[keep])
+        self.buffered += len(keep)
         if self.buffered >= self.encode_batch:
             yield from self._flush()
 
     def _flush(self):
+        """Columns, statistics and serialised examples of the buffered users, in one batch."""
         if not self.buffer:
             return
-        cols = {k: np.concatenate([c[k] for c, _ in self.buffer]) for k in self.spec}
-        is_eval = np.concatenate([e for _, e in self.buffer])
-        self.buffer, self.buffered = [], 0
-        records = example_encoder.encode_examples(cols, self.spec)
+        rows, self.buffer, self.buffered = self.buffer, [], 0
+        cols, is_eval = user_examples.batch_columns(rows, self.video_table, self.user_table, self.history_length,
+                                                    self.eval_dates, self.implementation)
+        outputs.merge_stats(self.stats, {
+            "splits": {"train": user_examples.split_stats(cols, ~is_eval),
+                       "eval": user_examples.split_stats(cols, is_eval)},
+            "ids": user_examples.id_counts(cols, ~is_eval),
+            "video_duration_ms": user_examples.max_duration(np.concatenate(rows))})
+        records = example_encoder.encode_examples({k: cols[k] for k in self.spec}, self.spec)
         for split, mask in (("train", ~is_eval), ("eval", is_eval)):
             self.examples_counter[split].inc(int(mask.sum()))
             for j in np.flatnonzero(mask):
@@ -231,15 +232,6 @@ class UserExamplesFn(beam.DoFn):
         if self.stats:
             yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(self.stats))
             self.stats = {}
-
-
-def _max_duration(values):
-    vid = values[:, COLUMN_INDEX["video_id"]]
-    dur = values[:, COLUMN_INDEX["duration_ms"]]
-    order = np.lexsort((dur, vid))
-    last = np.ones(len(order), bool)
-    last[:-1] = vid[order][1:] != vid[order][:-1]
-    return dict(zip(vid[order][last].tolist(), dur[order][last].tolist()))
 
 
 class CorpusFn(beam.DoFn):

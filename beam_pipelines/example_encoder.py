@@ -7,6 +7,10 @@ piece of every example (keys, length prefixes, packed payloads) is laid out as a
 byte array with a validity mask, the arrays are concatenated column-wise, and the mask
 selection flattens them row by row, which *is* the concatenation of each example's bytes.
 
+:func:`encode_examples` uses the C++ writer of the pybind11 module (``tfrec_kuai._native.
+encode_examples``, ~1 µs per row) when it is built, and this NumPy version otherwise (and as the
+reference the tests compare it with).
+
 Wire format written (all fields length-delimited, lists packed, as TensorFlow itself writes):
 ``Example{1: Features{1: map entry{1: key, 2: Feature{2: FloatList{1: packed f32} |
 3: Int64List{1: packed varint}}}}}``. Tests parse the output with TensorFlow and compare.
@@ -116,8 +120,18 @@ def _float_entry(pieces, key, values):
     pieces.raw(f32.view(np.uint8).reshape(pieces.n, payload_len))
 
 
-def encode_examples(columns, spec):
+def native_available():
+    try:
+        from tfrec_kuai import _native
+    except ImportError:
+        return False
+    return hasattr(_native, "encode_examples")
+
+
+def encode_examples(columns, spec, implementation="auto"):
     """Serialized ``tf.train.Example`` bytes of each row.
+
+    ``implementation``: ``"native"`` (C++), ``"numpy"`` or ``"auto"`` (native when built).
 
     ``columns``: ``{name: array [N] or [N, n]}`` for every name of ``spec``;
     ``spec``: ``{name: FeatureDesc(dtype, shape)}`` (``tfrec_kuai.schema.example_feature_spec``).
@@ -125,6 +139,13 @@ def encode_examples(columns, spec):
     names = list(spec)
     if not names:
         return []
+    if implementation == "native" or (implementation == "auto" and native_available()):
+        from tfrec_kuai import _native
+        arrays = []
+        for name in names:
+            dtype = np.int64 if spec[name].dtype == "int64" else np.float32
+            arrays.append((name, np.ascontiguousarray(columns[name], dtype=dtype)))
+        return _native.encode_examples(arrays)
     n = len(np.asarray(columns[names[0]]))
     if n == 0:
         return []

@@ -29,12 +29,20 @@ def sort_and_dedup(values, tiebreak):
 
 
 def user_columns(values, video_table, user_table, history_length, eval_dates, implementation="auto"):
-    """Example columns of one user's (sorted, deduplicated) rows plus ``is_eval`` per row.
+    """Example columns of one user's (sorted, deduplicated) rows plus ``is_eval`` per row."""
+    return batch_columns([values], video_table, user_table, history_length, eval_dates, implementation)
 
-    ``values``: [n, 19] int64 rows sorted by time. Returns ``(columns, is_eval)`` with columns keyed
-    by the §6 names (labels included).
+
+def batch_columns(user_rows, video_table, user_table, history_length, eval_dates, implementation="auto"):
+    """Example columns of several users at once, plus ``is_eval`` per row.
+
+    ``user_rows``: list of [n_i, 19] int64 arrays, one per user, each sorted by time and
+    deduplicated. Everything but the history windows is vectorised over the whole batch (a
+    handful of NumPy calls per batch instead of per user); the windows are built per user, since a
+    window must never cross users. Returns ``(columns keyed by the §6 names, is_eval [N])``.
     """
-    n = len(values)
+    values = np.concatenate(user_rows) if user_rows else np.zeros((0, len(C)), np.int64)
+    n, L = len(values), int(history_length)
     video_id = values[:, C["video_id"]]
     if video_table is not None:
         author_id, tag = video_table.lookup(video_id)
@@ -46,22 +54,46 @@ def user_columns(values, video_table, user_table, history_length, eval_dates, im
     flags = {c: values[:, C[c]] for c in ("is_like", "is_follow", "is_comment", "is_forward", "is_hate")}
     labels = compute_labels(play, duration, flags)
     duration_s = (duration / 1000.0).astype(np.float32)
-    windows = history.build_history_windows(
-        values[:, C["time_ms"]], video_id, author_id, tag, (play / 1000.0).astype(np.float32), duration_s,
-        feedback_bits(labels), history_length, implementation=implementation)
+    play_s = (play / 1000.0).astype(np.float32)
+    feedback = feedback_bits(labels)
+    time_ms = values[:, C["time_ms"]]
+    windows = {k: np.empty((n, L), np.float32 if k in ("hist_play_s", "hist_duration_s", "hist_age_s") else np.int64)
+               for k in history.OUTPUT_KEYS if k != "hist_len"}
+    windows["hist_len"] = np.empty(n, np.int64)
+    start = 0
+    for rows in user_rows:
+        end = start + len(rows)
+        if end > start:
+            part = history.build_history_windows(time_ms[start:end], video_id[start:end], author_id[start:end],
+                                                 tag[start:end], play_s[start:end], duration_s[start:end],
+                                                 feedback[start:end], L, implementation=implementation)
+            for k, v in part.items():
+                windows[k][start:end] = v
+        start = end
     cols = {
         "user_id": values[:, C["user_id"]], "video_id": video_id, "author_id": author_id, "tag": tag,
         "hour": values[:, C["hourmin"]] // 100, "tab": values[:, C["tab"]], "date": values[:, C["date"]],
-        "time_ms": values[:, C["time_ms"]], "is_rand": values[:, C["is_rand"]], "duration_s": duration_s,
+        "time_ms": time_ms, "is_rand": values[:, C["is_rand"]], "duration_s": duration_s,
     }
     cols.update(windows)
     if user_table is not None and n:
-        for name, value in user_table.row(int(values[0, C["user_id"]])).items():
-            cols[name] = np.full(n, value, dtype=np.float32 if user_table.dtypes[name] == "float32" else np.int64)
+        pos = np.searchsorted(user_table.user_id, values[:, C["user_id"]])
+        for name, column in user_table.columns.items():
+            cols[name] = column[pos]
     for name in BINARY_LABELS + ("watch_s", "watch_ratio"):
         cols[f"label_{name}"] = labels[name]
     is_eval = np.isin(values[:, C["date"]], np.asarray(sorted(eval_dates), dtype=np.int64))
     return cols, is_eval
+
+
+def max_duration(values):
+    """``{video_id: longest duration_ms logged}`` (the corpus falls back to it)."""
+    vid = values[:, C["video_id"]]
+    dur = values[:, C["duration_ms"]]
+    order = np.lexsort((dur, vid))
+    last = np.ones(len(order), bool)
+    last[:-1] = vid[order][1:] != vid[order][:-1]
+    return dict(zip(vid[order][last].tolist(), dur[order][last].tolist()))
 
 
 def split_stats(cols, mask):

@@ -13,7 +13,7 @@ are tested):
 ``missing_field``       any other empty field
 ``non_numeric``         a field that is not a number, or not a whole number
 ``negative_time``       negative ``time_ms``, ``play_time_ms`` or stay time
-``out_of_range``        negative ids, flags other than 0/1, an impossible date or hourmin, tab < 0
+``out_of_range``        numbers beyond int64, negative ids, flags other than 0/1, an impossible date or hourmin, tab < 0
 ``unknown_video``       ``video_id`` absent from ``--video_features`` (when given)
 ``unknown_user``        ``user_id`` absent from ``--user_features`` (when given)
 
@@ -36,6 +36,7 @@ _FLAGS = [COLUMN_INDEX[c] for c in FLAG_COLUMNS]
 _TIMES = [COLUMN_INDEX[c] for c in ("time_ms", "play_time_ms", "profile_stay_time", "comment_stay_time")]
 _IDS = [COLUMN_INDEX["user_id"], COLUMN_INDEX["video_id"]]
 HEADER_PREFIX = b"user_id,"
+_I64 = np.iinfo(np.int64)
 
 
 def _split_quoted(text):
@@ -78,11 +79,63 @@ def _slow_reason(fields):
         return "non_numeric", None
 
 
-def parse_lines(lines):
+def _fast_parse(lines):
+    """All lines at once when they are all plain well-formed rows, else None.
+
+    One ``np.fromstring`` over the joined block replaces 19 ``int()`` calls per row (~10x);
+    NumPy's "could not be read to its end" warning is turned into the signal to fall back to
+    :func:`parse_lines_slow`, which then names the bad rows.
+    """
+    import warnings
+
+    if not lines:
+        return None
+    for line in lines:
+        if line.count(b",") != NUM_COLUMNS - 1 or b'"' in line:
+            return None
+    block = b",".join(lines)
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            values = np.fromstring(block, dtype=np.int64, sep=",")
+        except (DeprecationWarning, ValueError):
+            return None
+    if values.size != len(lines) * NUM_COLUMNS:
+        return None
+    if (values == _I64.max).any() or (values == _I64.min).any():
+        return None  # fromstring saturates out-of-range numbers; the slow path rejects them
+    return values.reshape(len(lines), NUM_COLUMNS)
+
+
+def parse_lines(lines, block=5000):
     """Parse raw lines (bytes without the newline).
 
     Returns ``(values [n, 19] int64, kept [n] indices into lines, rejects [(index, reason)])``.
+    Blocks of clean rows take the vectorised path; a block with any bad row is parsed row by row.
     """
+    values, kept, rejects = [], [], []
+    for start in range(0, len(lines), block):
+        part = [line[:-1] if line.endswith(b"\r") else line for line in lines[start:start + block]]
+        fast = _fast_parse(part)
+        if fast is not None:
+            values.append(fast)
+            kept.append(np.arange(start, start + len(part), dtype=np.int64))
+            continue
+        v, k, r = parse_lines_slow(part)
+        values.append(v)
+        kept.append(k + start)
+        rejects += [(i + start, reason) for i, reason in r]
+    if not values:
+        return np.zeros((0, NUM_COLUMNS), np.int64), np.zeros(0, np.int64), rejects
+    return np.concatenate(values), np.concatenate(kept), rejects
+
+
+def parse_lines_slow(lines):
+    """Row-by-row parse that names the reason of every bad row (same return as parse_lines)."""
     values, kept, rejects = [], [], []
     for i, raw in enumerate(lines):
         if raw.endswith(b"\r"):
@@ -112,6 +165,9 @@ def parse_lines(lines):
             if reason:
                 rejects.append((i, reason))
                 continue
+        if any(v >= _I64.max or v <= _I64.min for v in row):
+            rejects.append((i, "out_of_range"))
+            continue
         values.append(row)
         kept.append(i)
     arr = np.array(values, dtype=np.int64).reshape(-1, NUM_COLUMNS)

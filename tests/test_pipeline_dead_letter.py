@@ -34,7 +34,8 @@ BAD = {
     "missing_field": [row(time_ms=9200, play_time_ms="")],
     "non_numeric": [row(time_ms=9300, video_id="abc"), row(time_ms=9400, play_time_ms="1.5")],
     "negative_time": [row(time_ms=-5), row(time_ms=9500, play_time_ms=-1)],
-    "out_of_range": [row(time_ms=9600, is_like=2), row(time_ms=9700, date=20221340), row(time_ms=9800, hourmin=2460)],
+    "out_of_range": [row(time_ms=9600, is_like=2), row(time_ms=9700, date=20221340), row(time_ms=9800, hourmin=2460),
+                     row(time_ms=9810, video_id=99999999999999999999)],
     "unknown_video": [row(time_ms=9900, video_id=999)],
     "unknown_user": [row(time_ms=10000, user_id=999)],
     "duplicate_event": [row()],  # the first GOOD row again
