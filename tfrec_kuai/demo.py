@@ -1,0 +1,222 @@
+"""``make demo``: the whole job end to end, through the same commands a user runs.
+
+simulate → Beam job → train retrieval and ranking → evaluate → export (fused and portable) →
+start ``serving.server`` → real gRPC requests (official ``tensorflow-serving-api`` stubs) for a
+few users, printed beside what those users had watched, liked and skipped → stop the server →
+the HTML report.
+
+Every step is a subprocess running the documented command (DESIGN.md §9), so the demo exercises
+exactly the entry points of the README, and each command is printed before it runs so that it
+can be copied and run alone.
+
+    python -m tfrec_kuai.demo --output demo_out --impressions 200000
+"""
+import argparse
+import glob
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+FEEDBACK_BITS = {"skip": 1, "valid": 2, "long": 4, "complete": 8, "like": 16, "follow": 32, "hate": 256}
+
+
+def _run(command, log_prefix):
+    printable = " ".join(shlex.quote(c) for c in command)
+    print(f"\n=== {log_prefix}\n$ {printable}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    print(f"--- {log_prefix}: done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "tfrec_kuai.cli", *args]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pipeline_steps(out, impressions, seed, epochs, history_length, beam_args=()):
+    """The commands of the demo, in order, as (title, argv) pairs (the README shows the same)."""
+    log_dir, examples = os.path.join(out, "log"), os.path.join(out, "examples")
+    ranking, retrieval = os.path.join(out, "models", "ranking"), os.path.join(out, "models", "retrieval")
+    steps = [
+        ("simulate a KuaiRand-format log", _cli("simulate", "--output", log_dir, "--impressions", str(impressions),
+                                                "--seed", str(seed))),
+        ("Beam job: logs -> TFRecord examples", [
+            sys.executable, "-m", "beam_pipelines.build_examples",
+            "--input", os.path.join(log_dir, "log_*.csv"),
+            "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
+            "--user_features", os.path.join(log_dir, "user_features_sim.csv"),
+            "--history_length", str(history_length), "--output", examples, *beam_args]),
+        ("train retrieval (two-tower)", _cli("train", "--examples", examples, "--model_dir", retrieval,
+                                             "--stage", "retrieval", "--epochs", str(epochs), "--verbose", "2")),
+        ("train ranking (feedback-aware, multi-objective)", _cli(
+            "train", "--examples", examples, "--model_dir", ranking, "--stage", "ranking", "--epochs", str(epochs),
+            "--verbose", "2")),
+        ("evaluate retrieval", _cli("evaluate", "--examples", examples, "--model_dir", retrieval,
+                                    "--output", os.path.join(out, "eval", "retrieval"))),
+        ("evaluate ranking (with the simulator's oracle)", _cli(
+            "evaluate", "--examples", examples, "--model_dir", ranking, "--output", os.path.join(out, "eval", "ranking"),
+            "--ground_truth", os.path.join(log_dir, "ground_truth.csv"))),
+        ("export for the server (fused attention)", _cli(
+            "export", "--ranking_dir", ranking, "--retrieval_dir", retrieval, "--examples", examples,
+            "--export_base", os.path.join(out, "serving"))),
+        ("export for stock TF Serving (portable)", _cli(
+            "export", "--ranking_dir", ranking, "--retrieval_dir", retrieval, "--examples", examples,
+            "--export_base", os.path.join(out, "serving_portable"), "--portable")),
+    ]
+    return steps
+
+
+def report_command(out):
+    return _cli("report", "--examples", os.path.join(out, "examples"), "--output", os.path.join(out, "report"),
+                "--ranking_dir", os.path.join(out, "models", "ranking"),
+                "--retrieval_dir", os.path.join(out, "models", "retrieval"),
+                "--ranking_eval", "full=" + os.path.join(out, "eval", "ranking"),
+                "--retrieval_eval", os.path.join(out, "eval", "retrieval"))
+
+
+class ServerProcess:
+    """``python -m serving.server`` as a child process on 127.0.0.1, stopped on exit."""
+
+    def __init__(self, model_base_path, model_name="kuai"):
+        self.port, self.rest_port = free_port(), free_port()
+        self.command = [sys.executable, "-m", "serving.server", f"--port={self.port}",
+                        f"--rest_api_port={self.rest_port}", f"--model_name={model_name}",
+                        f"--model_base_path={model_base_path}", "--file_system_poll_wait_seconds=0"]
+        self.model_name = model_name
+        self.process = None
+
+    def __enter__(self):
+        print("\n=== start the server\n$ " + " ".join(shlex.quote(c) for c in self.command), flush=True)
+        self.process = subprocess.Popen(self.command)
+        return self
+
+    def wait_available(self, timeout_s=180):
+        """Polls GetModelStatus (official stub) until a version is AVAILABLE (that is, warm)."""
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        deadline = time.time() + timeout_s
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with status {self.process.returncode}")
+            try:
+                response = stub.GetModelStatus(request, timeout=2)
+                states = [get_model_status_pb2.ModelVersionStatus.State.Name(s.state) for s in response.model_version_status]
+                if "AVAILABLE" in states:
+                    channel.close()
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+        channel.close()
+        raise TimeoutError(f"no version became AVAILABLE within {timeout_s} s")
+
+    def __exit__(self, *exc):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        print("--- server stopped", flush=True)
+        return False
+
+
+def pick_users(examples_dir, count, min_history=5):
+    """One eval example each for ``count`` different users with some history (serialized + parsed)."""
+    from serving.client import _example_features  # noqa: PLC2701  (one parser for client and demo)
+    from tfrec_kuai.export import read_serialized_examples
+
+    chosen, users = [], set()
+    for record in read_serialized_examples(examples_dir, "eval", 5000):
+        features = _example_features(record)
+        user = features["user_id"][0]
+        if user in users or features["hist_len"][0] < min_history:
+            continue
+        users.add(user)
+        chosen.append(features)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def describe_history(features):
+    """What the user did with the videos of the history window: watched long, liked, skipped."""
+    n = features["hist_len"][0]
+    ids, bits = features["hist_video_id"][:n], features["hist_feedback"][:n]
+    pick = lambda bit: [v for v, b in zip(ids, bits) if b & bit]  # noqa: E731
+    return {"watched (long view)": pick(FEEDBACK_BITS["long"]), "liked": pick(FEEDBACK_BITS["like"]),
+            "skipped": pick(FEEDBACK_BITS["skip"]), "hated": pick(FEEDBACK_BITS["hate"])}
+
+
+def recommend_for_users(port, examples_dir, users=3, model_name="kuai", show=10):
+    """Sends one gRPC Predict(recommend) per user with the official stubs; prints and returns answers."""
+    from serving.client import GrpcTransport, build_inputs
+
+    args = argparse.Namespace(model_name=model_name, version=None, label=None, signature="recommend")
+    transport = GrpcTransport(f"127.0.0.1:{port}", timeout=30)
+    signature = transport.signatures(args)["recommend"]
+    answers = []
+    for features in pick_users(examples_dir, users):
+        version, outputs = transport.predict(args, build_inputs(signature, [features], {}, {}))
+        history = describe_history(features)
+        print(f"\nuser {features['user_id'][0]} (model version {version}, history of {features['hist_len'][0]} events)")
+        for what, ids in history.items():
+            print(f"  {what:20} {len(ids):3}  {ids[:12]}{' …' if len(ids) > 12 else ''}")
+        print("  recommended:        video_id      score   p_skip  p_long   watch_s  p_like")
+        for i in range(min(show, outputs["video_id"].shape[1])):
+            print(f"    {i + 1:2}. {int(outputs['video_id'][0, i]):>20} {float(outputs['score'][0, i]):9.3f}"
+                  f" {float(outputs['p_skip'][0, i]):7.3f} {float(outputs['p_long'][0, i]):7.3f}"
+                  f" {float(outputs['watch_s'][0, i]):8.1f} {float(outputs['p_like'][0, i]):7.3f}")
+        answers.append((features, outputs))
+    transport.channel.close()
+    return answers
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m tfrec_kuai.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="demo_out", help="folder for everything the demo writes")
+    parser.add_argument("--impressions", type=int, default=200_000, help="size of the simulated log")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--history_length", type=int, default=50)
+    parser.add_argument("--users", type=int, default=3, help="users whose recommendations are printed")
+    parser.add_argument("--no_report", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = os.path.abspath(args.output)
+    started = time.perf_counter()
+    for title, command in pipeline_steps(out, args.impressions, args.seed, args.epochs, args.history_length):
+        _run(command, title)
+    with ServerProcess(os.path.join(out, "serving", "kuai")) as server:
+        server.wait_available()
+        print(f"server AVAILABLE on 127.0.0.1:{server.port} (gRPC), :{server.rest_port} (REST)")
+        recommend_for_users(server.port, os.path.join(out, "examples"), users=args.users)
+    if not args.no_report:
+        _run(report_command(out), "the report")
+        print(f"open {os.path.join(out, 'report', 'index.html')}")
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs in {out} "
+          f"({len(glob.glob(os.path.join(out, 'serving', 'kuai', '*')))} exported version(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
