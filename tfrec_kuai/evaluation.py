@@ -211,7 +211,7 @@ def oracle_predictions(truth, keys):
 def predict_ranking(model, dataset, max_batches=None):
     """Runs the ranking model over a dataset; returns (predictions, labels, key arrays)."""
     import tensorflow as tf
-    fn = tf.function(lambda f: model(f), reduce_retracing=True)
+    fn = tf.function(lambda f: model(f), reduce_retracing=True, autograph=False)
     preds, labels, keys = {}, {}, {"user_id": [], "video_id": [], "time_ms": []}
     for i, batch in enumerate(dataset):
         if max_batches is not None and i >= max_batches:
@@ -246,7 +246,8 @@ def retrieval_ranks(model, dataset, corpus_ids, corpus_emb, max_batches=None):
     import tensorflow as tf
     position = {int(v): i for i, v in enumerate(corpus_ids)}
     corpus = tf.constant(corpus_emb)
-    fn = tf.function(lambda f: tf.matmul(model.query_tower(f), corpus, transpose_b=True), reduce_retracing=True)
+    fn = tf.function(lambda f: tf.matmul(model.query_tower(f), corpus, transpose_b=True), reduce_retracing=True,
+                     autograph=False)
     ranks = []
     for i, batch in enumerate(dataset):
         if max_batches is not None and i >= max_batches:
@@ -319,6 +320,19 @@ def plot_retrieval(ranks, output_dir):
 
 # ----------------------------------------------------------------------------- entry point
 
+def _json_safe(x):
+    """NaN (an AUC without both classes) → null, NumPy scalars → Python: strict JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if np.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=2048, max_batches=None,
              attention_implementation="auto", log=print):
     """Evaluates the model in ``model_dir`` on the eval split; writes ``metrics.json`` + plots."""
@@ -357,6 +371,6 @@ def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=
         metrics.update(recall_ndcg_at_k(ranks))
         metrics["plots"] = plot_retrieval(ranks, output_dir)
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, default=float)
+        json.dump(_json_safe(metrics), f, indent=2)
     log(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
     return metrics

@@ -137,19 +137,45 @@ def validation_date(metadata):
     return dates[-1] if len(dates) >= 2 else None
 
 
-def training_stream(examples_dir, config: Config, steps_per_epoch, val_date=None, skip_steps=0):
-    """The deterministic stream of training batches for all epochs, advanced by ``skip_steps``."""
+def shuffled_batches(examples_dir, split, batch_size, seed, shuffle_buffer=20_000, repeat=True):
+    """Shuffled, *deterministic* batches of a split: the same seed gives the same stream in any process.
+
+    ``data.make_dataset(shuffle=True)`` trades determinism for interleave speed; a resumable run
+    needs the exact batch sequence back, so this reader keeps every stage ordered (files shuffled
+    with ``seed``, a deterministic parallel interleave, a seeded example shuffle that does not
+    reshuffle, parsing after batching as the reader does). With ``repeat``: full batches, forever.
+    """
+    import glob
     from tfrec_kuai import data
+    spec = data.feature_spec(data.load_metadata(examples_dir))
+    files = sorted(glob.glob(os.path.join(examples_dir, split, "*.tfrecord.gz")))
+    if not files:
+        raise FileNotFoundError(f"no {split} files in {examples_dir}")
+    ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20),
+                       cycle_length=max(1, min(len(files), 4)), block_length=8,
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=repeat)
+    return ds.map(lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def training_stream(examples_dir, config: Config, steps_per_epoch, val_date=None, skip_steps=0):
+    """The deterministic stream of training batches for all epochs, advanced by ``skip_steps``.
+
+    Epoch ``e`` is the training split shuffled with seed ``seed + e``, cut to ``steps_per_epoch``
+    batches; the epochs are concatenated into one stream that Keras iterates once (it does not
+    re-create the iterator per epoch when ``steps_per_epoch`` is given and the stream is longer).
+    """
     t = config.train
-    epochs = []
+    stream = None
     for epoch in range(t.epochs):
-        ds = data.make_dataset(examples_dir, "train", t.batch_size, shuffle=True, repeat=True, seed=t.seed + epoch)
-        epochs.append(ds.take(steps_per_epoch))
-    stream = epochs[0]
-    for ds in epochs[1:]:
-        stream = stream.concatenate(ds)
+        ds = shuffled_batches(examples_dir, "train", t.batch_size, t.seed + epoch).take(steps_per_epoch)
+        stream = ds if stream is None else stream.concatenate(ds)
     stream = stream.skip(skip_steps)
-    stream = stream.map(lambda b: _prepare(b, config, val_date, training=True), num_parallel_calls=1)
+    stream = stream.map(lambda b: _prepare(b, config, val_date, training=True))
     return stream.prefetch(2)
 
 
@@ -177,7 +203,7 @@ def validation_data(examples_dir, config: Config, val_date):
     elif val_date is None:
         return None
     else:
-        ds = data.make_dataset(examples_dir, "train", t.batch_size, shuffle=True, seed=t.seed + 10_000)
+        ds = shuffled_batches(examples_dir, "train", t.batch_size, t.seed + 10_000, repeat=False)
         ds = ds.map(lambda b: _prepare(b, config, val_date, training=False))
         ds = ds.filter(lambda b: tf.shape(b["date"])[0] > 0)
     if t.validation_batches:
@@ -283,6 +309,57 @@ class ThroughputLogger(tf.keras.callbacks.Callback):
             logs["examples_per_s"] = self.steps * self.batch_size / (time.perf_counter() - self.t0)
 
 
+class TensorBoardScalars(tf.keras.callbacks.Callback):
+    """TensorBoard scalar logs written with TensorFlow core only.
+
+    ``tf.keras.callbacks.TensorBoard`` needs the ``tensorboard`` package for ``tf.summary.scalar``,
+    which TensorFlow 2.21 no longer pulls in; ``tf.summary.write`` with the scalars plugin's
+    metadata is in TensorFlow itself and produces the same event files TensorBoard reads.
+    ``logs/train`` gets the batch-level metrics every ``every`` steps and the epoch metrics,
+    ``logs/validation`` the ``val_*`` ones.
+    """
+
+    def __init__(self, log_dir, every=50):
+        super().__init__()
+        self.log_dir = log_dir
+        self.every = max(1, int(every))
+        meta = tf.compat.v1.SummaryMetadata()
+        meta.plugin_data.plugin_name = "scalars"
+        self.metadata = meta.SerializeToString()
+        self.writers = {}
+        self.step = 0
+
+    def _write(self, split, logs, step, prefix=""):
+        writer = self.writers.get(split)
+        if writer is None:
+            writer = self.writers[split] = tf.summary.create_file_writer(os.path.join(self.log_dir, split))
+        with writer.as_default():
+            for k, v in (logs or {}).items():
+                try:
+                    value = float(v)
+                except (TypeError, ValueError):
+                    continue
+                tf.summary.write(prefix + k, tf.constant(value, tf.float32), step=step, metadata=self.metadata)
+        writer.flush()
+
+    def on_train_begin(self, logs=None):
+        self.step = int(self.model._train_counter.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            self._write("train", logs, self.step, "batch_")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._write("train", {k: v for k, v in logs.items() if not k.startswith("val_")}, epoch, "epoch_")
+        self._write("validation", {k[4:]: v for k, v in logs.items() if k.startswith("val_")}, epoch, "epoch_")
+
+    def on_train_end(self, logs=None):
+        for w in self.writers.values():
+            w.close()
+
+
 def _read_train_counter(backup_dir):
     """Steps already taken according to the BackupAndRestore checkpoint (0 when there is none)."""
     latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
@@ -331,8 +408,7 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     callbacks = [
         tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq=t.backup_every_steps, delete_checkpoint=True),
         ThroughputLogger(t.batch_size),
-        tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq=max(1, steps_per_epoch // 20),
-                                       profile_batch=0),
+        TensorBoardScalars(os.path.join(model_dir, "logs"), every=max(1, steps_per_epoch // 20)),
         tf.keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "checkpoints", "epoch-{epoch:02d}", "model"),
                                            save_weights_only=True),
     ]

@@ -17,6 +17,7 @@ import tensorflow_recommenders as tfrs
 from tfrec_kuai.config import BINARY_OBJECTIVES, ModelConfig
 from tfrec_kuai.layers import CascadeHeads, CGCLayer, DurationAwareWatchHead, SharedBottom, TaskTower
 from tfrec_kuai.models import features as F
+from tfrec_kuai.models.base import StaticGraphModel
 
 OUTPUT_NAMES = ("p_skip", "p_valid", "p_long", "p_complete", "p_like", "p_follow", "p_comment", "p_forward",
                 "p_hate", "watch_s", "score")
@@ -24,7 +25,7 @@ TASK_GROUPS = ("skip", "depth", "watch", "engage", "hate")
 ENGAGE = ("like", "follow", "comment", "forward")
 
 
-class RankingModel(tfrs.models.Model):
+class RankingModel(StaticGraphModel):
     """Multi-objective ranking over the feedback-aware user representation."""
 
     def __init__(self, model_config: ModelConfig, vocabularies, **kwargs):

@@ -83,7 +83,11 @@ class CandidateTower(tf.keras.layers.Layer):
 
 
 class RetrievalModel(tfrs.models.Model):
-    """Two towers trained with ``tfrs.tasks.Retrieval`` (logQ correction, skip hard negatives)."""
+    """Two towers trained with ``tfrs.tasks.Retrieval`` (logQ correction, skip hard negatives).
+
+    Unlike the ranking model its steps keep AutoGraph: ``tfrs.tasks.Retrieval`` calls ``len()`` on
+    a tensor shape, which only traces through AutoGraph's conversion.
+    """
 
     def __init__(self, model_config: ModelConfig, vocabularies, recall_k=(10, 50), **kwargs):
         super().__init__(**kwargs)
