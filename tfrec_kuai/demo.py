@@ -44,8 +44,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def pipeline_steps(out, impressions, seed, epochs, history_length, beam_args=()):
-    """The commands of the demo, in order, as (title, argv) pairs (the README shows the same)."""
+def pipeline_steps(out, impressions, seed, epochs, history_length, beam_args=(), train_args=()):
+    """The commands of the demo, in order, as (title, argv) pairs (the README shows the same).
+
+    ``beam_args`` go to the Beam job (e.g. ``--direct_num_workers=2``), ``train_args`` to both
+    ``tfrec-kuai train`` calls (e.g. ``--steps_per_epoch 20`` for a quick run).
+    """
     log_dir, examples = os.path.join(out, "log"), os.path.join(out, "examples")
     ranking, retrieval = os.path.join(out, "models", "ranking"), os.path.join(out, "models", "retrieval")
     steps = [
@@ -58,10 +62,10 @@ def pipeline_steps(out, impressions, seed, epochs, history_length, beam_args=())
             "--user_features", os.path.join(log_dir, "user_features_sim.csv"),
             "--history_length", str(history_length), "--output", examples, *beam_args]),
         ("train retrieval (two-tower)", _cli("train", "--examples", examples, "--model_dir", retrieval,
-                                             "--stage", "retrieval", "--epochs", str(epochs), "--verbose", "2")),
+                                             "--stage", "retrieval", "--epochs", str(epochs), "--verbose", "2", *train_args)),
         ("train ranking (feedback-aware, multi-objective)", _cli(
             "train", "--examples", examples, "--model_dir", ranking, "--stage", "ranking", "--epochs", str(epochs),
-            "--verbose", "2")),
+            "--verbose", "2", *train_args)),
         ("evaluate retrieval", _cli("evaluate", "--examples", examples, "--model_dir", retrieval,
                                     "--output", os.path.join(out, "eval", "retrieval"))),
         ("evaluate ranking (with the simulator's oracle)", _cli(
