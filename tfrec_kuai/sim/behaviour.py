@@ -8,7 +8,8 @@ coefficient in :class:`BehaviourParams`:
 * Skip logit = ``skip_base + skip_duration * log(d/30 s) - k(d) * match + skip_streak * streak``
   where ``k(d) = skip_mismatch / (1 + skip_mismatch_decay * log1p(d / 7 s))``: long videos are
   skipped often whatever the interest (a skip of a 5-minute video is weak evidence), short ones
-  mostly on mismatch (a skip of a 6-second video is strong evidence). ``streak`` counts the
+  mostly on mismatch (a skip of a 6-second video is strong evidence). A strongly disliked video is
+  skipped whatever its length. ``streak`` counts the
   immediately preceding consecutive skips of the session (capped): the context effect.
 * A watched video is completed with ``sigmoid(complete_base + complete_interest*match -
   complete_duration*log(d/30 s))``, else watched to a fraction with mean ``sigmoid(ratio_base +
