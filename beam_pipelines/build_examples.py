@@ -133,6 +133,7 @@ class ParseRangeFn(beam.DoFn):
 
     def _emit(self, path, offsets, lines):
         values, kept, rejects = validation.validate_lines(lines, self.video_table, self.user_table)
+        logging.info("validated %d rows of %s from byte %d: %d rejected", len(lines), path, offsets[0], len(rejects))
         dead = {}
         for index, reason in rejects:
             dead[reason] = dead.get(reason, 0) + 1
@@ -177,6 +178,7 @@ class UserExamplesFn(beam.DoFn):
     def setup(self):
         self.video_table = VideoTable.load(self.video_features) if self.video_features else None
         self.user_table = UserTable.load(self.user_features) if self.user_features else None
+        self.written, self.next_log = 0, 100_000
         self.dup_counter = Metrics.counter(NAMESPACE, "dead_letter_duplicate_event")
         self.examples_counter = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in ("train", "eval")}
 
@@ -220,6 +222,10 @@ class UserExamplesFn(beam.DoFn):
             "ids": user_examples.id_counts(cols, ~is_eval),
             "video_duration_ms": user_examples.max_duration(np.concatenate(rows))})
         records = example_encoder.encode_examples({k: cols[k] for k in self.spec}, self.spec)
+        self.written += len(records)
+        if self.written >= self.next_log:
+            logging.info("serialised %d examples in this worker", self.written)
+            self.next_log = self.written + 100_000
         for split, mask in (("train", ~is_eval), ("eval", is_eval)):
             self.examples_counter[split].inc(int(mask.sum()))
             for j in np.flatnonzero(mask):

@@ -8,8 +8,8 @@ so no window can leak the target or anything logged with it.
 The Beam job calls :func:`build_history_windows`, which uses the C++ builder of the pybind11
 module ``tfrec_kuai._native`` (one pass over the sorted events, GIL released) and falls back, with
 a logged warning, to :func:`build_history_windows_python` when the module is not built. The Python
-version is the reference the tests hold the native one to; it is ~O(N·L) Python work, far too slow
-for a heavy user, which is why the native one exists.
+version is the reference the tests hold the native one to; it does the same O(N·L) work in Python
+loops, ~50x slower (benchmarks/RESULTS.md), which is why the native one exists.
 """
 from __future__ import annotations
 
@@ -48,8 +48,11 @@ def build_history_windows_python(time_ms, video_id, author_id, tag, play_s, dura
         "hist_feedback": np.asarray(feedback, np.int64).tolist(),
     }
     rows = {k: [] for k in OUTPUT_KEYS}
+    first_same = 0  # first event sharing time t[i]: everything before it is strictly earlier
     for i in range(n):
-        earlier = [j for j in range(i - 1, -1, -1) if t[j] < t[i]][:L]
+        if i > 0 and t[i] != t[i - 1]:
+            first_same = i
+        earlier = list(range(first_same - 1, max(first_same - 1 - L, -1), -1))
         pad = L - len(earlier)
         for key, values in src.items():
             fill = -1 if key in ("hist_video_id", "hist_author_id", "hist_tag") else 0
