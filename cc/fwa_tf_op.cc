@@ -2,7 +2,9 @@
 //
 // The kernels validate everything the core relies on (ranks, matching dimensions, lengths in
 // [0, L]) and answer InvalidArgument naming the input, so no input can make the core read out of
-// bounds. Work is sharded over the flattened (batch, head) units on TF's intra-op thread pool.
+// bounds. Work is split over the flattened (batch, head) units on TF's intra-op thread pool with
+// its cost-model ParallelFor, which cuts more blocks than threads: the cost of a unit varies with
+// lengths[b], and on a shared machine a descheduled thread must not hold back the whole op.
 // The gradient function that wires the two ops together is registered in Python
 // (tfrec_kuai/ops.py), next to the tf.load_op_library call.
 #include <cmath>
@@ -13,7 +15,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/work_sharder.h"
+#include "tensorflow/core/platform/threadpool.h"
 
 #ifndef TFREC_KUAI_TF_VERSION
 #error "TFREC_KUAI_TF_VERSION must be defined by the build (the TensorFlow version compiled against)"
@@ -208,8 +210,8 @@ class FeedbackWeightedAttentionOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({s.batch, s.heads, s.value_depth}), &out));
     float* o = out->flat<float>().data();
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    ::tensorflow::Shard(workers->num_threads, workers->workers, s.batch * s.heads, FwaForwardCostPerUnit(s),
-                        [&in, o](int64_t begin, int64_t end) { FwaForward(in, o, begin, end); });
+    workers->workers->ParallelFor(s.batch * s.heads, FwaForwardCostPerUnit(s),
+                                  [&in, o](int64_t begin, int64_t end) { FwaForward(in, o, begin, end); });
   }
 
  private:
@@ -240,8 +242,8 @@ class FeedbackWeightedAttentionGradOp : public OpKernel {
     }
     const float* go = grad.flat<float>().data();
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    ::tensorflow::Shard(workers->num_threads, workers->workers, s.batch * s.heads, FwaBackwardCostPerUnit(s),
-                        [&in, go, &g](int64_t begin, int64_t end) { FwaBackward(in, go, g, begin, end); });
+    workers->workers->ParallelFor(s.batch * s.heads, FwaBackwardCostPerUnit(s),
+                                  [&in, go, &g](int64_t begin, int64_t end) { FwaBackward(in, go, g, begin, end); });
   }
 
  private:
