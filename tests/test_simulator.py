@@ -175,3 +175,15 @@ def test_feedback_reveals_interest_beyond_exposure(sim20k):
         return (r[pos].sum() - pos.sum() * (pos.sum() - 1) / 2) / (pos.sum() * (~pos).sum())
 
     assert auc(-np.array(feedback)) > auc(-np.array(exposure)) + 0.02
+
+
+def test_cli_simulate(tmp_path, capsys):
+    from tfrec_kuai import cli
+
+    out = tmp_path / "cli"
+    assert cli.main(["simulate", "--output", str(out), "--impressions", "1500", "--seed", "2", "--no_progress",
+                     "--random_share", "0.2", "--days", "3"]) == 0
+    info = json.load(open(out / "params.json"))
+    assert info["rows"]["standard"] + info["rows"]["random"] == 1500
+    assert info["params"]["random_share"] == 0.2 and info["params"]["days"] == 3
+    assert "wrote 1500 impressions" in capsys.readouterr().out
