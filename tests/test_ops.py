@@ -6,9 +6,7 @@ checked against central finite differences, so a shared mistake cannot hide. "Wi
 relative" means every element within 1e-5 of the reference scaled by the reference tensor's
 largest magnitude (float32 kernels cannot promise more on near-zero elements).
 """
-import os
 import pathlib
-import tempfile
 import threading
 import warnings
 
@@ -502,3 +500,61 @@ def test_built_library_records_this_tensorflow():
 def test_unknown_implementation_rejected():
     with pytest.raises(ValueError, match="implementation"):
         ops.feedback_weighted_attention(*_good(), implementation="cuda")
+
+
+def _graph_op_types(concrete):
+    types = {n.type for n in concrete.graph.get_operations()}
+    for fn in concrete.graph.as_graph_def().library.function:
+        types |= {n.op for n in fn.node_def}
+    return types
+
+
+@needs_fused
+def test_auto_uses_composite_under_xla_and_fused_refuses():
+    """The fused op has no XLA kernel: "auto" must not put it in a jit_compile function."""
+    x = _good()
+    f = tf.function(lambda *a: ops.feedback_weighted_attention(*a), jit_compile=True)
+    assert "FeedbackWeightedAttention" not in _graph_op_types(f.get_concrete_function(*x))
+    assert_close(f(*x).numpy(), reference_forward(*x, 1 / np.sqrt(5)), "auto under XLA")
+    g = tf.function(lambda *a: ops.feedback_weighted_attention(*a))
+    assert "FeedbackWeightedAttention" in _graph_op_types(g.get_concrete_function(*x))
+    with pytest.raises(ValueError, match="XLA"):
+        tf.function(lambda *a: ops.feedback_weighted_attention(*a, implementation="fused"),
+                    jit_compile=True)(*x)
+
+
+_FRESH_PROCESS_FINE_TUNE = r"""
+import sys
+import numpy as np
+import tfrec_kuai.ops  # registers the op and its gradient: nothing else is needed
+import tensorflow as tf
+path, data = sys.argv[1], np.load(sys.argv[2])
+loaded = tf.saved_model.load(path)
+args = [data[k] for k in ("x", "k", "v", "bias", "gate", "lengths")]
+with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(tf.square(loaded(*args)))
+grad = tape.gradient(loss, loaded.w)
+np.save(sys.argv[3], grad.numpy())
+"""
+
+
+@needs_fused
+@pytest.mark.slow
+def test_fused_savedmodel_fine_tunes_in_a_fresh_process(tmp_path):
+    """A new process that only imports tfrec_kuai.ops can load a fused SavedModel and train it."""
+    import subprocess
+    import sys
+    rng = np.random.default_rng(8)
+    q, k, v, bias, gate, lengths = make_inputs(rng, 4, 5, 2, 4, 3)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    model = _Attender("fused")
+    tf.saved_model.save(model, str(tmp_path / "model"))
+    np.savez(tmp_path / "data.npz", x=x, k=k, v=v, bias=bias, gate=gate, lengths=lengths)
+    script = tmp_path / "fine_tune.py"
+    script.write_text(_FRESH_PROCESS_FINE_TUNE)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "model"), str(tmp_path / "data.npz"),
+                    str(tmp_path / "grad.npy")], check=True, capture_output=True, timeout=120,
+                   cwd=str(pathlib.Path(__file__).parent.parent))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(model(x, k, v, bias, gate, lengths)))
+    np.testing.assert_allclose(np.load(tmp_path / "grad.npy"), tape.gradient(loss, model.w), rtol=1e-5, atol=1e-7)

@@ -16,8 +16,11 @@ For every batch row ``b`` and head ``h``, over the valid history ``l < lengths[b
 ``"auto"`` (the default) picks ``"fused"`` when the library loads and matches this TensorFlow,
 otherwise ``"composite"`` with one warning per process.
 
-The gradient of the fused op is registered here, in the module that loads the library, so that
-importing ``tfrec_kuai.ops`` before ``tf.saved_model.load`` is all a fine-tuning job needs.
+The gradient of the fused op is registered here, in the module that loads the library, and the
+library is loaded when this module is imported, so importing ``tfrec_kuai.ops`` before
+``tf.saved_model.load`` is all that serving or a fine-tuning job needs for a fused SavedModel.
+Inside an XLA-compiled function (``jit_compile=True``) ``"auto"`` uses the composite, since the
+fused op has no XLA kernel.
 """
 import logging
 import math
@@ -133,6 +136,19 @@ def _feedback_weighted_attention_grad(op, grad):
     return dq, dk, dv, dbias, dgate, None
 
 
+def _in_xla_context():
+    """True while tracing a function that XLA compiles (``jit_compile=True``, Keras jit_compile).
+
+    The fused op has no XLA kernel, so "auto" must pick the composite there (XLA fuses it well).
+    """
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # internal modules moved: assume no XLA rather than fail
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+
+
 def _invalid(message):
     return tf.errors.InvalidArgumentError(None, None, message)
 
@@ -245,6 +261,8 @@ def feedback_weighted_attention(query, keys, values, bias, gate, lengths, scale=
         a length outside ``[0, L]`` (at trace time where shapes are static, else at run time),
         naming the input.
       OpLibraryError: ``implementation="fused"`` and the op library is unavailable.
+      ValueError: ``implementation="fused"`` inside an XLA-compiled function (no XLA kernel),
+        or a negative ``scale``.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
@@ -273,12 +291,27 @@ def feedback_weighted_attention(query, keys, values, bias, gate, lengths, scale=
                 scale = tf.math.rsqrt(tf.cast(tf.shape(query)[-1], tf.float32))
 
         if implementation == "auto":
-            try:
-                load_op_library()
-                implementation = "fused" if not isinstance(scale, tf.Tensor) else "composite"
-            except OpLibraryError as e:
-                _warn_fallback(e)
+            if _in_xla_context() or isinstance(scale, tf.Tensor):
                 implementation = "composite"
+            else:
+                try:
+                    load_op_library()
+                    implementation = "fused"
+                except OpLibraryError as e:
+                    _warn_fallback(e)
+                    implementation = "composite"
         if implementation == "fused":
+            if _in_xla_context():
+                raise ValueError("the fused FeedbackWeightedAttention op has no XLA kernel; inside "
+                                 "jit_compile=True use implementation='composite' (or 'auto')")
             return _fused(query, keys, values, bias, gate, lengths, scale)
         return _composite(query, keys, values, bias, gate, lengths, scale)
+
+
+# Load the library (quietly) at import, so that importing this module is all a process needs
+# before tf.saved_model.load of a model that contains the fused op: the op type is registered
+# and its gradient (above) is available for fine-tuning. Failure is reported when the op is used.
+try:
+    load_op_library()
+except OpLibraryError:
+    pass
