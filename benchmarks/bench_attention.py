@@ -7,8 +7,9 @@ five float inputs) of three implementations, each inside a ``tf.function``:
 * ``composite``  - the plain-TF-ops implementation;
 * ``xla``        - the composite compiled with ``jit_compile=True``.
 
-Prints the median time of ``--repeats`` runs (after ``--warmup`` runs), the fused speed-up over
-each other implementation, and the effective bandwidth against the *minimal* bytes: what any
+Prints the median and the minimum time of ``--repeats`` runs (after ``--warmup`` runs), the
+fused speed-up over each other implementation (from the medians, and from the minima, which are
+the steadier estimate on a machine shared with other jobs), and the effective bandwidth against the *minimal* bytes: what any
 implementation must read at least (query, and keys/values/bias/gate at the valid positions only,
 plus the incoming gradient for the backward) and must write (the output, and every gradient
 tensor in full). Fill 100% means every lengths[b] = L; fill 50% draws lengths uniformly from
@@ -114,7 +115,7 @@ def main(argv=None):
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
           f"median of {args.repeats} (warmup {args.warmup})", flush=True)
     header = (f"{'B,L,H,D,Dv':>20} {'fill':>5} {'pass':>8} {'impl':>10} {'median ms':>10} {'min ms':>8} "
-              f"{'GB/s':>6} {'fused x':>8}")
+              f"{'GB/s':>6} {'fused x':>8} {'x (min)':>8}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -127,13 +128,14 @@ def main(argv=None):
                 results = time_steps(steps, (*floats, lengths, dout), args.warmup, args.repeats)
                 for impl in args.impls:
                     median, fastest = results[impl]
-                    ratio = results["fused"][0] / median if "fused" in results else float("nan")
+                    fused = results.get("fused", (float("nan"), float("nan")))
                     row = dict(shape=",".join(map(str, shape)), fill=fill, mode="fwd+bwd" if backward else "fwd",
                                impl=impl, median_ms=median * 1e3, min_ms=fastest * 1e3, gbps=nbytes / median / 1e9,
-                               fused_speedup=1.0 / ratio if ratio == ratio else float("nan"))
+                               fused_speedup=median / fused[0], fused_speedup_min=fastest / fused[1])
                     rows.append(row)
                     print(f"{row['shape']:>20} {fill:>5.0%} {row['mode']:>8} {impl:>10} {row['median_ms']:>10.2f} "
-                          f"{row['min_ms']:>8.2f} {row['gbps']:>6.2f} {row['fused_speedup']:>8.2f}", flush=True)
+                          f"{row['min_ms']:>8.2f} {row['gbps']:>6.2f} {row['fused_speedup']:>8.2f} "
+                          f"{row['fused_speedup_min']:>8.2f}", flush=True)
     return rows
 
 
