@@ -121,7 +121,9 @@ def plot_training_curves(model_dirs, output_dir):
     fig, axes = plt.subplots(1, len(histories), figsize=(6 * len(histories), 3.8), squeeze=False)
     for ax, (name, history) in zip(axes[0], histories.items()):
         for key, values in sorted(history.items()):
-            if "loss" in key and values and all(isinstance(v, (int, float)) for v in values):
+            # regularization_loss is 0 without L2 terms and would only flatten the plot.
+            if ("loss" in key and "regularization" not in key and values
+                    and all(isinstance(v, (int, float)) for v in values)):
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=key)
         ax.set_title(f"{name}: losses per epoch")
         ax.set_xlabel("epoch")
