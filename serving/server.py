@@ -55,6 +55,10 @@ def build_parser():
                    help="text-format SSLConfig (server_key, server_cert, custom_ca, client_verify) for gRPC TLS")
     p.add_argument("--op_library", action="append", default=[],
                    help="extra custom-op .so to load before models (the tfrec_kuai op library is always tried)")
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                   help="threads inside one op (0 = TensorFlow's default: all cores)")
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                   help="ops run at once (0 = TensorFlow's default)")
     p.add_argument("--log_level", default="INFO")
     return p
 
@@ -123,6 +127,14 @@ class ModelServer:
         from serving.rest import RestServer
 
         args = self.args
+        import tensorflow as tf
+        try:  # only possible before TensorFlow has run anything in this process
+            if args.tensorflow_intra_op_parallelism:
+                tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+            if args.tensorflow_inter_op_parallelism:
+                tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+        except RuntimeError as error:
+            log.warning("thread pool sizes not applied: %s", error)
         load_op_libraries(args.op_library)
         batching = None
         if args.enable_batching:

@@ -66,6 +66,10 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
         signatures = {log.predict_log.request.model_spec.signature_name for log in logs if log.predict_log.request.inputs}
         assert signatures == {"recommend", "rank", "retrieve"}
     assert os.path.isfile(os.path.join(kuai_exports["base"], "models.config"))
+    info = json.load(open(os.path.join(kuai_exports["fused"], "assets.extra", "export_info.json")))
+    # Which rank path the export chose: the shared-history one only when it matched model(features).
+    assert info["rank_path"].startswith(("shared-history path matches", "shared-history path failed",
+                                         "shared-history path differs")), info["rank_path"]
     assert not [n for n in os.listdir(os.path.join(kuai_exports["base"], "kuai")) if n.startswith(".tmp")]
 
 
@@ -173,3 +177,25 @@ def test_saved_model_cli_lists_named_inputs_and_outputs(kuai_exports):
     for name in ("inputs['hist_video_id']", "inputs['video_id']", "outputs['p_skip']", "outputs['video_id']",
                  "outputs['retrieval_score']", "outputs['classes']", "outputs['scores']", "outputs['outputs']"):
         assert name in text, name
+
+
+def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir, export_model_dirs):
+    """export_rank.verify decides; whatever it decides, rank's outputs are model(features)'s."""
+    from tfrec_kuai import export_rank, training
+    ranking = training.load_ranking_model(export_model_dirs[0], attention_implementation="composite")
+    retrieval = training.load_retrieval_model(export_model_dirs[1], attention_implementation="composite")
+    corpus = {k: v[:50] for k, v in E.read_corpus(tiny_examples_dir).items()}
+    L = int(ranking.model_config.history_length)
+    module = E.ServingModule(ranking, retrieval, corpus, L, top_n=5, retrieve_k=20)
+    user, cand = export_rank.sample_request(corpus, L, users=2, candidates=5, seed=3)
+    user = {k: tf.constant(v) for k, v in user.items()}
+    cand = {k: tf.constant(v) for k, v in cand.items()}
+    served = module._rank_rows(user, cand)
+    reference = module._rank_rows_plain(user, cand)
+    for name in E.RANK_OUTPUTS:
+        np.testing.assert_allclose(served[name].numpy(), reference[name].numpy(), rtol=1e-4, atol=1e-5)
+    # ... and the reference is literally the model on one row per (user, candidate) pair.
+    row = {k: v[1:2] for k, v in user.items()}
+    row.update({k: v[1, 2:3] for k, v in cand.items()})
+    direct = ranking(row)
+    np.testing.assert_allclose(reference["score"].numpy()[1, 2], direct["score"].numpy()[0], rtol=1e-4, atol=1e-5)

@@ -62,10 +62,19 @@ def candidate_specs():
 class ServingModule(tf.Module):
     """The exported object: both models, the corpus and its embeddings, and the signatures."""
 
-    def __init__(self, ranking_model, retrieval_model, corpus, history_length, top_n=20, retrieve_k=100):
+    def __init__(self, ranking_model, retrieval_model, corpus, history_length, top_n=20, retrieve_k=100,
+                 lean=True, shared_history=True):
         super().__init__(name="kuai_serving")
-        self.ranking = ranking_model
-        self.retrieval = retrieval_model
+        self.lean = bool(lean)
+        if lean:
+            # Track only what the signatures capture (variables and lookup tables), not the Keras
+            # models: saving a Keras model also serializes every layer and metric, 4x slower.
+            object.__setattr__(self, "ranking", ranking_model)
+            object.__setattr__(self, "retrieval", retrieval_model)
+            self.model_variables, self.model_resources = _captured_state([ranking_model, retrieval_model])
+        else:
+            self.ranking = ranking_model
+            self.retrieval = retrieval_model
         self.history_length = int(history_length)
         n = len(corpus["video_id"])
         if n == 0:
@@ -73,23 +82,38 @@ class ServingModule(tf.Module):
         self.retrieve_k = int(min(retrieve_k, n))
         self.top_n = int(min(top_n, self.retrieve_k))
         embeddings = _corpus_embeddings(retrieval_model, corpus)
+        # Rank with the user's history encoded once per request row when that provably gives the
+        # model's own outputs (export_rank.verify); else one full model row per candidate.
+        self.shared_history, self.rank_path_note = False, "per-candidate model call"
+        if shared_history:
+            from tfrec_kuai import export_rank
+            self.shared_history, self.rank_path_note = export_rank.verify(
+                ranking_model, self._rank_rows_plain, corpus, history_length, RANK_OUTPUTS)
         # Non-trainable variables (not constants): they live in variables/, not in the graph proto.
         self.corpus = {name: tf.Variable(np.asarray(corpus[name]), trainable=False, name=f"corpus_{name}")
                        for name in CANDIDATE_FEATURES}
         self.corpus_embeddings = tf.Variable(embeddings, trainable=False, name="corpus_embeddings")
-        L = self.history_length
-        user = user_specs(L)
-        self.rank = tf.function(self._rank, input_signature=[{**user, **candidate_specs()}])
-        self.retrieve = tf.function(self._retrieve, input_signature=[user])
-        self.recommend = tf.function(self._recommend, input_signature=[user])
-        self.classify_examples = tf.function(
-            self._classify_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        self.score_examples = tf.function(
-            self._score_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        user = user_specs(self.history_length)
+        examples = [tf.TensorSpec([None], tf.string, name="inputs")]
+        # No AutoGraph: nothing here (or in the models) has data-dependent Python control flow, and
+        # AutoGraph's source rewriting costs seconds per trace on a small CPU.
+        function = lambda f, spec: tf.function(f, input_signature=spec, autograph=False)  # noqa: E731
+        self.rank = function(self._rank, [{**user, **candidate_specs()}])
+        self.retrieve = function(self._retrieve, [user])
+        self.recommend = function(self._recommend, [user])
+        self.classify_examples = function(self._classify_examples, examples)
+        self.score_examples = function(self._score_examples, examples)
 
     # -- signatures ------------------------------------------------------------------------------
     def _rank_rows(self, user, candidates):
-        """Rank ``[B, C]`` candidates for ``B`` users: repeat each user row C times, call the model."""
+        """Rank ``[B, C]`` candidates for ``B`` users -> {output: ``[B, C]``}."""
+        if self.shared_history:
+            from tfrec_kuai import export_rank
+            return export_rank.rank_shared_history(self.ranking, user, candidates, RANK_OUTPUTS)
+        return self._rank_rows_plain(user, candidates)
+
+    def _rank_rows_plain(self, user, candidates):
+        """The reference: repeat each user row C times and call the model on every pair."""
         shape = tf.shape(candidates["video_id"])
         b, c = shape[0], shape[1]
         features = {name: tf.repeat(value, c, axis=0) for name, value in user.items()}
@@ -155,6 +179,27 @@ class ServingModule(tf.Module):
             "examples": self.classify_examples.get_concrete_function(),
             "examples_score": self.score_examples.get_concrete_function(),
         }
+
+
+def _captured_state(models):
+    """Every variable and every resource (the vocabulary hash tables) the models' layers own."""
+    try:
+        from tensorflow.python.trackable.resource import TrackableResource
+    except ImportError:  # pragma: no cover - another TF layout: the caller falls back to lean=False
+        raise _NotLean("no TrackableResource") from None
+    variables, resources, seen = [], [], set()
+    for model in models:
+        variables.extend(model.variables)
+        for layer in model._flatten_layers():
+            for value in vars(layer).values():
+                if isinstance(value, TrackableResource) and id(value) not in seen:
+                    seen.add(id(value))
+                    resources.append(value)
+    return variables, resources
+
+
+class _NotLean(Exception):
+    pass
 
 
 def parse_spec(history_length):
@@ -350,17 +395,27 @@ def write_serving_configs(export_base, model_name, batching=True):
 def export_models(ranking_model, retrieval_model, corpus, history_length, export_base, model_name="kuai",
                   version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None):
     """Build the serving module from model objects and save one version; returns its folder."""
-    module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k)
+    try:
+        module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k)
+    except _NotLean:
+        module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k, lean=False)
     logs = []
     if warmup_serialized:
         features = parse_examples(list(warmup_serialized), history_length)
         k = min(len(corpus["video_id"]), 16)
         candidates = {name: corpus[name][:k] for name in CANDIDATE_FEATURES}
         logs = warmup_logs(model_name, features, list(warmup_serialized), candidates)
-    info = dict(extra_info or {}, top_n=module.top_n, retrieve_k=module.retrieve_k,
+    info = dict(extra_info or {}, rank_path=module.rank_path_note, top_n=module.top_n, retrieve_k=module.retrieve_k,
                 history_length=int(history_length), corpus_videos=int(len(corpus["video_id"])),
                 signatures=list(SIGNATURES), exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    return save_version(module, export_base, model_name, version, logs, info)
+    try:
+        return save_version(module, export_base, model_name, version, logs, info)
+    except (AssertionError, ValueError) as error:
+        if "untracked" not in str(error).lower() or not module.lean:
+            raise
+        # A layer keeps a resource somewhere _captured_state does not look: track the models whole.
+        module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k, lean=False)
+        return save_version(module, export_base, model_name, version, logs, info)
 
 
 def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,

@@ -1,0 +1,265 @@
+"""Closed-loop load on the exported recommender: the server vs calling the same model in-process.
+
+For ``recommend`` (one user) and ``rank`` (one user x 200 candidates), at 1, 8 and 32 concurrent
+clients, each client sending its next request as soon as the previous answer arrives:
+p50 / p99 latency and QPS over gRPC (official stubs) and REST, with dynamic batching on and off,
+and the same SavedModel called in-process from the same number of threads in the same run. The
+server runs as its own process (``python -m serving.server``) so that clients and server do not
+share one interpreter lock; the server-to-in-process p50 ratio is the server's overhead.
+
+    .venv/bin/python benchmarks/bench_serving.py                      # builds a model if needed
+    .venv/bin/python benchmarks/bench_serving.py --export_base DIR    # an existing export (model kuai)
+
+Without ``--export_base`` it simulates a log, runs the Beam job, builds both models with the
+default configuration (untrained: the cost of a request does not depend on the weights) and
+exports them, under ``--work_dir``.
+"""
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+import tfrec_kuai  # noqa: E402,F401
+import numpy as np  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--export_base", default=None, help="folder with <model_name>/<version>/ (default: build one)")
+    p.add_argument("--examples", default=None, help="examples folder for requests (default: the built one)")
+    p.add_argument("--work_dir", default="/tmp/tfrec_kuai_bench_serving")
+    p.add_argument("--model_name", default="kuai")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
+    p.add_argument("--warmup_seconds", type=float, default=1.0)
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--signatures", default="recommend,rank")
+    p.add_argument("--transports", default="grpc,rest")
+    p.add_argument("--batching", default="off,on")
+    p.add_argument("--impressions", type=int, default=30000, help="simulated log size when building")
+    p.add_argument("--output", default=os.path.join(HERE, "results_serving.json"))
+    return p.parse_args(argv)
+
+
+# -- setup ---------------------------------------------------------------------------------------
+def build_export(work_dir, impressions, model_name):
+    """Simulated log -> Beam examples -> default-size models -> fused export. Returns (base, examples)."""
+    from tfrec_kuai import export, training
+    from tfrec_kuai.config import load_config
+    from tfrec_kuai.simulator import SimParams, simulate
+    from beam_pipelines import build_examples
+    log_dir, examples = os.path.join(work_dir, "log"), os.path.join(work_dir, "examples")
+    base = os.path.join(work_dir, "export")
+    model_base = os.path.join(base, model_name)
+    if os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base)):
+        return base, examples
+    print(f"building a benchmark model under {work_dir} ...", flush=True)
+    if not os.path.exists(os.path.join(examples, "metadata.json")):
+        simulate(log_dir, SimParams(impressions=impressions, seed=1, days=4), progress=False)
+        build_examples.run(["--input", os.path.join(log_dir, "log_*.csv"), "--output", examples,
+                            "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
+                            "--eval_days", "1"])
+    vocabularies = training.read_vocabularies(examples)
+    history_length = json.load(open(os.path.join(examples, "metadata.json")))["history_length"]
+    dirs = []
+    for stage in ("ranking", "retrieval"):
+        config = load_config(stage=stage).override("model", history_length=history_length, stage=stage)
+        model = training.build_model(config, vocabularies)
+        training.save_model_dir(model, config, os.path.join(work_dir, stage))
+        dirs.append(os.path.join(work_dir, stage))
+    export.export(dirs[0], dirs[1], examples, base, model_name=model_name)
+    return base, examples
+
+
+def make_requests(examples, candidates):
+    """{signature: inputs} for one user (recommend) and one user x ``candidates`` videos (rank)."""
+    from tfrec_kuai import export as E
+    serialized = E.read_serialized_examples(examples, "eval", 1)
+    history_length = json.load(open(os.path.join(examples, "metadata.json")))["history_length"]
+    features = E.parse_examples(serialized, history_length)
+    corpus = E.read_corpus(examples)
+    rows = np.arange(candidates) % len(corpus["video_id"])
+    return {"recommend": E.user_inputs(features),
+            "rank": E.rank_inputs(features, {k: v[rows] for k, v in corpus.items()})}
+
+
+class Server:
+    """``python -m serving.server`` in its own process; ports read from its startup lines."""
+
+    def __init__(self, base, model_name, batching, work_dir):
+        args = [sys.executable, "-m", "serving.server", "--port=0", "--rest_api_port=-1",
+                f"--model_name={model_name}", f"--model_base_path={os.path.join(base, model_name)}",
+                "--file_system_poll_wait_seconds=0", "--grpc_max_threads=128"]
+        if batching:
+            params = os.path.join(work_dir, "batching_parameters.txt")
+            with open(params, "w") as f:
+                f.write("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
+                        "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 2 }\n")
+            args += ["--enable_batching", f"--batching_parameters_file={params}"]
+        self.process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.ports = {}
+        while len(self.ports) < 2:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited during startup")
+            for kind in ("gRPC", "REST"):
+                if line.startswith(f"{kind} listening on"):
+                    self.ports[kind] = int(line.rsplit(":", 1)[1])
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+# -- clients -------------------------------------------------------------------------------------
+def grpc_caller(port, model_name, signature, inputs):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def call():
+        stub.Predict(request, timeout=30)
+    return call
+
+
+def rest_caller(port, model_name, signature, inputs):
+    body = json.dumps({"signature_name": signature,
+                       "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}).encode()
+    local = threading.local()
+
+    def call():
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", f"/v1/models/{model_name}:predict", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(data[:200])
+    return call
+
+
+def inprocess_caller(loaded, signature, inputs):
+    import tensorflow as tf
+    function = loaded.signatures[signature]
+    feed = {k: tf.constant(v) for k, v in inputs.items()}
+
+    def call():
+        {k: v.numpy() for k, v in function(**feed).items()}
+    return call
+
+
+def closed_loop(make_call, clients, seconds, warmup):
+    """Each of ``clients`` threads calls back to back; latencies of calls started in the window."""
+    calls = [make_call() for _ in range(clients)]
+    latencies, errors = [[] for _ in range(clients)], [0]
+    start = time.perf_counter()
+    window = (start + warmup, start + warmup + seconds)
+
+    def loop(i):
+        call = calls[i]
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= window[1]:
+                return
+            try:
+                call()
+            except Exception:
+                errors[0] += 1
+                continue
+            if t0 >= window[0]:
+                latencies[i].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    all_latencies = np.array([x for per in latencies for x in per]) * 1000
+    return {"clients": clients, "requests": int(all_latencies.size), "errors": errors[0],
+            "qps": round(all_latencies.size / seconds, 1),
+            "p50_ms": round(float(np.percentile(all_latencies, 50)), 2) if all_latencies.size else None,
+            "p99_ms": round(float(np.percentile(all_latencies, 99)), 2) if all_latencies.size else None}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.work_dir, exist_ok=True)
+    if args.export_base:
+        base, examples = args.export_base, args.examples
+        if not examples:
+            raise SystemExit("--export_base needs --examples (for realistic requests)")
+    else:
+        base, examples = build_export(args.work_dir, args.impressions, args.model_name)
+    requests = make_requests(examples, args.candidates)
+    signatures = args.signatures.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    results = []
+
+    def record(row):
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    import tensorflow as tf
+    from tfrec_kuai import ops
+    ops.load_op_library()
+    model_base = os.path.join(base, args.model_name)
+    version = max(int(v) for v in os.listdir(model_base) if v.isdigit())
+    loaded = tf.saved_model.load(os.path.join(model_base, str(version)))
+    for signature in signatures:  # in-process: the same SavedModel, same threads, no server
+        call = inprocess_caller(loaded, signature, requests[signature])
+        for _ in range(3):
+            call()
+        for clients in levels:
+            record(dict(mode="in-process", transport="-", batching="-", signature=signature,
+                        **closed_loop(lambda: inprocess_caller(loaded, signature, requests[signature]), clients,
+                                      args.seconds, args.warmup_seconds)))
+    for batching in args.batching.split(","):
+        server = Server(base, args.model_name, batching == "on", args.work_dir)
+        try:
+            for transport in args.transports.split(","):
+                port = server.ports["gRPC" if transport == "grpc" else "REST"]
+                maker = grpc_caller if transport == "grpc" else rest_caller
+                for signature in signatures:
+                    for clients in levels:
+                        record(dict(mode="server", transport=transport, batching=batching, signature=signature,
+                                    **closed_loop(lambda: maker(port, args.model_name, signature,
+                                                                requests[signature]),
+                                                  clients, args.seconds, args.warmup_seconds)))
+        finally:
+            server.stop()
+    inproc = {(r["signature"], r["clients"]): r for r in results if r["mode"] == "in-process"}
+    for r in results:
+        base_row = inproc.get((r["signature"], r["clients"]))
+        if r["mode"] == "server" and base_row and base_row["p50_ms"]:
+            r["p50_ratio_vs_inprocess"] = round(r["p50_ms"] / base_row["p50_ms"], 2)
+            r["qps_ratio_vs_inprocess"] = round(r["qps"] / base_row["qps"], 2) if base_row["qps"] else None
+    with open(args.output, "w") as f:
+        json.dump({"command": " ".join([os.path.relpath(sys.executable, REPO), "benchmarks/bench_serving.py"]
+                                       + (argv if argv is not None else sys.argv[1:])),
+                   "cpus": os.cpu_count(), "seconds_per_cell": args.seconds, "results": results}, f, indent=1)
+    print(f"{'signature':10} {'mode':10} {'transport':9} {'batch':5} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'QPS':>8} {'p50/inproc':>10}")
+    for r in results:
+        print(f"{r['signature']:10} {r['mode']:10} {r['transport']:9} {r['batching']:5} {r['clients']:>7} "
+              f"{r['p50_ms']:>8} {r['p99_ms']:>8} {r['qps']:>8} {r.get('p50_ratio_vs_inprocess', ''):>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
