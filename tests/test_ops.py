@@ -373,11 +373,15 @@ def test_runtime_checks_with_unknown_static_shapes():
         x[5] = np.array([0, 9, 2], np.int32)
         with pytest.raises(tf.errors.InvalidArgumentError, match="lengths"):
             f(*x)
-    x = _good()
-    x[2] = x[2][:, :3]
-    with pytest.raises(tf.errors.InvalidArgumentError, match="values"):
-        tf.function(lambda *a: ops.feedback_weighted_attention(*a, scale=0.5, implementation="fused"),
-                    input_signature=spec)(*x)
+    for implementation in ("fused", "composite"):
+        for i, name, cut in ((2, "values", np.s_[:, :3]), (3, "bias", np.s_[:, :, :1]), (0, "query", np.s_[:2]),
+                             (4, "gate", np.s_[..., None])):
+            x = _good()
+            x[i] = x[i][cut]
+            f = tf.function(lambda *a: ops.feedback_weighted_attention(*a, scale=0.5, implementation=implementation),
+                            input_signature=spec)
+            with pytest.raises(tf.errors.InvalidArgumentError, match=name):
+                f(*x)
 
 
 @needs_fused

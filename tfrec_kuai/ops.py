@@ -153,16 +153,49 @@ def _invalid(message):
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
+_RANKS = {"query": 3, "keys": 4, "values": 4, "bias": 3, "gate": 3, "lengths": 1}
+# (name, axis) pairs that must agree, per dimension.
+_DIM_GROUPS = {
+    "B (batch)": [("query", 0), ("keys", 0), ("values", 0), ("bias", 0), ("gate", 0), ("lengths", 0)],
+    "L (history)": [("keys", 1), ("values", 1), ("bias", 1), ("gate", 1)],
+    "H (heads)": [("query", 1), ("keys", 2), ("values", 2), ("bias", 2), ("gate", 2)],
+    "D (key depth)": [("query", 2), ("keys", 3)],
+}
+
+
+def _runtime_shape_checks(tensors):
+    """Assertions for what the trace-time check could not see (unknown ranks or dimensions).
+
+    The composite needs them to fail with InvalidArgument naming the input, like the fused
+    kernel, instead of an anonymous einsum error; fully static shapes add no ops.
+    """
+    checks = []
+    for name, rank in _RANKS.items():
+        if tensors[name].shape.rank is None:
+            checks.append(tf.debugging.assert_rank(tensors[name], rank, message=f"{name} must have rank {rank}"))
+    for what, members in _DIM_GROUPS.items():
+        dims = [tensors[name].shape[axis] if tensors[name].shape.rank is not None else None
+                for name, axis in members]
+        if all(d is not None for d in dims):
+            continue
+        ref_name, ref_axis = members[0]
+        ref = tf.shape(tensors[ref_name])[ref_axis]
+        for name, axis in members[1:]:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(tensors[name])[axis], ref,
+                message=f"{name} dimension {axis} must equal {ref_name} dimension {ref_axis}: {what}"))
+    return checks
+
+
 def _check_static_shapes(query, keys, values, bias, gate, lengths):
     """Rejects shapes that are wrong already at trace time, naming the input.
 
     Dynamic dimensions are checked by the fused kernel at run time (and by the composite's
     assertions on ``lengths``); this catches the common mistakes early and with a clear message.
     """
-    ranks = {"query": 3, "keys": 4, "values": 4, "bias": 3, "gate": 3, "lengths": 1}
     tensors = {"query": query, "keys": keys, "values": values, "bias": bias, "gate": gate,
                "lengths": lengths}
-    for name, rank in ranks.items():
+    for name, rank in _RANKS.items():
         r = tensors[name].shape.rank
         if r is not None and r != rank:
             raise _invalid(f"{name} must have rank {rank}, got shape {tensors[name].shape}")
@@ -170,14 +203,7 @@ def _check_static_shapes(query, keys, values, bias, gate, lengths):
     def dim(t, i):
         return t.shape[i] if t.shape.rank is not None else None
 
-    # (name, axis) pairs that must agree: B, L, H, D.
-    groups = {
-        "B (batch)": [("query", 0), ("keys", 0), ("values", 0), ("bias", 0), ("gate", 0), ("lengths", 0)],
-        "L (history)": [("keys", 1), ("values", 1), ("bias", 1), ("gate", 1)],
-        "H (heads)": [("query", 1), ("keys", 2), ("values", 2), ("bias", 2), ("gate", 2)],
-        "D (key depth)": [("query", 2), ("keys", 3)],
-    }
-    for what, members in groups.items():
+    for what, members in _DIM_GROUPS.items():
         ref_name, ref_value = None, None
         for name, axis in members:
             d = dim(tensors[name], axis)
@@ -207,9 +233,12 @@ def _composite(query, keys, values, bias, gate, lengths, scale):
     all-padding row (``lengths == 0``) gives zeros instead of NaN.
     """
     dtype = query.dtype
-    num_positions = tf.shape(keys)[1]
+    shape_checks = _runtime_shape_checks({"query": query, "keys": keys, "values": values, "bias": bias,
+                                          "gate": gate, "lengths": lengths})
+    with tf.control_dependencies(shape_checks):
+        num_positions = tf.shape(keys)[1]
     lengths = tf.cast(lengths, tf.int32)
-    with tf.control_dependencies([
+    with tf.control_dependencies(shape_checks + [
             tf.debugging.assert_non_negative(lengths, message="lengths must be >= 0"),
             tf.debugging.assert_less_equal(lengths, num_positions,
                                            message="lengths must be <= L (keys.shape[1])")]):
