@@ -146,9 +146,14 @@ def rest_caller(port, model_name, signature, inputs):
         conn = getattr(local, "conn", None)
         if conn is None:
             conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", f"/v1/models/{model_name}:predict", body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
+        try:
+            conn.request("POST", f"/v1/models/{model_name}:predict", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except Exception:
+            conn.close()
+            local.conn = None  # reconnect on the next call
+            raise
         if response.status != 200:
             raise RuntimeError(data[:200])
     return call

@@ -147,12 +147,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(lambda: self.api.post(self.path.split("?", 1)[0], body))
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of new keep-alive clients would be refused.
+    request_queue_size = 1024
+
+
 class RestServer:
     """The HTTP front end; ``port`` 0 picks a free one (read it back from ``.port``)."""
 
     def __init__(self, manager, host, port, max_body_bytes):
         handler = type("Handler", (_Handler,), {"api": RestApi(manager), "max_body": max_body_bytes})
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = _Server((host, port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="rest", daemon=True)

@@ -281,3 +281,18 @@ def test_rest_invalid_json_and_oversized_body(toy_server):
     assert status == 413 and "maximum message size" in answer["error"]
     status, _ = http(toy_server, "POST", "/v1/models/toy:predict", {"instances": [{"x": [1, 2, 3], "ids": 1}]})
     assert status == 200
+
+
+def test_client_builds_a_request_from_flags(toy_server, capsys):
+    from serving import client
+    grpc_target = ["--server", f"127.0.0.1:{toy_server.port}", "--model_name", TOY_MODEL_NAME]
+    assert client.main(grpc_target + ["--feature", "x=1,2,3", "--feature", "ids=5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["y"] == [19.0] and out["version"] == [1.0]
+    rest_target = ["--rest", f"http://127.0.0.1:{toy_server.rest_port}", "--model_name", TOY_MODEL_NAME]
+    assert client.main(rest_target + ["--signature", "scale", "--feature", "x=2,4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"output": [[2.0, 4.0]]}
+    assert client.main(grpc_target + ["--status"]) == 0
+    assert "AVAILABLE" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an input neither in an example nor in a flag
+        client.main(grpc_target + ["--feature", "x=1,2,3"])
