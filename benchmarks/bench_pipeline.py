@@ -64,14 +64,17 @@ def builder_events(log_dir, max_users):
     return out
 
 
-def time_builder(events, implementation, runs):
-    times = []
+def time_builders(events, runs):
+    """Median seconds of each builder over the same events; runs alternate native and Python so
+    that both see the same load from whatever else shares the machine."""
+    times = {"native": [], "python": []}
     for _ in range(runs):
-        start = time.perf_counter()
-        for ev in events:
-            history.build_history_windows(*ev, 50, implementation=implementation)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for implementation in ("native", "python"):
+            start = time.perf_counter()
+            for ev in events:
+                history.build_history_windows(*ev, 50, implementation=implementation)
+            times[implementation].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv=None):
@@ -80,6 +83,7 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--builder_users", type=int, default=2000, help="users timed in the builder-only test")
     parser.add_argument("--skip_python_job", action="store_true", help="skip the end-to-end pure-Python run")
+    parser.add_argument("--builder_only", action="store_true", help="only the history-builder comparison")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
@@ -94,6 +98,14 @@ def main(argv=None):
     simulate(log_dir, SimParams(impressions=n, seed=7), progress=False)
     result["simulate_s"] = time.perf_counter() - start
 
+    if args.builder_only:
+        events = builder_events(log_dir, args.builder_users)
+        builder = time_builders(events, args.runs)
+        result.update(builder_events=int(sum(len(e[0]) for e in events)), builder_native_s=builder["native"],
+                      builder_python_s=builder["python"], builder_speedup=builder["python"] / builder["native"],
+                      load_avg_end=os.getloadavg()[0])
+        print(json.dumps(result, indent=2))
+        return 0
     for name, extra in (("in_process", []),
                         ("multi_process", ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])):
         times = []
@@ -111,8 +123,9 @@ def main(argv=None):
 
     events = builder_events(log_dir, args.builder_users)
     result["builder_events"] = int(sum(len(e[0]) for e in events))
-    result["builder_native_s"] = time_builder(events, "native", args.runs)
-    result["builder_python_s"] = time_builder(events, "python", args.runs)
+    builder = time_builders(events, args.runs)
+    result["builder_native_s"] = builder["native"]
+    result["builder_python_s"] = builder["python"]
     result["builder_speedup"] = result["builder_python_s"] / result["builder_native_s"]
     result["multi_vs_in_process"] = result["in_process_s"] / result["multi_process_s"]
     result["load_avg_end"] = os.getloadavg()[0]
