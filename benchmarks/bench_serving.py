@@ -172,7 +172,7 @@ def inprocess_caller(loaded, signature, inputs):
 def closed_loop(make_call, clients, seconds, warmup):
     """Each of ``clients`` threads calls back to back; latencies of calls started in the window."""
     calls = [make_call() for _ in range(clients)]
-    latencies, errors = [[] for _ in range(clients)], [0]
+    latencies, errors, first_error = [[] for _ in range(clients)], [0], []
     start = time.perf_counter()
     window = (start + warmup, start + warmup + seconds)
 
@@ -184,8 +184,10 @@ def closed_loop(make_call, clients, seconds, warmup):
                 return
             try:
                 call()
-            except Exception:
+            except Exception as error:
                 errors[0] += 1
+                if not first_error:
+                    first_error.append(f"{type(error).__name__}: {str(error)[:200]}")
                 continue
             if t0 >= window[0]:
                 latencies[i].append(time.perf_counter() - t0)
@@ -196,7 +198,8 @@ def closed_loop(make_call, clients, seconds, warmup):
     for t in threads:
         t.join()
     all_latencies = np.array([x for per in latencies for x in per]) * 1000
-    return {"clients": clients, "requests": int(all_latencies.size), "errors": errors[0],
+    extra = {"first_error": first_error[0]} if first_error else {}
+    return {**extra, "clients": clients, "requests": int(all_latencies.size), "errors": errors[0],
             "qps": round(all_latencies.size / seconds, 1),
             "p50_ms": round(float(np.percentile(all_latencies, 50)), 2) if all_latencies.size else None,
             "p99_ms": round(float(np.percentile(all_latencies, 99)), 2) if all_latencies.size else None}
