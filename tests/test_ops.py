@@ -562,3 +562,30 @@ def test_fused_savedmodel_fine_tunes_in_a_fresh_process(tmp_path):
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.square(model(x, k, v, bias, gate, lengths)))
     np.testing.assert_allclose(np.load(tmp_path / "grad.npy"), tape.gradient(loss, model.w), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "composite"])
+@pytest.mark.parametrize("B,L", [(0, 5), (3, 0), (0, 0)])
+def test_empty_batch_or_history(implementation, B, L):
+    """B = 0 (an empty batch) and L = 0 (no history slots) are valid: zeros, empty gradients."""
+    if implementation == "fused" and not ops.fused_available():
+        pytest.skip("op library not built")
+    floats = [tf.ones(s) for s in [(B, 2, 4), (B, L, 2, 4), (B, L, 2, 3), (B, L, 2), (B, L, 2)]]
+    with tf.GradientTape() as tape:
+        tape.watch(floats)
+        out = ops.feedback_weighted_attention(*floats, tf.zeros([B], tf.int32), implementation=implementation)
+    grads = tape.gradient(out, floats, output_gradients=tf.ones_like(out))
+    assert out.shape == (B, 2, 3) and not out.numpy().any()
+    for f, g in zip(floats, grads):
+        assert g.shape == f.shape and not g.numpy().any()
+
+
+@pytest.mark.parametrize("implementation", ["fused", "composite"])
+def test_int64_lengths_accepted(implementation):
+    """``hist_len`` in the examples is int64; the wrapper casts it for the op."""
+    if implementation == "fused" and not ops.fused_available():
+        pytest.skip("op library not built")
+    x = _good()
+    want = ops.feedback_weighted_attention(*x, implementation=implementation).numpy()
+    x[5] = x[5].astype(np.int64)
+    np.testing.assert_array_equal(ops.feedback_weighted_attention(*x, implementation=implementation).numpy(), want)
