@@ -204,10 +204,13 @@ class UserExamplesFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead", dead_letter_json(
                 "duplicate_event", f"{paths[source[j]]}:{offsets[j]}", ",".join(map(str, values[j].tolist()))))
         self.eval_dates = outputs.eval_dates_of(dates.keys(), self.eval_days)
-        self.buffer.append(values[keep])
-        self.buffered += len(keep)
-        if self.buffered >= self.encode_batch:
-            yield from self._flush()
+        # A heavy user is cut into pieces (with the context their windows need), so a batch never
+        # holds much more than encode_batch examples, whatever the user's size.
+        for piece in user_examples.slices(values[keep], self.history_length, self.encode_batch):
+            self.buffer.append(piece)
+            self.buffered += len(piece[0]) - piece[1]
+            if self.buffered >= self.encode_batch:
+                yield from self._flush()
 
     def _flush(self):
         """Columns, statistics and serialised examples of the buffered users, in one batch."""
@@ -220,7 +223,7 @@ class UserExamplesFn(beam.DoFn):
             "splits": {"train": user_examples.split_stats(cols, ~is_eval),
                        "eval": user_examples.split_stats(cols, is_eval)},
             "ids": user_examples.id_counts(cols, ~is_eval),
-            "video_duration_ms": user_examples.max_duration(np.concatenate(rows))})
+            "video_duration_ms": user_examples.max_duration(np.concatenate([r for r, _ in rows]))})
         records = example_encoder.encode_examples({k: cols[k] for k in self.spec}, self.spec)
         self.written += len(records)
         if self.written >= self.next_log:

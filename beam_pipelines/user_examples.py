@@ -37,10 +37,14 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
     """Example columns of several users at once, plus ``is_eval`` per row.
 
     ``user_rows``: list of [n_i, 19] int64 arrays, one per user, each sorted by time and
-    deduplicated. Everything but the history windows is vectorised over the whole batch (a
-    handful of NumPy calls per batch instead of per user); the windows are built per user, since a
-    window must never cross users. Returns ``(columns keyed by the §6 names, is_eval [N])``.
+    deduplicated — or ``(rows, context)`` pairs from :func:`slices`, whose first ``context`` rows
+    only feed the windows of the rest and yield no example. Everything but the history windows is
+    vectorised over the whole batch (a handful of NumPy calls per batch instead of per user); the
+    windows are built per item, since a window must never cross users.
+    Returns ``(columns keyed by the §6 names, is_eval [N])``.
     """
+    items = [(r, 0) if isinstance(r, np.ndarray) else r for r in user_rows]
+    user_rows = [r for r, _ in items]
     values = np.concatenate(user_rows) if user_rows else np.zeros((0, len(C)), np.int64)
     n, L = len(values), int(history_length)
     video_id = values[:, C["video_id"]]
@@ -83,7 +87,31 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
     for name in BINARY_LABELS + ("watch_s", "watch_ratio"):
         cols[f"label_{name}"] = labels[name]
     is_eval = np.isin(values[:, C["date"]], np.asarray(sorted(eval_dates), dtype=np.int64))
+    if any(context for _, context in items):
+        keep = np.concatenate([np.arange(len(r)) >= context for r, context in items])
+        cols = {k: v[keep] for k, v in cols.items()}
+        is_eval = is_eval[keep]
     return cols, is_eval
+
+
+def slices(values, history_length, max_rows):
+    """A heavy user's sorted rows as ``(rows, context)`` pieces of at most ``max_rows`` examples.
+
+    The piece for rows ``[a, b)`` starts ``context`` rows earlier, at ``first(a) - L`` where
+    ``first(a)`` is the first row sharing row a's timestamp: every window of a row ``>= a`` only
+    reaches back that far (it holds the L events strictly before the row's first same-time row).
+    So a user of any size is processed in bounded memory, with the windows of the whole.
+    """
+    n = len(values)
+    if n <= max_rows:
+        return [(values, 0)]
+    times = values[:, C["time_ms"]]
+    out = []
+    for a in range(0, n, max_rows):
+        b = min(a + max_rows, n)
+        start = max(0, int(np.searchsorted(times, times[a], side="left")) - int(history_length))
+        out.append((values[start:b], a - start))
+    return out
 
 
 def max_duration(values):

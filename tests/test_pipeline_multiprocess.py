@@ -1,4 +1,5 @@
-"""The DirectRunner in multi-process mode gives exactly the in-process result."""
+"""The DirectRunner in multi-process mode, with several read ranges and heavy users cut into pieces,
+gives exactly the in-process result."""
 import glob
 import gzip
 import json
@@ -30,6 +31,7 @@ def test_multi_processing_equals_in_process(tiny_log_dir, tiny_examples_dir, tmp
         "--video_features", os.path.join(tiny_log_dir, "video_features_basic_sim.csv"),
         "--user_features", os.path.join(tiny_log_dir, "user_features_sim.csv"),
         "--history_length", "50", "--eval_days", "1", "--read_range_mb", "0.05",  # several ranges
+        "--encode_batch", "64",  # users cut into pieces
         "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     with open(os.path.join(tiny_examples_dir, "metadata.json")) as f:
         ref = json.load(f)
