@@ -6,7 +6,8 @@ import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 
 from tfrec_kuai.layers import (BucketEmbedding, CascadeHeads, CGCLayer, DurationAwareWatchHead,
-                               FeedbackAwareEncoder, IdEmbedding, ModuloEmbedding, SharedBottom, feedback_features)
+                               FeedbackAwareEncoder, IdEmbedding, ModuloEmbedding, SharedBottom, feedback_features,
+                               target_relation)
 
 
 def _dense(layer, x):
@@ -21,6 +22,9 @@ def _reference_encoder(enc, q_in, tokens, fb, lengths):
     q = _dense(enc.query_proj, q_in).reshape(B, H, D)
     k = _dense(enc.key_proj, tokens).reshape(B, L, H, D)
     v = _dense(enc.value_proj, tokens).reshape(B, L, H, Dv)
+    if enc.feedback_channel:
+        v = np.concatenate([v, np.ones((B, L, H, 1))], -1)
+        Dv += 1
     if enc.use_feedback:
         hidden = np.maximum(_dense(enc.feedback_net, fb), 0)
         out = _dense(enc.feedback_out, hidden)
@@ -50,7 +54,7 @@ def test_feedback_aware_encoder_matches_reference_and_ignores_padding(use_feedba
     enc = FeedbackAwareEncoder(num_heads=2, head_dim=4, value_dim=3, feedback_hidden=8, use_feedback=use_feedback,
                                attention_implementation="composite")
     out = enc(q_in, tokens, fb, lengths).numpy()
-    assert out.shape == (B, 6)
+    assert out.shape == (B, 2 * 4)                  # H * (Dv + the feedback channel)
     np.testing.assert_allclose(out, _reference_encoder(enc, q_in, tokens, fb, lengths), rtol=1e-4, atol=1e-5)
     assert np.all(out[2] == 0)                       # no history → zeros
     # Whatever sits in the padding never changes the result.
@@ -116,6 +120,12 @@ def test_duration_aware_watch_head():
     head.hidden.set_weights([np.zeros_like(w) for w in head.hidden.get_weights()])
     np.testing.assert_allclose(head(hidden, duration)[0].numpy(), 0.5, rtol=1e-5)
     assert DurationAwareWatchHead.from_config(head.get_config()).get_config() == head.get_config()
+    # Conditional on not skipped: E[watch] = p_skip·min(3, d)/2 + (1 − p_skip)·ratio·d.
+    p_skip = np.array([0.2, 0.5, 1.0], np.float32)
+    r, w = head(hidden, duration, p_skip)
+    np.testing.assert_allclose(w.numpy(), p_skip * np.minimum(duration, 3) / 2 + (1 - p_skip) * r.numpy() * duration,
+                               rtol=1e-6)
+    assert w.numpy()[2] == 1.5
 
 
 def test_cgc_layer_matches_reference_and_stacks():
@@ -166,5 +176,15 @@ def test_feedback_features_decode_bits_and_context():
     np.testing.assert_allclose(full[0, 0, 9:], [np.log1p(1.0), np.log1p(300.0), 1 / 300], rtol=1e-5)
     np.testing.assert_allclose(full[0, 1, 11], 2.0)                # watch ratio 12/6
     assert np.all(full[0, 2] == 0)                                  # padding: all zeros, no NaN
+    aged = feedback_features(play, dur, bits, age_s=np.array([[60.0, 0.0, 0.0]], np.float32)).numpy()
+    np.testing.assert_allclose(aged[0, :, 12], [np.log(2.0), 0, 0], rtol=1e-6)
+    np.testing.assert_array_equal(aged[..., :12], full)
     bare = feedback_features(play, dur, bits, with_context=False).numpy()
     np.testing.assert_array_equal(bare, full[..., :9])
+
+
+def test_target_relation_indicators():
+    hist = {"video_id": np.array([[5, 6, -1]]), "author_id": np.array([[1, 2, -1]]), "tag": np.array([[-1, 3, -1]])}
+    target = {"video_id": np.array([5]), "author_id": np.array([2]), "tag": np.array([-1])}
+    rel = target_relation(hist, target).numpy()
+    np.testing.assert_array_equal(rel[0], [[1, 0, 0], [0, 1, 0], [0, 0, 0]])   # unknown tag (−1) never matches

@@ -41,6 +41,7 @@ class ModelConfig:
     num_shared_experts: int = 2
     num_task_experts: int = 1
     expert_units: int = 64
+    ple_levels: int = 2           # stacked extraction levels (PLE); 1 = a single CGC
     tower_units: int = 32
     bottom_units: List[int] = dataclasses.field(default_factory=lambda: [128, 64])
     # Ranking losses: one tfrs.tasks.Ranking per objective, weighted.

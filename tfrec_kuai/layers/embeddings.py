@@ -141,12 +141,14 @@ class ItemEmbedding(tf.keras.layers.Layer):
         return config
 
 
-def feedback_features(play_s, duration_s, feedback_bits, with_context=True):
+def feedback_features(play_s, duration_s, feedback_bits, with_context=True, age_s=None):
     """What the feedback network reads per history event: ``[B, L]`` each → ``[B, L, F]``.
 
-    With context (the full model): the 9 label bits, ``log1p(play_s)``, ``log1p(duration_s)`` and
-    the watch ratio clipped to [0, 5] — so a skip of a 5-minute video and a skip of a 6-second one
-    look different. Without context (the ``no_context`` variant) only the label bits (F = 9).
+    With context (the full model): the 9 label bits, ``log1p(play_s)``, ``log1p(duration_s)``, the
+    watch ratio clipped to [0, 5] — so a skip of a 5-minute video and a skip of a 6-second one look
+    different — and, when ``age_s`` is given, ``log1p(age_s / 60)``, so a run of skips a minute
+    ago can weigh more than one last week. Without context (the ``no_context`` variant) only the
+    label bits (F = 9).
     """
     bits = tf.cast(feedback_bits, tf.int64)
     flags = tf.cast(tf.bitwise.bitwise_and(bits[..., tf.newaxis],
@@ -157,11 +159,31 @@ def feedback_features(play_s, duration_s, feedback_bits, with_context=True):
     play_s = tf.maximum(tf.cast(play_s, tf.float32), 0.0)
     duration_s = tf.maximum(tf.cast(duration_s, tf.float32), 0.0)
     ratio = tf.clip_by_value(tf.math.divide_no_nan(play_s, duration_s), 0.0, 5.0)
-    return tf.concat([flags, tf.stack([tf.math.log1p(play_s), tf.math.log1p(duration_s), ratio], -1)], -1)
+    scalars = [tf.math.log1p(play_s), tf.math.log1p(duration_s), ratio]
+    if age_s is not None:
+        scalars.append(tf.math.log1p(tf.maximum(tf.cast(age_s, tf.float32), 0.0) / 60.0))
+    return tf.concat([flags, tf.stack(scalars, -1)], -1)
 
 
-def num_feedback_features(with_context=True):
-    return NUM_FEEDBACK_BITS + (3 if with_context else 0)
+def target_relation(hist_ids, target_ids):
+    """How each history event relates to the target: ``[B, L, 3]`` float indicators.
+
+    Same video, same author, same tag (−1 = unknown never matches). Read by the feedback network
+    as part of the event's context: "the user skipped a video *of this author* a minute ago" is
+    the evidence that matters for this target, and an attention bias can say so directly instead
+    of waiting for query–key similarity to discover it.
+    Args: dicts with ``video_id, author_id, tag`` — history ``[B, L]``, target ``[B]``.
+    """
+    parts = []
+    for name in ("video_id", "author_id", "tag"):
+        h = tf.cast(hist_ids[name], tf.int64)
+        t = tf.reshape(tf.cast(target_ids[name], tf.int64), [-1, 1])
+        parts.append(tf.cast(tf.logical_and(tf.equal(h, t), h >= 0), tf.float32))
+    return tf.stack(parts, -1)
+
+
+def num_feedback_features(with_context=True, with_age=False):
+    return NUM_FEEDBACK_BITS + ((4 if with_age else 3) if with_context else 0)
 
 
 def log_duration(duration_s):

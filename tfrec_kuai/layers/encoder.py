@@ -12,7 +12,10 @@ ratio, the label bits) and emits, per head,
   (watched, liked) or pushes it away (skipped, hated).
 
 The op computes ``out[b,h] = Σ_l softmax_l(scale·q·k_l + bias_l) · gate_l · v_l`` over the valid
-history only. With ``use_feedback=False`` (the ``no_feedback`` variant) bias = 0 and gate = 1:
+history only. With ``feedback_channel=True`` every value carries one extra constant channel 1, so
+that channel of the output is ``Σ_l p_l·gate_l`` — how the user responded, on balance, to the
+history events most like the target — a scalar the prediction layers can read directly instead of
+decoding it from the sign of an embedding. (Without feedback the gates are 1 and it is always 1.) With ``use_feedback=False`` (the ``no_feedback`` variant) bias = 0 and gate = 1:
 the same op reduces to DIN-style target attention with every event treated alike.
 """
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -33,11 +36,11 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
       lengths: ``[B]`` int — number of valid history events (newest first, the rest is padding).
 
     Returns:
-      ``[B, H * Dv]`` float32.
+      ``[B, H * (Dv + 1)]`` float32 with ``feedback_channel`` (the default), else ``[B, H * Dv]``.
     """
 
     def __init__(self, num_heads=4, head_dim=16, value_dim=16, feedback_hidden=32, use_feedback=True,
-                 attention_implementation="auto", **kwargs):
+                 attention_implementation="auto", feedback_channel=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.head_dim = int(head_dim)
@@ -45,6 +48,7 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         self.feedback_hidden = int(feedback_hidden)
         self.use_feedback = bool(use_feedback)
         self.attention_implementation = attention_implementation
+        self.feedback_channel = bool(feedback_channel)
         h = self.num_heads
         self.query_proj = tf.keras.layers.Dense(h * self.head_dim, name="query")
         self.key_proj = tf.keras.layers.Dense(h * self.head_dim, name="key")
@@ -74,6 +78,9 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         else:
             bias = tf.zeros(tf.shape(keys)[:3], tf.float32)
             gate = tf.ones(tf.shape(keys)[:3], tf.float32)
+        if self.feedback_channel:
+            values = tf.concat([values, tf.ones_like(values[..., :1])], -1)
+            dv += 1
         lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
         out = ops.feedback_weighted_attention(query, keys, values, bias, gate, lengths,
                                               implementation=self.attention_implementation)
@@ -83,5 +90,6 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         config = super().get_config()
         config.update({"num_heads": self.num_heads, "head_dim": self.head_dim, "value_dim": self.value_dim,
                        "feedback_hidden": self.feedback_hidden, "use_feedback": self.use_feedback,
-                       "attention_implementation": self.attention_implementation})
+                       "attention_implementation": self.attention_implementation,
+                       "feedback_channel": self.feedback_channel})
         return config

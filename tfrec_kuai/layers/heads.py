@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfrec_kuai.layers.embeddings import log_duration
 
 CASCADE_OUTPUTS = ("p_skip", "p_valid", "p_long", "p_complete")
+SKIP_SECONDS = 3.0   # DESIGN §4: a play shorter than min(3 s, duration) is a skip
 
 
 class CascadeHeads(tf.keras.layers.Layer):
@@ -49,14 +50,24 @@ class CascadeHeads(tf.keras.layers.Layer):
 
 
 class DurationAwareWatchHead(tf.keras.layers.Layer):
-    """Expected watch time as (expected watch ratio) × duration, not as raw seconds.
+    """Expected watch time from a watch *ratio* times the known duration, not raw seconds.
 
     Raw seconds are dominated by duration: a regressor on seconds learns "long videos are watched
-    longer" and ranks by length. Predicting the ratio (softplus, ≥ 0) from the task features and the
-    log duration, then multiplying by the known duration, keeps the duration effect exact and lets
-    the network spend its capacity on the user.
+    longer" and ranks by length. Here the network predicts a ratio (softplus, ≥ 0) from the task
+    features and the log duration, and multiplies by the duration.
 
-    Call: ``hidden`` ``[B, U]``, ``duration_s`` ``[B]``. Returns ``(watch_ratio [B], watch_s [B])``.
+    With ``p_skip`` (the cascade variants) the ratio is the one *given the video is not skipped*
+    and the expectation is completed exactly by the skip definition (DESIGN §4: a skip plays less
+    than ``min(3 s, d)``, on average half of it):
+
+        watch_s = p_skip · min(3, d) / 2 + (1 − p_skip) · ratio_not_skipped · d
+
+    so the watch-time ranking inherits the skip head's accuracy — on short-video logs most of the
+    pairwise watch-time order is "skipped vs watched". Train the ratio on non-skipped rows only.
+    Without ``p_skip`` (``shared_bottom``): ``watch_s = ratio · d``, ratio trained on every row.
+
+    Call: ``hidden`` ``[B, U]``, ``duration_s`` ``[B]``, optional ``p_skip`` ``[B]``.
+    Returns ``(watch_ratio [B], watch_s [B])``.
     """
 
     def __init__(self, units=32, initial_ratio=0.5, **kwargs):
@@ -67,11 +78,14 @@ class DurationAwareWatchHead(tf.keras.layers.Layer):
         self.out = tf.keras.layers.Dense(1, name="ratio_logit", bias_initializer=tf.keras.initializers.Constant(
             math.log(math.expm1(self.initial_ratio))))
 
-    def call(self, hidden, duration_s):
-        duration_s = tf.cast(duration_s, tf.float32)
+    def call(self, hidden, duration_s, p_skip=None):
+        duration_s = tf.maximum(tf.cast(duration_s, tf.float32), 0.0)
         x = tf.concat([hidden, log_duration(duration_s)[:, tf.newaxis]], -1)
         ratio = tf.nn.softplus(self.out(self.hidden(x))[:, 0])
-        return ratio, ratio * tf.maximum(duration_s, 0.0)
+        if p_skip is None:
+            return ratio, ratio * duration_s
+        skipped_s = tf.minimum(duration_s, SKIP_SECONDS) / 2.0
+        return ratio, p_skip * skipped_s + (1.0 - p_skip) * ratio * duration_s
 
     def get_config(self):
         config = super().get_config()

@@ -15,7 +15,8 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from tfrec_kuai.layers import (AGE_BOUNDARIES, DURATION_BOUNDARIES, BucketEmbedding, FeedbackAwareEncoder,
-                               IdEmbedding, ItemEmbedding, ModuloEmbedding, feedback_features, log_duration)
+                               IdEmbedding, ItemEmbedding, ModuloEmbedding, feedback_features, log_duration,
+                               target_relation)
 
 ID_VOCABULARIES = ("user_id", "video_id", "author_id", "tag")
 HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s",
@@ -50,7 +51,10 @@ class HistoryEncoder(tf.keras.layers.Layer):
                                             use_feedback=variant != "no_feedback",
                                             attention_implementation=attention_implementation, name="encoder")
 
-    def call(self, features, query_input):
+    def call(self, features, query_input, with_target=True):
+        """``with_target``: the features hold a target video (ranking) whose relation to each
+        history event (same video / author / tag) the feedback network reads; the retrieval query
+        tower has no target and passes False."""
         items = self.item_embedding({"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],
                                      "tag": features["hist_tag"]})                       # [B, L, Di]
         num_positions = tf.shape(items)[1]
@@ -58,8 +62,13 @@ class HistoryEncoder(tf.keras.layers.Layer):
         context = (self.duration_bucket(features["hist_duration_s"]) + self.age_bucket(features["hist_age_s"])
                    + self.position(positions)[tf.newaxis])
         tokens = tf.concat([items, context], -1)
+        with_context = self.variant != "no_context"
         feedback = feedback_features(features["hist_play_s"], features["hist_duration_s"], features["hist_feedback"],
-                                     with_context=self.variant != "no_context")
+                                     with_context=with_context, age_s=features["hist_age_s"])
+        if with_context and with_target:
+            hist_ids = {"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],
+                        "tag": features["hist_tag"]}
+            feedback = tf.concat([feedback, target_relation(hist_ids, features)], -1)
         lengths = tf.reshape(features["hist_len"], [-1])
         return self.encoder(query_input, tokens, feedback, lengths)
 

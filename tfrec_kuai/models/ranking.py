@@ -25,6 +25,33 @@ TASK_GROUPS = ("skip", "depth", "watch", "engage", "hate")
 ENGAGE = ("like", "follow", "comment", "forward")
 
 
+class PLE(tf.keras.layers.Layer):
+    """``levels`` stacked CGC extraction layers: ``[B, F]`` → list of ``num_tasks`` ``[B, units]``.
+
+    Every level but the last also emits the shared experts' mix, which feeds the next level's
+    shared experts (Tang et al., 2020), so the shared and task-specific parts separate
+    progressively; the depth matches the shared-bottom baseline's two layers.
+    """
+
+    def __init__(self, num_tasks, num_shared_experts, num_task_experts, units, levels=2, **kwargs):
+        super().__init__(**kwargs)
+        self.num_tasks, self.levels = int(num_tasks), int(levels)
+        self.num_shared_experts, self.num_task_experts, self.units = num_shared_experts, num_task_experts, units
+        self.cgc = [CGCLayer(num_tasks, num_shared_experts, num_task_experts, units,
+                             output_shared=i < self.levels - 1, name=f"level{i}") for i in range(self.levels)]
+
+    def call(self, x):
+        for layer in self.cgc:
+            x = layer(x)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_tasks": self.num_tasks, "num_shared_experts": self.num_shared_experts,
+                       "num_task_experts": self.num_task_experts, "units": self.units, "levels": self.levels})
+        return config
+
+
 class RankingModel(StaticGraphModel):
     """Multi-objective ranking over the feedback-aware user representation."""
 
@@ -37,8 +64,8 @@ class RankingModel(StaticGraphModel):
         if c.variant == "shared_bottom":
             self.bottom = SharedBottom(len(TASK_GROUPS), c.bottom_units, name="shared_bottom")
         else:
-            self.bottom = CGCLayer(len(TASK_GROUPS), c.num_shared_experts, c.num_task_experts, c.expert_units,
-                                   name="ple")
+            self.bottom = PLE(len(TASK_GROUPS), c.num_shared_experts, c.num_task_experts, c.expert_units,
+                              c.ple_levels, name="ple")
         self.skip_tower = TaskTower(c.tower_units, 1, name="skip_tower")
         self.depth_tower = TaskTower(c.tower_units, 3, name="depth_tower")
         self.engage_tower = TaskTower(c.tower_units, len(ENGAGE), name="engage_tower")
@@ -76,7 +103,9 @@ class RankingModel(StaticGraphModel):
             out[f"p_{name}"] = engage[:, i]
         out["p_hate"] = tf.sigmoid(self.hate_tower(hate_in)[:, 0])
         duration = F._flat(features["duration_s"])
-        out["watch_ratio"], out["watch_s"] = self.watch_head(watch_in, duration)
+        conditional = self.cascade.cascade
+        out["watch_ratio"], out["watch_s"] = self.watch_head(watch_in, duration,
+                                                             out["p_skip"] if conditional else None)
         out["score"] = self.blend_score(out)
         return out
 
@@ -100,5 +129,9 @@ class RankingModel(StaticGraphModel):
             label = tf.cast(F._flat(features[f"label_{obj}"]), tf.float32)
             losses.append(weights.get(obj, 0.0) * self.tasks[obj](labels=label, predictions=out[f"p_{obj}"]))
         ratio = tf.clip_by_value(tf.cast(F._flat(features["label_watch_ratio"]), tf.float32), 0.0, 5.0)
-        losses.append(weights.get("watch", 0.0) * self.tasks["watch"](labels=ratio, predictions=out["watch_ratio"]))
+        # With the cascade the ratio head is conditional on "not skipped": train it on those rows.
+        watch_weight = (1.0 - tf.cast(F._flat(features["label_skip"]), tf.float32)) if self.cascade.cascade else None
+        # [B, 1]: Keras' MSE averages the last axis, so per-row weights need a trailing axis.
+        losses.append(weights.get("watch", 0.0) * self.tasks["watch"](
+            labels=ratio[:, tf.newaxis], predictions=out["watch_ratio"][:, tf.newaxis], sample_weight=watch_weight))
         return tf.add_n(losses)

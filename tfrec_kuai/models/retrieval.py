@@ -55,7 +55,7 @@ class QueryTower(tf.keras.layers.Layer):
             parts.append(self.user_embedding(F._flat(features["user_id"])))
         query_input = tf.concat(parts, -1)
         if self.history_encoder is not None:
-            parts.append(self.history_encoder(features, query_input))
+            parts.append(self.history_encoder(features, query_input, with_target=False))
         x = tf.concat(parts, -1)
         for layer in self.mlp:
             x = layer(x)
