@@ -119,7 +119,7 @@ class ParseRangeFn(beam.DoFn):
         offsets, lines = [], []
         first = True
         for offset, line in read_range_lines(path, start, end):
-            if first and start == 0 and line.startswith(validation.HEADER_PREFIX):
+            if first and start == 0 and line.lstrip(b"\xef\xbb\xbf").startswith(validation.HEADER_PREFIX):
                 first = False
                 continue  # the file's header row
             first = False

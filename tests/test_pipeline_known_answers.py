@@ -41,7 +41,8 @@ def known_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("known")
     (root / "videos.csv").write_text(VIDEOS)
     header = ",".join(LOG_COLUMNS)
-    (root / "log_a.csv").write_text(header + "\n" + "\n".join(ROWS[:3]) + "\n")
+    # a header behind a UTF-8 byte-order mark, Windows line ends
+    (root / "log_a.csv").write_bytes(("\ufeff" + header + "\r\n" + "\r\n".join(ROWS[:3]) + "\r\n").encode("utf-8"))
     with gzip.open(root / "log_b.csv.gz", "wt") as f:  # gzip input, no header line
         f.write("\n".join(ROWS[3:]) + "\n")
     out = root / "examples"
