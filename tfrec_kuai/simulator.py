@@ -316,6 +316,7 @@ def simulate(output_dir, params, progress=True):
             skip = cols["play_time_ms"] < np.minimum(3000, cols["duration_ms"])
             rates += [skip.sum(), cols["is_click"].sum(), cols["long_view"].sum(), cols["is_like"].sum()]
             bar.update(len(table))
+            del cols, truth, table, gt_table  # keep one chunk alive at a time: memory stays flat
     summary = dict(zip(("skip_rate", "valid_rate", "long_rate", "like_rate"), (rates / params.impressions).round(4)))
     info = {
         "params": params.to_dict(),
