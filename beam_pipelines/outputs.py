@@ -16,10 +16,6 @@ from tfrec_kuai.schema import CORPUS_FEATURES, LABEL_NAMES, VOCAB_FEATURES
 _MAX_KEYS = ("video_duration_ms",)
 
 
-def empty_stats():
-    return {}
-
-
 def merge_stats(a, b):
     """Recursive merge: numbers add, ``video_duration_ms`` keeps the max, dicts merge key-wise."""
     for key, value in b.items():
