@@ -1,9 +1,12 @@
 // Kernel core of the feedback-weighted attention (see fwa_kernel.h for the maths and layouts).
 //
-// Per (b, h) unit the work is a few short passes over the valid positions only:
+// The work of a range of (b, h) units is done one history row b at a time, for all of that
+// row's heads in the range together, so that each pass walks keys[b, l, :, :] and
+// values[b, l, :, :] as one sequential stream (H*D floats per position) rather than H strided
+// walks; only the valid positions l < lengths[b] are read:
 //   forward:  logits (reads keys) -> max, exp, sum -> weighted sum of values (reads values)
-//   backward: logits again (keys, then cached in L1/L2 for dq/dk) -> u_l = <dout, v_l> and
-//             dv_l in the same pass over values -> ds_l -> dk_l and dq in one pass over keys.
+//   backward: logits again (reads keys) -> u = <dout, v_l> and dv_l in one pass over values
+//             -> ds_l -> dk_l and dq in one pass over keys.
 // The loops over D and Dv are contiguous in memory and carry `omp simd` (enabled by
 // -fopenmp-simd, no OpenMP runtime) so that the compiler vectorises the dot-product reductions,
 // which it may not reorder on its own under strict IEEE semantics.
@@ -72,33 +75,51 @@ inline int64_t ValidLength(const FwaInputs& in, int64_t b) {
   return std::min<int64_t>(std::max<int64_t>(n, 0), in.shape.length);
 }
 
-// Softmax probabilities of unit (b, h) over its n > 0 valid positions, into p[0..n).
+// Softmax probabilities of heads [h0, h0 + nh) of row b over its n > 0 valid positions, into
+// p[hh * L + l] (hh = h - h0). One sequential pass over the keys of the row.
 template <int KD>
-void Probabilities(const FwaInputs& in, int64_t b, int64_t h, int64_t n, float* __restrict p) {
+void RowProbabilities(const FwaInputs& in, int64_t b, int64_t h0, int64_t nh, int64_t n, float* __restrict p) {
   const FwaShape& s = in.shape;
   const int64_t D = KD > 0 ? KD : s.depth;
-  const int64_t row = s.heads;                      // stride of bias/gate between positions
-  const int64_t krow = s.heads * D;                 // stride of keys between positions
-  const float* q = in.query + (b * s.heads + h) * D;
-  const float* k = in.keys + (b * s.length * s.heads + h) * D;
-  const float* bias = in.bias + b * s.length * s.heads + h;
-  float max_logit = -std::numeric_limits<float>::infinity();
+  const int64_t L = s.length;
+  const int64_t pos0 = b * L * s.heads + h0;  // index of (b, l=0, h0) in [B,L,H]
+  const float* q = in.query + (b * s.heads + h0) * D;
   for (int64_t l = 0; l < n; ++l) {
-    PrefetchRow(k + (l + kPrefetchAhead) * krow, D);
-    const float logit = in.scale * Dot(q, k + l * krow, D) + bias[l * row];
-    p[l] = logit;
-    max_logit = std::max(max_logit, logit);
+    const int64_t pos = pos0 + l * s.heads;
+    const float* krow = in.keys + pos * D;
+    PrefetchRow(krow + kPrefetchAhead * s.heads * D, nh * D);
+    for (int64_t hh = 0; hh < nh; ++hh) {
+      p[hh * L + l] = in.scale * Dot(q + hh * D, krow + hh * D, D) + in.bias[pos + hh];
+    }
   }
-  // A +inf or NaN logit (from inf/NaN inputs) would make every probability NaN; that is the
-  // honest answer for such inputs and matches the composite, so it is not masked here.
-  float sum = 0.0f;
-  for (int64_t l = 0; l < n; ++l) {
-    p[l] = std::exp(p[l] - max_logit);
-    sum += p[l];
-  }
-  const float inv = 1.0f / sum;  // sum >= 1: the max position contributes exp(0)
+  for (int64_t hh = 0; hh < nh; ++hh) {
+    float* ph = p + hh * L;
+    float max_logit = -std::numeric_limits<float>::infinity();
+    for (int64_t l = 0; l < n; ++l) max_logit = std::max(max_logit, ph[l]);
+    // A +inf or NaN logit (from inf/NaN inputs) makes the row NaN; that is the honest answer for
+    // such inputs and matches the composite, so it is not masked here.
+    float sum = 0.0f;
+    for (int64_t l = 0; l < n; ++l) {
+      ph[l] = std::exp(ph[l] - max_logit);
+      sum += ph[l];
+    }
+    const float inv = 1.0f / sum;  // sum >= 1: the max position contributes exp(0)
 #pragma omp simd
-  for (int64_t l = 0; l < n; ++l) p[l] *= inv;
+    for (int64_t l = 0; l < n; ++l) ph[l] *= inv;
+  }
+}
+
+// Calls fn(b, h0, nh) for each history row touched by the units [begin, end), with the heads
+// [h0, h0 + nh) of that row that lie in the range (a range may start or end inside a row).
+template <typename Fn>
+inline void ForEachRow(const FwaShape& s, int64_t begin, int64_t end, Fn fn) {
+  for (int64_t unit = begin; unit < end;) {
+    const int64_t b = unit / s.heads;
+    const int64_t h0 = unit % s.heads;
+    const int64_t nh = std::min(s.heads - h0, end - unit);
+    fn(b, h0, nh);
+    unit += nh;
+  }
 }
 
 }  // namespace
@@ -124,41 +145,39 @@ int64_t FwaBackwardCostPerUnit(const FwaShape& s) {
 
 namespace {
 
-// The per-range kernels are templates on the depths so that the common sizes (16, 32, 64) get
-// fully unrolled loops whose accumulators live in registers; KD/KDV == 0 is the generic
-// version for any depth. Accumulating into a local array rather than straight into the output
-// tensor also keeps the inner loop free of loads and stores that the CPU could mistake for
-// aliasing the streamed keys/values (4K aliasing made the in-place version ~3x slower when the
-// tensors were page-aligned, as TensorFlow's are).
+// The per-range kernels are templates on the depths so that the common sizes (D = Dv in 16,
+// 32, 64) get fully unrolled inner loops; KD/KDV == 0 is the generic version for any depth.
+// Accumulators live in scratch buffers, never in the output tensor: TensorFlow's tensors are
+// page-aligned, and read-modify-write of the output while streaming the values made an earlier
+// version ~3x slower through 4K-aliasing stalls.
 template <int KD, int KDV>
 void ForwardRange(const FwaInputs& in, float* out, int64_t begin, int64_t end) {
   const FwaShape& s = in.shape;
   const int64_t Dv = KDV > 0 ? KDV : s.value_depth;
-  std::vector<float> p(static_cast<size_t>(std::max<int64_t>(s.length, 1)));
-  std::vector<float> acc_dynamic(KDV > 0 ? 0 : static_cast<size_t>(Dv));
-  alignas(64) float acc_static[KDV > 0 ? KDV : 1];
-  float* __restrict acc = KDV > 0 ? acc_static : acc_dynamic.data();
-  const int64_t row = s.heads;
-  const int64_t vrow = s.heads * Dv;
-  for (int64_t unit = begin; unit < end; ++unit) {
-    const int64_t b = unit / s.heads;
-    const int64_t h = unit % s.heads;
+  const int64_t L = s.length;
+  std::vector<float> p(static_cast<size_t>(std::max<int64_t>(L * s.heads, 1)));
+  std::vector<float> acc(static_cast<size_t>(std::max<int64_t>(Dv * s.heads, 1)));
+  ForEachRow(s, begin, end, [&](int64_t b, int64_t h0, int64_t nh) {
     const int64_t n = ValidLength(in, b);
-    for (int64_t j = 0; j < Dv; ++j) acc[j] = 0.0f;
+    std::fill(acc.begin(), acc.begin() + nh * Dv, 0.0f);
     if (n > 0) {
-      Probabilities<KD>(in, b, h, n, p.data());
-      const float* v = in.values + (b * s.length * s.heads + h) * Dv;
-      const float* gate = in.gate + b * s.length * s.heads + h;
+      RowProbabilities<KD>(in, b, h0, nh, n, p.data());
+      const int64_t pos0 = b * L * s.heads + h0;
       for (int64_t l = 0; l < n; ++l) {
-        PrefetchRow(v + (l + kPrefetchAhead) * vrow, Dv);
-        const float w = p[l] * gate[l * row];
-        const float* __restrict vl = v + l * vrow;
+        const int64_t pos = pos0 + l * s.heads;
+        const float* vrow = in.values + pos * Dv;
+        PrefetchRow(vrow + kPrefetchAhead * s.heads * Dv, nh * Dv);
+        for (int64_t hh = 0; hh < nh; ++hh) {
+          const float w = p[hh * L + l] * in.gate[pos + hh];
+          const float* __restrict vl = vrow + hh * Dv;
+          float* __restrict a = acc.data() + hh * Dv;
 #pragma omp simd
-        for (int64_t j = 0; j < Dv; ++j) acc[j] += w * vl[j];
+          for (int64_t j = 0; j < Dv; ++j) a[j] += w * vl[j];
+        }
       }
     }
-    std::memcpy(out + unit * Dv, acc, sizeof(float) * Dv);
-  }
+    std::memcpy(out + (b * s.heads + h0) * Dv, acc.data(), sizeof(float) * nh * Dv);
+  });
 }
 
 template <int KD, int KDV>
@@ -167,70 +186,67 @@ void BackwardRange(const FwaInputs& in, const float* grad_out, const FwaGradient
   const FwaShape& s = in.shape;
   const int64_t D = KD > 0 ? KD : s.depth;
   const int64_t Dv = KDV > 0 ? KDV : s.value_depth;
-  const size_t len = static_cast<size_t>(std::max<int64_t>(s.length, 1));
-  std::vector<float> p(len), u(len);
-  std::vector<float> dq_dynamic(KD > 0 ? 0 : static_cast<size_t>(D));
-  alignas(64) float dq_static[KD > 0 ? KD : 1];
-  float* __restrict dq_acc = KD > 0 ? dq_static : dq_dynamic.data();
-  const int64_t row = s.heads;
-  const int64_t krow = s.heads * D;
-  const int64_t vrow = s.heads * Dv;
+  const int64_t L = s.length;
+  const size_t hl = static_cast<size_t>(std::max<int64_t>(L * s.heads, 1));
+  std::vector<float> p(hl), u(hl), c(static_cast<size_t>(s.heads));
+  std::vector<float> dq(static_cast<size_t>(std::max<int64_t>(D * s.heads, 1)));
   const bool stream_k = Streamable(grads.keys, D);
   const bool stream_v = Streamable(grads.values, Dv);
-  for (int64_t unit = begin; unit < end; ++unit) {
-    const int64_t b = unit / s.heads;
-    const int64_t h = unit % s.heads;
+  ForEachRow(s, begin, end, [&](int64_t b, int64_t h0, int64_t nh) {
     const int64_t n = ValidLength(in, b);
-    const int64_t kv_base = b * s.length * s.heads + h;  // index of (b, l=0, h) in [B,L,H]
-    const float* __restrict q = in.query + unit * D;
-    const float* k = in.keys + kv_base * D;
-    const float* v = in.values + kv_base * Dv;
-    const float* gate = in.gate + kv_base;
-    const float* __restrict go = grad_out + unit * Dv;
-    float* dk = grads.keys + kv_base * D;
-    float* dv = grads.values + kv_base * Dv;
-    float* dbias = grads.bias + kv_base;
-    float* dgate = grads.gate + kv_base;
-
-    // Padding positions get exact zeros (they never influenced the output).
-    for (int64_t l = n; l < s.length; ++l) {
-      ZeroRow(dk + l * krow, D, stream_k);
-      ZeroRow(dv + l * vrow, Dv, stream_v);
-      dbias[l * row] = 0.0f;
-      dgate[l * row] = 0.0f;
+    const int64_t pos0 = b * L * s.heads + h0;  // index of (b, l=0, h0) in [B,L,H]
+    const float* q = in.query + (b * s.heads + h0) * D;
+    const float* go = grad_out + (b * s.heads + h0) * Dv;
+    // Padding positions get exact zeros (they never influenced the output); the heads of one
+    // position are contiguous, so each is one block per tensor.
+    for (int64_t l = n; l < L; ++l) {
+      const int64_t pos = pos0 + l * s.heads;
+      ZeroRow(grads.keys + pos * D, nh * D, stream_k);
+      ZeroRow(grads.values + pos * Dv, nh * Dv, stream_v);
+      for (int64_t hh = 0; hh < nh; ++hh) grads.bias[pos + hh] = grads.gate[pos + hh] = 0.0f;
     }
-    for (int64_t j = 0; j < D; ++j) dq_acc[j] = 0.0f;
+    std::fill(dq.begin(), dq.begin() + nh * D, 0.0f);
     if (n > 0) {
-      Probabilities<KD>(in, b, h, n, p.data());
+      RowProbabilities<KD>(in, b, h0, nh, n, p.data());
       // u_l = <dout, v_l>; dv_l = p_l g_l dout; dgate_l = p_l u_l; c = sum_l p_l g_l u_l = <dout, out>.
-      float c = 0.0f;
+      std::fill(c.begin(), c.begin() + nh, 0.0f);
       for (int64_t l = 0; l < n; ++l) {
-        PrefetchRow(v + (l + kPrefetchAhead) * vrow, Dv);
-        const float* __restrict vl = v + l * vrow;
-        float* __restrict dvl = dv + l * vrow;
-        float ul = 0.0f;
+        const int64_t pos = pos0 + l * s.heads;
+        const float* vrow = in.values + pos * Dv;
+        PrefetchRow(vrow + kPrefetchAhead * s.heads * Dv, nh * Dv);
+        for (int64_t hh = 0; hh < nh; ++hh) {
+          const float* __restrict vl = vrow + hh * Dv;
+          const float* __restrict gh = go + hh * Dv;
+          float ul = 0.0f;
 #pragma omp simd reduction(+ : ul)
-        for (int64_t j = 0; j < Dv; ++j) ul += go[j] * vl[j];
-        const float pg = p[l] * gate[l * row];
-        ScaleRow(pg, go, dvl, Dv, stream_v);
-        dgate[l * row] = p[l] * ul;
-        u[l] = ul;
-        c += pg * ul;
+          for (int64_t j = 0; j < Dv; ++j) ul += gh[j] * vl[j];
+          const float pl = p[hh * L + l];
+          const float pg = pl * in.gate[pos + hh];
+          ScaleRow(pg, gh, grads.values + (pos + hh) * Dv, Dv, stream_v);
+          grads.gate[pos + hh] = pl * ul;
+          u[hh * L + l] = ul;
+          c[hh] += pg * ul;
+        }
       }
       // Softmax backward: ds_l = p_l (g_l u_l - c); dbias = ds; dk_l = scale ds_l q; dq = scale sum ds_l k_l.
       for (int64_t l = 0; l < n; ++l) {
-        const float ds = p[l] * (gate[l * row] * u[l] - c);
-        dbias[l * row] = ds;
-        const float sds = in.scale * ds;
-        const float* __restrict kl = k + l * krow;
-        float* __restrict dkl = dk + l * krow;
-        ScaleRow(sds, q, dkl, D, stream_k);
+        const int64_t pos = pos0 + l * s.heads;
+        const float* krow = in.keys + pos * D;
+        PrefetchRow(krow + kPrefetchAhead * s.heads * D, nh * D);
+        for (int64_t hh = 0; hh < nh; ++hh) {
+          const float ds = p[hh * L + l] * (in.gate[pos + hh] * u[hh * L + l] - c[hh]);
+          grads.bias[pos + hh] = ds;
+          const float sds = in.scale * ds;
+          ScaleRow(sds, q + hh * D, grads.keys + (pos + hh) * D, D, stream_k);
+          const float* __restrict kl = krow + hh * D;
+          float* __restrict dqh = dq.data() + hh * D;
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) dq_acc[j] += sds * kl[j];
+          for (int64_t j = 0; j < D; ++j) dqh[j] += sds * kl[j];
+        }
       }
     }
-    std::memcpy(grads.query + unit * D, dq_acc, sizeof(float) * D);
-  }
+    std::memcpy(grads.query + (b * s.heads + h0) * D, dq.data(), sizeof(float) * nh * D);
+  });
   _mm_sfence();  // make the streaming stores visible before the caller's threads join
 }
 

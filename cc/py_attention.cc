@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fwa_kernel.h"
@@ -37,10 +38,10 @@ void CheckShape(const py::array& a, const char* name, const std::vector<int64_t>
   }
 }
 
-// Arrays are converted to C-contiguous float32 / int32 (copies only when needed); the GIL is
-// released while the kernel runs, so Python threads can run several calls at once.
-py::array_t<float> FwaForwardPy(CArray<float> query, CArray<float> keys, CArray<float> values, CArray<float> bias,
-                                CArray<float> gate, CArray<int32_t> lengths, py::object scale) {
+// Validates the arrays (ValueError naming the input) and fills the kernel's view of them.
+FwaInputs Gather(const CArray<float>& query, const CArray<float>& keys, const CArray<float>& values,
+                 const CArray<float>& bias, const CArray<float>& gate, const CArray<int32_t>& lengths,
+                 const py::object& scale) {
   if (query.ndim() != 3) throw std::invalid_argument("query must have rank 3 [B,H,D], got shape " + ShapeString(query));
   if (keys.ndim() != 4) throw std::invalid_argument("keys must have rank 4 [B,L,H,D], got shape " + ShapeString(keys));
   if (values.ndim() != 4) {
@@ -72,25 +73,79 @@ py::array_t<float> FwaForwardPy(CArray<float> query, CArray<float> keys, CArray<
   in.lengths = lengths.data();
   in.scale = scale.is_none() ? (s.depth > 0 ? 1.0f / std::sqrt(static_cast<float>(s.depth)) : 1.0f)
                              : scale.cast<float>();
-  py::array_t<float> out(std::vector<py::ssize_t>{static_cast<py::ssize_t>(s.batch),
-                                                  static_cast<py::ssize_t>(s.heads),
-                                                  static_cast<py::ssize_t>(s.value_depth)});
-  float* o = out.mutable_data();
-  {
-    py::gil_scoped_release release;
-    FwaForward(in, o, 0, s.batch * s.heads);
+  return in;
+}
+
+py::array_t<float> NewArray(std::initializer_list<int64_t> dims) {
+  std::vector<py::ssize_t> shape;
+  for (int64_t d : dims) shape.push_back(static_cast<py::ssize_t>(d));
+  return py::array_t<float>(shape);
+}
+
+// Runs fn(begin, end) over the B*H (b, h) units split into `num_threads` equal contiguous ranges.
+// The split ignores row boundaries on purpose: the kernels must handle a range that starts or
+// ends inside a row (TF's thread pool cuts ranges the same way), and this makes that testable.
+template <typename Fn>
+void RunUnits(int64_t units, int num_threads, Fn fn) {
+  if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
+  py::gil_scoped_release release;
+  if (num_threads == 1 || units < 2) {
+    fn(int64_t{0}, units);
+    return;
   }
+  std::vector<std::thread> threads;
+  for (int t = 0; t < num_threads; ++t) {
+    const int64_t begin = units * t / num_threads, end = units * (t + 1) / num_threads;
+    if (begin < end) threads.emplace_back(fn, begin, end);
+  }
+  for (auto& th : threads) th.join();
+}
+
+// Arrays are converted to C-contiguous float32 / int32 (copies only when needed); the GIL is
+// released while the kernel runs, so Python threads can run several calls at once.
+py::array_t<float> FwaForwardPy(CArray<float> query, CArray<float> keys, CArray<float> values, CArray<float> bias,
+                                CArray<float> gate, CArray<int32_t> lengths, py::object scale, int num_threads) {
+  const FwaInputs in = Gather(query, keys, values, bias, gate, lengths, scale);
+  const FwaShape& s = in.shape;
+  py::array_t<float> out = NewArray({s.batch, s.heads, s.value_depth});
+  float* o = out.mutable_data();
+  RunUnits(s.batch * s.heads, num_threads, [&in, o](int64_t begin, int64_t end) { FwaForward(in, o, begin, end); });
   return out;
+}
+
+py::tuple FwaBackwardPy(CArray<float> grad, CArray<float> query, CArray<float> keys, CArray<float> values,
+                        CArray<float> bias, CArray<float> gate, CArray<int32_t> lengths, py::object scale,
+                        int num_threads) {
+  const FwaInputs in = Gather(query, keys, values, bias, gate, lengths, scale);
+  const FwaShape& s = in.shape;
+  CheckShape(grad, "grad", {s.batch, s.heads, s.value_depth}, "[B,H,Dv]", "the output shape");
+  py::array_t<float> dq = NewArray({s.batch, s.heads, s.depth});
+  py::array_t<float> dk = NewArray({s.batch, s.length, s.heads, s.depth});
+  py::array_t<float> dv = NewArray({s.batch, s.length, s.heads, s.value_depth});
+  py::array_t<float> dbias = NewArray({s.batch, s.length, s.heads});
+  py::array_t<float> dgate = NewArray({s.batch, s.length, s.heads});
+  FwaGradients g{dq.mutable_data(), dk.mutable_data(), dv.mutable_data(), dbias.mutable_data(),
+                 dgate.mutable_data()};
+  const float* go = grad.data();
+  RunUnits(s.batch * s.heads, num_threads,
+           [&in, go, &g](int64_t begin, int64_t end) { FwaBackward(in, go, g, begin, end); });
+  return py::make_tuple(dq, dk, dv, dbias, dgate);
 }
 
 }  // namespace
 
 void RegisterAttentionBindings(py::module_& m) {
   m.def("fwa_forward", &FwaForwardPy, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("bias"),
-        py::arg("gate"), py::arg("lengths"), py::arg("scale") = py::none(),
+        py::arg("gate"), py::arg("lengths"), py::arg("scale") = py::none(), py::arg("num_threads") = 1,
         "Feedback-weighted attention forward (DESIGN.md section 7) on NumPy arrays: query [B,H,D], keys "
         "[B,L,H,D], values [B,L,H,Dv], bias/gate [B,L,H], lengths [B] int in [0, L]; scale None means "
-        "1/sqrt(D). Returns float32 [B,H,Dv]. Raises ValueError on bad shapes or lengths. Releases the GIL.");
+        "1/sqrt(D). Returns float32 [B,H,Dv]. Raises ValueError on bad shapes or lengths. Releases the GIL; "
+        "num_threads > 1 splits the (b, h) units over that many threads.");
+  m.def("fwa_backward", &FwaBackwardPy, py::arg("grad"), py::arg("query"), py::arg("keys"), py::arg("values"),
+        py::arg("bias"), py::arg("gate"), py::arg("lengths"), py::arg("scale") = py::none(),
+        py::arg("num_threads") = 1,
+        "The fused backward kernel: given grad = d(loss)/d(output) [B,H,Dv], returns the gradients "
+        "(dquery, dkeys, dvalues, dbias, dgate), zeros at padding. Same arguments and errors as fwa_forward.");
 }
 
 }  // namespace tfrec_kuai

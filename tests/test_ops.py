@@ -432,11 +432,34 @@ def test_pybind_forward_matches_reference(case):
             out, ops.feedback_weighted_attention(*inputs, scale=scale, implementation="fused").numpy())
 
 
+@pytest.mark.parametrize("num_threads", [1, 4, 5])
+def test_pybind_kernels_split_inside_rows_match_reference(num_threads):
+    """Ranges of (b, h) units that start or end inside a history row (21 units over 4 or 5
+    threads cut rows with >= 2 valid positions apart, as TF's thread pool may) give the same
+    forward and backward as one range."""
+    native = _native()
+    B, L, H, D, Dv = 7, 9, 3, 8, 5
+    rng = np.random.default_rng(12)
+    inputs = make_inputs(rng, B, L, H, D, Dv, [9, 5, 4, 3, 9, 6, 2])
+    dout = rng.normal(size=(B, H, Dv)).astype(np.float32)
+    out = native.fwa_forward(*inputs, 0.4, num_threads=num_threads)
+    assert_close(out, reference_forward(*inputs, 0.4), "pybind forward")
+    grads = native.fwa_backward(dout, *inputs, 0.4, num_threads=num_threads)
+    for name, got, want in zip(NAMES, grads, reference_backward(*inputs, 0.4, dout)):
+        assert_close(got, want, f"pybind d{name}")
+    if num_threads > 1:
+        np.testing.assert_array_equal(out, native.fwa_forward(*inputs, 0.4))
+        for a, b in zip(grads, native.fwa_backward(dout, *inputs, 0.4)):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("desc,inputs,name", MALFORMED, ids=[c[0] for c in MALFORMED])
 def test_pybind_rejects_malformed_inputs(desc, inputs, name):
     native = _native()
     with pytest.raises(ValueError, match=name):
         native.fwa_forward(*inputs, 0.5)
+    with pytest.raises(ValueError, match=name):
+        native.fwa_backward(np.zeros((3, 2, 3), np.float32), *inputs, 0.5)
 
 
 def test_pybind_runs_in_threads():
