@@ -1,14 +1,15 @@
 """Ranking C candidates for one user without encoding the user's history C times.
 
 ``model(features)`` takes one row per (user, candidate) pair, so ranking 200 candidates repeats
-the whole history side — token embeddings, the feedback network, key and value projections over
-``L`` events — 200 times, although only the attention *query* depends on the candidate. For
-serving, this path computes everything user-side once per request row and repeats only the
-projected keys/values/bias/gate in front of the attention op, then runs the same prediction
-module. It re-composes the model's own layers (ranking.py ``predict_all`` / ``features_vector``,
-features.py ``HistoryEncoder``, encoder.py ``FeedbackAwareEncoder``), so ``verify`` compares it
-with ``model(features)`` at export time and the export falls back to the plain path if the
-model's code has moved on and the two no longer agree.
+the history side — token embeddings and the key/value projections over ``L`` events — 200
+times, although only the attention query (and the events' relation to the candidate, read by
+the feedback network) depends on the candidate. For serving, this path computes the user side
+once per request row and repeats only the projected keys/values in front of the attention op.
+Only the history encoder is re-composed here (features.py ``HistoryEncoder``, encoder.py
+``FeedbackAwareEncoder``); the rest — target, context, experts, heads, score — runs the model's
+own ``features_vector`` / ``predict_all`` through a view whose history encoder is this one.
+``verify`` compares the result with ``model(features)`` at export time, and the export falls
+back to the plain path if the model's code has moved on and the two no longer agree.
 """
 import inspect
 
@@ -19,15 +20,19 @@ from tfrec_kuai import ops
 from tfrec_kuai.layers import feedback_features
 from tfrec_kuai.models import features as F
 
-ENGAGE = ("like", "follow", "comment", "forward")
 _FEEDBACK_ARGS = set(inspect.signature(feedback_features).parameters)
+_HISTORY_ARGS = set(inspect.signature(F.HistoryEncoder.call).parameters)
+try:
+    from tfrec_kuai.layers import target_relation
+except ImportError:
+    target_relation = None
 
 
 def _repeat(tensor, times):
     return tf.repeat(tensor, times, axis=0)
 
 
-def _history(encoder_layer, user, query_input, c):
+def _history(encoder_layer, user, candidates_flat, query_input, c):
     """HistoryEncoder.call with the user side computed once per row and repeated ``c`` times."""
     he = encoder_layer
     items = he.item_embedding({"video_id": user["hist_video_id"], "author_id": user["hist_author_id"],
@@ -41,10 +46,16 @@ def _history(encoder_layer, user, query_input, c):
     h, d, dv = enc.num_heads, enc.head_dim, enc.value_dim
     keys = tf.reshape(enc.key_proj(tokens), [-1, num_positions, h, d])
     values = tf.reshape(enc.value_proj(tokens), [-1, num_positions, h, dv])
+    keys, values = _repeat(keys, c), _repeat(values, c)
     if enc.use_feedback:
+        with_context = he.variant != "no_context"
         extra = {"age_s": user["hist_age_s"]} if "age_s" in _FEEDBACK_ARGS else {}
-        feedback = feedback_features(user["hist_play_s"], user["hist_duration_s"], user["hist_feedback"],
-                                     with_context=he.variant != "no_context", **extra)
+        feedback = _repeat(feedback_features(user["hist_play_s"], user["hist_duration_s"], user["hist_feedback"],
+                                             with_context=with_context, **extra), c)
+        if with_context and target_relation is not None and "with_target" in _HISTORY_ARGS:
+            # The event's relation to *this* candidate (same video / author / tag): per candidate.
+            hist_ids = {name: _repeat(user[f"hist_{name}"], c) for name in ("video_id", "author_id", "tag")}
+            feedback = tf.concat([feedback, target_relation(hist_ids, candidates_flat)], -1)
         bias, gate = enc.bias_and_gate(feedback)
     else:
         bias = tf.zeros(tf.shape(keys)[:3], tf.float32)
@@ -54,35 +65,43 @@ def _history(encoder_layer, user, query_input, c):
         dv += 1
     lengths = tf.clip_by_value(tf.cast(tf.reshape(user["hist_len"], [-1]), tf.int32), 0, num_positions)
     query = tf.reshape(enc.query_proj(query_input), [-1, h, d])
-    out = ops.feedback_weighted_attention(query, _repeat(keys, c), _repeat(values, c), _repeat(bias, c),
-                                          _repeat(gate, c), _repeat(lengths, c),
+    out = ops.feedback_weighted_attention(query, keys, values, bias, gate, _repeat(lengths, c),
                                           implementation=enc.attention_implementation)
     return tf.reshape(out, [-1, h * dv])
+
+
+class _SharedHistoryView:
+    """The ranking model seen through one change: its history encoder is the shared-history one.
+
+    ``RankingModel.features_vector`` / ``predict_all`` are then run *unchanged* on this view, so
+    everything but the history side (target, context, experts, heads, score blend) is the
+    model's own code, whatever it currently is.
+    """
+
+    def __init__(self, model, history):
+        self._model = model
+        self.history_encoder = history if model.history_encoder is not None else None
+
+    def features_vector(self, features, training=False):
+        return type(self._model).features_vector(self, features, training)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
 
 
 def rank_shared_history(model, user, candidates, output_names):
     """``[B, C]`` outputs for user rows ``user`` (``[B]``/``[B, L]``) and candidates ``[B, C]``."""
     shape = tf.shape(candidates["video_id"])
     b, c = shape[0], shape[1]
-    cand = {k: tf.reshape(v, [-1]) for k, v in candidates.items()}
-    target = F.target_vector(model, cand)                                                  # [B*C, T]
-    context = _repeat(F.request_context(model, user), c)
-    parts = [target, context]
-    if model.user_embedding is not None:
-        parts.append(_repeat(model.user_embedding(F._flat(user["user_id"])), c))
-    if model.history_encoder is not None:
-        parts.append(_history(model.history_encoder, user, tf.concat([target, context], -1), c))
-    x = tf.concat(parts, -1)
-    # The prediction module, as RankingModel.predict_all.
-    skip_in, depth_in, watch_in, engage_in, hate_in = model.bottom(x)
-    logits = tf.concat([model.skip_tower(skip_in), model.depth_tower(depth_in)], -1)
-    out = dict(model.cascade(logits))
-    engage = tf.sigmoid(model.engage_tower(engage_in))
-    for i, name in enumerate(ENGAGE):
-        out[f"p_{name}"] = engage[:, i]
-    out["p_hate"] = tf.sigmoid(model.hate_tower(hate_in)[:, 0])
-    out["watch_ratio"], out["watch_s"] = model.watch_head(watch_in, cand["duration_s"])
-    out["score"] = model.blend_score(out)
+    flat = {k: tf.reshape(v, [-1]) for k, v in candidates.items()}
+    # Per-(user, candidate) rows carry only the cheap scalar user features; the history stays [B, L].
+    rows = dict(flat, **{k: _repeat(v, c) for k, v in user.items() if k in ("user_id", "hour", "tab")})
+
+    def history(features, query_input, **unused):
+        return _history(model.history_encoder, user, flat, query_input, c)
+
+    view = _SharedHistoryView(model, history)
+    out = type(model).predict_all(view, rows, False)
     return {name: tf.reshape(out[name], [b, c]) for name in output_names}
 
 
