@@ -201,6 +201,7 @@ def closed_loop(make_call, clients, seconds, warmup):
     extra = {"first_error": first_error[0]} if first_error else {}
     return {**extra, "clients": clients, "requests": int(all_latencies.size), "errors": errors[0],
             "qps": round(all_latencies.size / seconds, 1),
+            "min_ms": round(float(all_latencies.min()), 2) if all_latencies.size else None,
             "p50_ms": round(float(np.percentile(all_latencies, 50)), 2) if all_latencies.size else None,
             "p99_ms": round(float(np.percentile(all_latencies, 99)), 2) if all_latencies.size else None}
 

@@ -419,18 +419,23 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
 
 
 def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,
-           top_n=20, retrieve_k=100, warmup_examples=4, write_configs=True):
+           top_n=20, retrieve_k=100, warmup_examples=4, write_configs=True, log=None):
     """``tfrec-kuai export``: load both trained models, build the signatures, save one version."""
+    import sys
     from tfrec_kuai import training
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     implementation = "composite" if portable else "fused"
+    log(f"[1/4] loading the ranking and retrieval models ({implementation} attention)")
     ranking = training.load_ranking_model(ranking_dir, attention_implementation=implementation)
     retrieval = training.load_retrieval_model(retrieval_dir, attention_implementation=implementation)
     history_length = int(ranking.model_config.history_length)
     if int(retrieval.model_config.history_length) != history_length:
         raise ValueError(f"ranking (L={history_length}) and retrieval (L={retrieval.model_config.history_length}) "
                          "models were trained with different history lengths")
+    log("[2/4] reading the corpus and the warmup examples")
     corpus = read_corpus(examples_dir)
     serialized = read_serialized_examples(examples_dir, "eval", warmup_examples) if warmup_examples else []
+    log(f"[3/4] embedding {len(corpus['video_id'])} corpus videos, tracing the signatures, saving")
     path = export_models(ranking, retrieval, corpus, history_length, export_base, model_name, version, top_n,
                          retrieve_k, serialized,
                          extra_info={"variant": "portable" if portable else "fused",
@@ -440,4 +445,5 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
                                      "examples": os.path.abspath(examples_dir)})
     if write_configs:
         write_serving_configs(export_base, model_name)
+    log(f"[4/4] wrote {path} and {os.path.join(os.path.abspath(export_base), 'models.config')}")
     return path
