@@ -62,9 +62,12 @@ def base(tmp_path, toy_versions):
 
 
 @pytest.mark.slow
-def test_hot_swap_under_concurrent_load_then_broken_version(base, toy_versions):
+@pytest.mark.parametrize("batching", ["false", "true"])
+def test_hot_swap_under_concurrent_load_then_broken_version(base, toy_versions, batching):
+    # With batching the old version's batcher is closed during the swap: requests already holding
+    # the old version must still be answered (they run unbatched).
     server = start_in_process(port=0, model_name=TOY_MODEL_NAME, model_base_path=base,
-                              file_system_poll_wait_seconds=0.1)
+                              file_system_poll_wait_seconds=0.1, enable_batching=batching)
     try:
         stub, model_stub = stubs(server)
         errors, seen, timeline, stop = [], [], [], threading.Event()
