@@ -374,9 +374,19 @@ def _read_train_counter(backup_dir):
 
 # ----------------------------------------------------------------------------- fit
 
-def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=(), log=print):
-    """Trains (or resumes training) and writes the model directory. Returns the Keras history dict."""
-    from tfrec_kuai import data
+def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=(), log=print, strategy=None):
+    """Trains (or resumes training) and writes the model directory. Returns the Keras history dict.
+
+    ``strategy`` is a ``tf.distribute`` strategy (``tfrec_kuai.distribute.make_strategy``); under
+    a multi-worker strategy every worker runs this same function, the global input stream is
+    sharded by element, and only the chief writes ``model_dir`` (the others write a scratch
+    folder, ``distribute.writable_model_dir``).
+    """
+    from tfrec_kuai import data, distribute
+    strategy = strategy or tf.distribute.get_strategy()
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    shared_backup_dir = os.path.join(model_dir, "backup")  # BackupAndRestore handles the workers itself
+    model_dir = distribute.writable_model_dir(model_dir)
     metadata = data.load_metadata(examples_dir)
     config = config.override("model", history_length=int(metadata["history_length"]))
     t, stage = config.train, config.model.stage
@@ -386,10 +396,11 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     _write_vocabularies(model_dir, vocabularies)
 
     tf.keras.utils.set_random_seed(t.seed)
-    model = build_model(config, vocabularies)
-    if stage == "retrieval" and config.model.logq_correction:
-        model.set_candidate_probabilities(count_video_impressions(examples_dir))
-    model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
+    with strategy.scope():
+        model = build_model(config, vocabularies)
+        if stage == "retrieval" and config.model.logq_correction:
+            model.set_candidate_probabilities(count_video_impressions(examples_dir))
+        model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
 
     n_train = int(metadata["rows"]["train_examples"])
     if t.max_train_examples:
@@ -397,12 +408,15 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     steps_per_epoch = t.steps_per_epoch or max(1, n_train // t.batch_size)
     val_date = validation_date(metadata) if t.validation == "last_train_day" else None
 
-    backup_dir = os.path.join(model_dir, "backup")
+    backup_dir = shared_backup_dir
     done_steps = _read_train_counter(backup_dir)
     if done_steps:
         log(f"resuming from the backup in {backup_dir}: {done_steps} of {steps_per_epoch * t.epochs} steps done")
     stream = training_stream(examples_dir, config, steps_per_epoch, val_date, skip_steps=done_steps)
     validation = validation_data(examples_dir, config, val_date)
+    if multi_worker:
+        stream = distribute.shard_by_data(stream)
+        validation = None if validation is None else distribute.shard_by_data(validation)
     monitor = ("val_auc_skip" if stage == "ranking" else "val_batch_recall_at_50") if validation is not None else None
 
     callbacks = [

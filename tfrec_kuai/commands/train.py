@@ -26,6 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--attention_implementation", choices=("auto", "fused", "composite"), default=None)
     parser.add_argument("--restart", action="store_true", help="delete model_dir first instead of resuming")
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
+    parser.add_argument("--distribute", choices=("none", "mirrored", "multi_worker", "parameter_server"),
+                        default="none", help="tf.distribute strategy; multi_worker / parameter_server read TF_CONFIG "
+                                             "(see tfrec_kuai/distribute.py)")
 
 
 def run(args):
@@ -39,7 +42,9 @@ def run(args):
                              max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed)
     if args.restart:
         training.clear_model_dir(args.model_dir)
-    history = training.train(args.examples, args.model_dir, config, verbose=args.verbose)
+    from tfrec_kuai.distribute import make_strategy
+    strategy = make_strategy(args.distribute)  # before any other TF op: multi-worker needs that
+    history = training.train(args.examples, args.model_dir, config, verbose=args.verbose, strategy=strategy)
     last = {k: v[-1] for k, v in history.items() if v}
     print("final epoch: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
     return 0

@@ -72,14 +72,17 @@ class RankingModel(StaticGraphModel):
         self.hate_tower = TaskTower(c.tower_units, 1, name="hate_tower")
         self.cascade = CascadeHeads(cascade=c.variant != "shared_bottom", name="cascade")
         self.watch_head = DurationAwareWatchHead(c.tower_units, name="watch_head")
+        # Losses are summed per replica and divided by the *global* batch in compute_loss: the
+        # mean over the batch on one replica, and the correct gradient under tf.distribute (TFRS'
+        # train_step sums the replicas' gradients and Keras forbids averaging reductions there).
         self.tasks = {}
         for obj in BINARY_OBJECTIVES:
             self.tasks[obj] = tfrs.tasks.Ranking(
-                loss=tf.keras.losses.BinaryCrossentropy(reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
+                loss=tf.keras.losses.BinaryCrossentropy(reduction=tf.keras.losses.Reduction.SUM),
                 metrics=[tf.keras.metrics.AUC(name=f"auc_{obj}", num_thresholds=1000)], name=f"task_{obj}")
         self.tasks["watch"] = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(), metrics=[tf.keras.metrics.MeanAbsoluteError(name="mae_ratio")],
-            name="task_watch")
+            loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.SUM),
+            metrics=[tf.keras.metrics.MeanAbsoluteError(name="mae_ratio")], name="task_watch")
 
     def features_vector(self, features, training=False):
         """``[B, F]``: user ⊕ target ⊕ request context ⊕ encoded history."""
@@ -134,4 +137,6 @@ class RankingModel(StaticGraphModel):
         # [B, 1]: Keras' MSE averages the last axis, so per-row weights need a trailing axis.
         losses.append(weights.get("watch", 0.0) * self.tasks["watch"](
             labels=ratio[:, tf.newaxis], predictions=out["watch_ratio"][:, tf.newaxis], sample_weight=watch_weight))
-        return tf.add_n(losses)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        global_batch = tf.cast(tf.shape(ratio)[0] * replicas, tf.float32)
+        return tf.math.divide_no_nan(tf.add_n(losses), global_batch)
