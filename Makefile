@@ -30,8 +30,12 @@ test-fast: install
 demo: install
 	$(PY) -m tfrec_kuai.demo
 
+# Each prints its table; results are recorded with their commands in benchmarks/RESULTS.md.
 bench: install
 	$(PY) benchmarks/bench_attention.py
+	$(PY) benchmarks/bench_pipeline.py --impressions 1000000 --runs 3 --markdown
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_serving.py
 
 clean:
 	rm -rf build *.egg-info tfrec_kuai/*.so
