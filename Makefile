@@ -37,5 +37,9 @@ bench: install
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_serving.py
 
+# The op tests against AddressSanitizer (+UBSan) builds of the native libraries.
+asan: install
+	PY=$(abspath $(PY)) tools/asan_op_tests.sh
+
 clean:
 	rm -rf build *.egg-info tfrec_kuai/*.so
