@@ -412,6 +412,13 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     done_steps = _read_train_counter(backup_dir)
     if done_steps:
         log(f"resuming from the backup in {backup_dir}: {done_steps} of {steps_per_epoch * t.epochs} steps done")
+    else:
+        # A fresh start: state left by an earlier, finished run in this directory must not leak in
+        # (its best epoch, its early-stopping counter, its history).
+        for stale in ("training_state.json", "history.json"):
+            if os.path.exists(os.path.join(model_dir, stale)):
+                os.remove(os.path.join(model_dir, stale))
+        shutil.rmtree(os.path.join(model_dir, "best"), ignore_errors=True)
     stream = training_stream(examples_dir, config, steps_per_epoch, val_date, skip_steps=done_steps)
     validation = validation_data(examples_dir, config, val_date)
     if multi_worker:
