@@ -183,7 +183,7 @@ def markdown_to_html(text):
             continue
         heading = re.match(r"^(#{1,6})\s+(.*)", line)
         if heading:
-            level = min(len(heading.group(1)) + 1, 6)
+            level = min(len(heading.group(1)) + 1, 6)  # the page's own <h1> stays the only one
             out.append(f"<h{level}>{inline(heading.group(2))}</h{level}>")
         elif line.strip().startswith("|"):
             table = []
@@ -199,15 +199,28 @@ def markdown_to_html(text):
             continue
         elif line.strip().startswith(("- ", "* ")):
             items = []
-            while i < len(lines) and lines[i].strip().startswith(("- ", "* ")):
-                items.append(f"<li>{inline(lines[i].strip()[2:])}</li>")
+            while i < len(lines) and lines[i].strip():
+                if lines[i].strip().startswith(("- ", "* ")):
+                    items.append(lines[i].strip()[2:])
+                elif items:  # a wrapped continuation line of the current item
+                    items[-1] += " " + lines[i].strip()
                 i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{inline(item)}</li>" for item in items) + "</ul>")
             continue
         elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
+            paragraph = []  # consecutive text lines are one paragraph, as in Markdown
+            while i < len(lines) and lines[i].strip() and not _starts_block(lines[i]):
+                paragraph.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{inline(' '.join(paragraph))}</p>")
+            continue
         i += 1
     return "\n".join(out)
+
+
+def _starts_block(line):
+    stripped = line.strip()
+    return stripped.startswith(("```", "#", "|", "- ", "* "))
 
 
 _STYLE = """
@@ -312,7 +325,7 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
     # -- benchmarks ------------------------------------------------------------------------------
     if benchmarks_md and os.path.exists(benchmarks_md):
         with open(benchmarks_md) as f:
-            sections.append("<h2>Benchmarks</h2>" + markdown_to_html(f.read()))
+            sections.append(markdown_to_html(f.read()))
 
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
