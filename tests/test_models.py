@@ -179,3 +179,19 @@ def test_config_round_trip_and_rejects_unknown_keys(tmp_path):
         Config.from_dict({"model": {"hidden_size": 3}})
     with pytest.raises(ValueError):
         ModelConfig(variant="bogus").validate()
+
+
+def test_ranking_loss_is_the_weighted_sum_of_per_row_means(batch):
+    """The loss each task contributes is its mean over the batch (a regression test: the BCE of
+    [B] vectors once came out divided by the batch size twice)."""
+    model = RankingModel(small(), VOCABS)
+    out = {k: v.numpy().astype(np.float64) for k, v in model.predict_all(_inputs(batch)).items()}
+    w = model.model_config.loss_weights
+    expected = 0.0
+    for obj in ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate"):
+        p = np.clip(out[f"p_{obj}"], 1e-7, 1 - 1e-7)
+        y = batch[f"label_{obj}"]
+        expected += w[obj] * np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    ratio = np.clip(batch["label_watch_ratio"], 0, 5)
+    expected += w["watch"] * np.mean((1 - batch["label_skip"]) * (ratio - out["watch_ratio"]) ** 2)
+    np.testing.assert_allclose(float(model.compute_loss(batch)), expected, rtol=2e-3)

@@ -130,7 +130,10 @@ class RankingModel(StaticGraphModel):
         losses = []
         for obj in BINARY_OBJECTIVES:
             label = tf.cast(F._flat(features[f"label_{obj}"]), tf.float32)
-            losses.append(weights.get(obj, 0.0) * self.tasks[obj](labels=label, predictions=out[f"p_{obj}"]))
+            # [B, 1]: Keras' cross-entropy averages the last axis; with [B] it would return the batch
+            # mean, and the SUM reduction + division by the global batch below would divide twice.
+            losses.append(weights.get(obj, 0.0) * self.tasks[obj](labels=label[:, tf.newaxis],
+                                                                  predictions=out[f"p_{obj}"][:, tf.newaxis]))
         ratio = tf.clip_by_value(tf.cast(F._flat(features["label_watch_ratio"]), tf.float32), 0.0, 5.0)
         # With the cascade the ratio head is conditional on "not skipped": train it on those rows.
         watch_weight = (1.0 - tf.cast(F._flat(features["label_skip"]), tf.float32)) if self.cascade.cascade else None
