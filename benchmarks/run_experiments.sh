@@ -18,7 +18,7 @@ EPOCHS=${EPOCHS:-1}
 BATCH=${BATCH:-512}
 MAX_TRAIN=${MAX_TRAIN:-}
 VARIANTS=${VARIANTS:-"full no_history no_feedback no_context shared_bottom"}
-RETRIEVAL_VARIANTS=${RETRIEVAL_VARIANTS:-"full"}
+RETRIEVAL_VARIANTS=${RETRIEVAL_VARIANTS-full}   # set but empty: no retrieval
 mkdir -p "$OUT"
 
 if [ ! -f "$LOG/ground_truth.csv" ]; then
