@@ -180,13 +180,15 @@ def test_saved_model_cli_lists_named_inputs_and_outputs(kuai_exports):
 
 
 def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir, export_model_dirs):
-    """export_rank.verify decides; whatever it decides, rank's outputs are model(features)'s."""
+    """export_rank.verify decides (and, the path being the model's own history encoder with
+    ``repeat``, it must pick the shared path); rank's outputs are model(features)'s."""
     from tfrec_kuai import export_rank, training
     ranking = training.load_ranking_model(export_model_dirs[0], attention_implementation="composite")
     retrieval = training.load_retrieval_model(export_model_dirs[1], attention_implementation="composite")
     corpus = {k: v[:50] for k, v in E.read_corpus(tiny_examples_dir).items()}
     L = int(ranking.model_config.history_length)
     module = E.ServingModule(ranking, retrieval, corpus, L, top_n=5, retrieve_k=20)
+    assert module.shared_history, module.rank_path_note
     user, cand = export_rank.sample_request(corpus, L, users=2, candidates=5, seed=3)
     user = {k: tf.constant(v) for k, v in user.items()}
     cand = {k: tf.constant(v) for k, v in cand.items()}

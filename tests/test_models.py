@@ -195,3 +195,32 @@ def test_ranking_loss_is_the_weighted_sum_of_per_row_means(batch):
     ratio = np.clip(batch["label_watch_ratio"], 0, 5)
     expected += w["watch"] * np.mean((1 - batch["label_skip"]) * (ratio - out["watch_ratio"]) ** 2)
     np.testing.assert_allclose(float(model.compute_loss(batch)), expected, rtol=2e-3)
+
+
+@pytest.mark.parametrize("variant", ["full", "no_feedback", "no_context"])
+def test_history_encoder_repeat_equals_explicitly_repeated_rows(batch, variant):
+    """``history_encoder(user rows, repeat=c)`` == the plain call on every user row repeated c times."""
+    from tfrec_kuai.models import features as F
+    model = RankingModel(small(variant), VOCABS)
+    inputs = _inputs(batch)
+    model(inputs)
+    users, c = 4, 3                                  # rows 0 (full history) and 1 (empty) included
+    user = {k: v[:users] for k, v in inputs.items() if k in F.HISTORY_FEATURES}
+    rows = {k: np.repeat(v[:users], c, axis=0) for k, v in inputs.items()}
+    for name in ("video_id", "author_id", "tag", "duration_s"):    # other rows' targets as candidates
+        rows[name] = inputs[name][users:users + users * c].copy()
+    rows["video_id"][0], rows["author_id"][0] = user["hist_video_id"][0, 0], user["hist_author_id"][0, 0]
+    rows["tag"][c] = user["hist_tag"][1, 0]          # -1 padding never matches
+    query = tf.concat([F.target_vector(model, rows), F.request_context(model, rows)], -1)
+    plain = model.history_encoder(rows, query).numpy()
+    candidates = {k: rows[k] for k in ("video_id", "author_id", "tag")}
+    shared = model.history_encoder(dict(user, **candidates), query, repeat=c).numpy()
+    assert shared.shape == plain.shape == (users * c, plain.shape[1])
+    np.testing.assert_allclose(shared, plain, rtol=1e-5, atol=1e-5)
+    # A scalar-tensor repeat inside a traced function with an unknown batch gives the same.
+    spec = {k: tf.TensorSpec([None] + list(v.shape[1:]), tf.as_dtype(v.dtype)) for k, v in user.items()}
+    cand_spec = {k: tf.TensorSpec([None], tf.as_dtype(v.dtype)) for k, v in candidates.items()}
+    traced = tf.function(lambda u, t, q, r: model.history_encoder(dict(u, **t), q, repeat=r), autograph=False)
+    out = traced.get_concrete_function(spec, cand_spec, tf.TensorSpec([None, query.shape[1]], tf.float32),
+                                       tf.TensorSpec([], tf.int32))(user, candidates, query, tf.constant(c))
+    np.testing.assert_allclose(out.numpy(), plain, rtol=1e-5, atol=1e-5)

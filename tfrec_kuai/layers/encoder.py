@@ -24,16 +24,30 @@ import tensorflow as tf
 from tfrec_kuai import ops
 
 
+def repeat_rows(tensor, repeat):
+    """``tf.repeat(tensor, repeat, axis=0)``; the tensor itself when ``repeat`` is the python int 1."""
+    if isinstance(repeat, int) and repeat == 1:
+        return tensor
+    return tf.repeat(tensor, repeat, axis=0)
+
+
 class FeedbackAwareEncoder(tf.keras.layers.Layer):
     """Target attention over a feedback-annotated history.
 
-    Call args:
+    Call args (``B`` query rows; ``B = B_user * repeat``):
       query_input: ``[B, Dq]`` float32 — the target video with its request context (ranking), or
         a learned, user-conditioned query (the retrieval query tower).
-      tokens: ``[B, L, Dt]`` float32 — history tokens (item embedding + context embedding).
-      feedback: ``[B, L, F]`` float32 — per-event feedback features (``embeddings.feedback_features``);
-        ignored when ``use_feedback=False``.
-      lengths: ``[B]`` int — number of valid history events (newest first, the rest is padding).
+      tokens: ``[B_user, L, Dt]`` float32 — history tokens (item embedding + context embedding),
+        one row per *user* row.
+      feedback: ``[B, L, F]`` float32 — per-event feedback features (``embeddings.feedback_features``),
+        at query-row granularity (the caller repeats them); ignored when ``use_feedback=False``.
+      lengths: ``[B]`` int — number of valid history events (newest first, the rest is padding),
+        at query-row granularity.
+      repeat: python int or scalar int tensor (default 1) — how many consecutive query rows share
+        each user row. The keys/values are projected once per user row and repeated
+        (``tf.repeat(..., repeat, axis=0)``) in front of the attention op, so ranking ``C``
+        candidates for one user does not project the history ``C`` times. With ``repeat=1``
+        ``B_user = B`` and nothing is repeated.
 
     Returns:
       ``[B, H * (Dv + 1)]`` float32 with ``feedback_channel`` (the default), else ``[B, H * Dv]``.
@@ -67,12 +81,13 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         out = self.feedback_out(self.feedback_net(feedback))
         return out[..., :h], tf.tanh(out[..., h:])
 
-    def call(self, query_input, tokens, feedback, lengths):
+    def call(self, query_input, tokens, feedback, lengths, repeat=1):
         h, d, dv = self.num_heads, self.head_dim, self.value_dim
         num_positions = tf.shape(tokens)[1]
         query = tf.reshape(self.query_proj(query_input), [-1, h, d])
-        keys = tf.reshape(self.key_proj(tokens), [-1, num_positions, h, d])
-        values = tf.reshape(self.value_proj(tokens), [-1, num_positions, h, dv])
+        # Projected per user row, then repeated to the query rows: [B, L, H, D].
+        keys = repeat_rows(tf.reshape(self.key_proj(tokens), [-1, num_positions, h, d]), repeat)
+        values = repeat_rows(tf.reshape(self.value_proj(tokens), [-1, num_positions, h, dv]), repeat)
         if self.use_feedback:
             bias, gate = self.bias_and_gate(feedback)
         else:

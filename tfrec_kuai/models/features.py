@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfrec_kuai.layers import (AGE_BOUNDARIES, DURATION_BOUNDARIES, BucketEmbedding, FeedbackAwareEncoder,
                                IdEmbedding, ItemEmbedding, ModuloEmbedding, feedback_features, log_duration,
                                target_relation)
+from tfrec_kuai.layers.encoder import repeat_rows
 
 ID_VOCABULARIES = ("user_id", "video_id", "author_id", "tag")
 HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s",
@@ -34,6 +35,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
 
     Tokens are ``item(hist ids) ⊕ (duration-bucket + age-bucket + position)`` embeddings; the
     feedback features come from ``feedback_features`` (with or without context per variant).
+    ``call(..., repeat=c)`` shares each user row's history among ``c`` query rows (see ``call``).
     """
 
     def __init__(self, item_embedding, history_length, context_dim, num_heads, head_dim, value_dim,
@@ -51,26 +53,37 @@ class HistoryEncoder(tf.keras.layers.Layer):
                                             use_feedback=variant != "no_feedback",
                                             attention_implementation=attention_implementation, name="encoder")
 
-    def call(self, features, query_input, with_target=True):
+    def call(self, features, query_input, with_target=True, repeat=1):
         """``with_target``: the features hold a target video (ranking) whose relation to each
         history event (same video / author / tag) the feedback network reads; the retrieval query
-        tower has no target and passes False."""
-        items = self.item_embedding({"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],
-                                     "tag": features["hist_tag"]})                       # [B, L, Di]
+        tower has no target and passes False.
+
+        ``repeat`` (python int or scalar int tensor, default 1): each user row stands for
+        ``repeat`` consecutive query rows — ranking ``C`` candidates for one user without encoding
+        the history ``C`` times. The history features (``hist_*``, ``[B_user, L]``; ``hist_len``
+        ``[B_user]``) are then per user row, while ``query_input`` (``[B_user * repeat, Dq]``) and
+        the target ids (``video_id, author_id, tag``, ``[B_user * repeat]``) are per query row.
+        Tokens and the target-independent feedback features are computed once per user row; only
+        the relation to the target is computed on the repeated history ids. Returns
+        ``[B_user * repeat, H*Dv]`` (``H*(Dv+1)`` with the feedback channel).
+        """
+        hist_ids = {"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],
+                    "tag": features["hist_tag"]}
+        items = self.item_embedding(hist_ids)                                            # [B_user, L, Di]
         num_positions = tf.shape(items)[1]
         positions = tf.minimum(tf.range(num_positions), self.history_length - 1)
         context = (self.duration_bucket(features["hist_duration_s"]) + self.age_bucket(features["hist_age_s"])
                    + self.position(positions)[tf.newaxis])
-        tokens = tf.concat([items, context], -1)
+        tokens = tf.concat([items, context], -1)                                        # [B_user, L, Dt]
         with_context = self.variant != "no_context"
-        feedback = feedback_features(features["hist_play_s"], features["hist_duration_s"], features["hist_feedback"],
-                                     with_context=with_context, age_s=features["hist_age_s"])
+        feedback = repeat_rows(
+            feedback_features(features["hist_play_s"], features["hist_duration_s"], features["hist_feedback"],
+                              with_context=with_context, age_s=features["hist_age_s"]), repeat)  # [B, L, F]
         if with_context and with_target:
-            hist_ids = {"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],
-                        "tag": features["hist_tag"]}
+            hist_ids = {name: repeat_rows(ids, repeat) for name, ids in hist_ids.items()}
             feedback = tf.concat([feedback, target_relation(hist_ids, features)], -1)
-        lengths = tf.reshape(features["hist_len"], [-1])
-        return self.encoder(query_input, tokens, feedback, lengths)
+        lengths = repeat_rows(tf.reshape(features["hist_len"], [-1]), repeat)
+        return self.encoder(query_input, tokens, feedback, lengths, repeat=repeat)
 
 
 def vocabularies_from(vocabularies):
