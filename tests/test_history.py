@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from tfrec_kuai import history
+from tests.native_required import missing_native
 
 
 def _events(times):
@@ -15,7 +16,7 @@ def _events(times):
 @pytest.mark.parametrize("implementation", ["python", "native"])
 def test_known_windows(implementation):
     if implementation == "native" and not history.native_available():
-        pytest.skip("tfrec_kuai._native not built")
+        missing_native("tfrec_kuai._native")
     ev = _events([1000, 2000, 2000, 5000, 9000])
     out = history.build_history_windows(**ev, history_length=3, implementation=implementation)
     # event 0: nothing earlier

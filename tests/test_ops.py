@@ -17,6 +17,7 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from tfrec_kuai import ops
+from tests.native_required import missing_native
 
 RTOL = 1e-5
 NAMES = ("query", "keys", "values", "bias", "gate")
@@ -126,7 +127,7 @@ CASES = {
 @pytest.mark.parametrize("implementation", ["fused", "composite"])
 def test_forward_and_gradients_match_float64_reference(case, implementation):
     if implementation == "fused" and not ops.fused_available():
-        pytest.skip("op library not built")
+        missing_native("the op library")
     B, L, H, D, Dv, lengths, offset, scale = CASES[case]
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     inputs = make_inputs(rng, B, L, H, D, Dv, lengths, offset)
@@ -181,7 +182,7 @@ def test_fused_gradient_matches_tf_compute_gradient():
 @pytest.mark.parametrize("implementation", ["fused", "composite"])
 def test_padding_never_changes_result_and_gets_zero_gradient(implementation):
     if implementation == "fused" and not ops.fused_available():
-        pytest.skip("op library not built")
+        missing_native("the op library")
     rng = np.random.default_rng(11)
     q, k, v, bias, gate, lengths = make_inputs(rng, 4, 6, 2, 4, 3, [0, 2, 6, 5])
     dout = rng.normal(size=(4, 2, 3)).astype(np.float32)
@@ -357,7 +358,7 @@ def test_shape_function_rejects_malformed_static_shapes(desc, inputs, name):
 @pytest.mark.parametrize("desc,inputs,name", MALFORMED, ids=[c[0] for c in MALFORMED])
 def test_wrapper_rejects_malformed_inputs(implementation, desc, inputs, name):
     if implementation == "fused" and not ops.fused_available():
-        pytest.skip("op library not built")
+        missing_native("the op library")
     with pytest.raises(tf.errors.InvalidArgumentError, match=name):
         ops.feedback_weighted_attention(*inputs, implementation=implementation)
 
@@ -414,7 +415,7 @@ def _native():
     try:
         from tfrec_kuai import _native
     except ImportError:
-        pytest.skip("pybind11 module not built")
+        missing_native("the pybind11 module")
     return _native
 
 
@@ -592,7 +593,7 @@ def test_fused_savedmodel_fine_tunes_in_a_fresh_process(tmp_path):
 def test_empty_batch_or_history(implementation, B, L):
     """B = 0 (an empty batch) and L = 0 (no history slots) are valid: zeros, empty gradients."""
     if implementation == "fused" and not ops.fused_available():
-        pytest.skip("op library not built")
+        missing_native("the op library")
     floats = [tf.ones(s) for s in [(B, 2, 4), (B, L, 2, 4), (B, L, 2, 3), (B, L, 2), (B, L, 2)]]
     with tf.GradientTape() as tape:
         tape.watch(floats)
@@ -607,7 +608,7 @@ def test_empty_batch_or_history(implementation, B, L):
 def test_int64_lengths_accepted(implementation):
     """``hist_len`` in the examples is int64; the wrapper casts it for the op."""
     if implementation == "fused" and not ops.fused_available():
-        pytest.skip("op library not built")
+        missing_native("the op library")
     x = _good()
     want = ops.feedback_weighted_attention(*x, implementation=implementation).numpy()
     x[5] = x[5].astype(np.int64)

@@ -13,7 +13,7 @@ cmake -S . -B "$OUT/build" -DPython_EXECUTABLE="$PY" -DTFREC_KUAI_SANITIZE=ON \
   -DTFREC_KUAI_NATIVE_OUTPUT="$OUT/pkg/tfrec_kuai/_native$EXT"
 cmake --build "$OUT/build" -j2
 cp tfrec_kuai/__init__.py tfrec_kuai/ops.py "$OUT/pkg/tfrec_kuai/"
-cp tests/test_ops.py "$OUT/run/tests/"
+cp tests/__init__.py tests/native_required.py tests/test_ops.py "$OUT/run/tests/"
 cd "$OUT/run"
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
