@@ -28,6 +28,13 @@ needs_fused = pytest.mark.skipif(not ops.fused_available(), reason="op library n
 
 # --- float64 NumPy reference -----------------------------------------------------------------
 
+def _reference_softmax(q, k, bias, b, h, n, scale):
+    """p_l = softmax_l(scale q[b,h].k[b,l,h] + bias[b,l,h]) over the n valid positions (max-subtracted)."""
+    s = scale * k[b, :n, h] @ q[b, h] + bias[b, :n, h]
+    p = np.exp(s - s.max())
+    return p / p.sum()
+
+
 def reference_forward(q, k, v, bias, gate, lengths, scale):
     """out[b,h] = sum_{l<n} softmax(scale q.k_l + bias_l) gate_l v_l, in float64."""
     q, k, v, bias, gate = (np.asarray(x, np.float64) for x in (q, k, v, bias, gate))
@@ -38,9 +45,7 @@ def reference_forward(q, k, v, bias, gate, lengths, scale):
         for h in range(H):
             if n == 0:
                 continue
-            s = scale * k[b, :n, h] @ q[b, h] + bias[b, :n, h]
-            p = np.exp(s - s.max())
-            p /= p.sum()
+            p = _reference_softmax(q, k, bias, b, h, n, scale)
             out[b, h] = (p * gate[b, :n, h]) @ v[b, :n, h]
     return out
 
@@ -56,9 +61,7 @@ def reference_backward(q, k, v, bias, gate, lengths, scale, dout):
         for h in range(H):
             if n == 0:
                 continue
-            s = scale * k[b, :n, h] @ q[b, h] + bias[b, :n, h]
-            p = np.exp(s - s.max())
-            p /= p.sum()
+            p = _reference_softmax(q, k, bias, b, h, n, scale)
             g = gate[b, :n, h]
             u = v[b, :n, h] @ dout[b, h]
             dv[b, :n, h] = (p * g)[:, None] * dout[b, h]
