@@ -1,14 +1,23 @@
 """Collects ``eval_*/metrics.json`` of benchmarks/run_experiments.sh into the Markdown variant table.
 
     .venv/bin/python benchmarks/experiment_table.py OUT_DIR
+
+``OUT_DIR`` holds one run (``eval_ranking_<variant>/``) or several seeds (``seed_<n>/eval_...``).
+With several seeds every cell is the mean ± the standard deviation over the seeds that have the
+variant, and the issue's two checks (full beats every variant; share of the no_feedback → oracle
+skip-AUC gap closed) are made on the means and reported for each seed too, so a win inside the
+seed-to-seed spread shows as one.
 """
+import glob
 import json
 import os
+import statistics
 import sys
 
 VARIANTS = ("full", "no_history", "no_feedback", "no_context", "shared_bottom")
 COLUMNS = (("auc_skip", "skip AUC"), ("gauc_skip", "skip GAUC"), ("auc_long", "long-view AUC"),
            ("xauc_watch", "watch-time XAUC"), ("mae_watch_s", "watch MAE (s)"), ("recall_at_50", "Recall@50"))
+CHECKED = ("auc_skip", "xauc_watch")
 
 
 def _read(path):
@@ -18,34 +27,86 @@ def _read(path):
         return json.load(f)
 
 
-def table(out_dir):
-    rows, oracle = [], None
+def read_run(run_dir):
+    """({variant: metrics}, oracle metrics or None) of one seed's folder."""
+    rows, oracle = {}, None
     for v in VARIANTS:
-        rank = _read(os.path.join(out_dir, f"eval_ranking_{v}", "metrics.json"))
-        retr = _read(os.path.join(out_dir, f"eval_retrieval_{v}", "metrics.json"))
+        rank = _read(os.path.join(run_dir, f"eval_ranking_{v}", "metrics.json"))
+        retr = _read(os.path.join(run_dir, f"eval_retrieval_{v}", "metrics.json"))
         if rank is None and retr is None:
             continue
         merged = dict(rank or {})
         if retr:
             merged["recall_at_50"] = retr.get("recall_at_50")
-        rows.append((v, merged))
+        rows[v] = merged
         if rank and rank.get("oracle") and oracle is None:
             oracle = rank["oracle"]
-    fmt = lambda x: "—" if x is None else f"{x:.4f}" if abs(x) < 10 else f"{x:.2f}"  # noqa: E731
-    lines = ["| variant | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for v, m in rows:
-        lines.append(f"| {v} | " + " | ".join(fmt(m.get(k)) for k, _ in COLUMNS) + " |")
+    return rows, oracle
+
+
+def seed_dirs(out_dir):
+    """[(label, folder)]: the ``seed_*`` sub-folders, or the folder itself for a single run."""
+    seeds = sorted(glob.glob(os.path.join(out_dir, "seed_*")), key=lambda p: int(p.rsplit("_", 1)[1]))
+    return [(os.path.basename(p), p) for p in seeds] or [("run", out_dir)]
+
+
+def gap_closed(full, no_feedback, oracle):
+    return (full - no_feedback) / (oracle - no_feedback) if oracle != no_feedback else float("nan")
+
+
+def losers(rows, key):
+    """Variants at or above ``full`` on ``key``."""
+    return [v for v, m in rows.items() if v != "full" and m.get(key) is not None and m[key] >= rows["full"][key]]
+
+
+def _fmt(values):
+    values = [x for x in values if x is not None]
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    text = f"{mean:.4f}" if abs(mean) < 10 else f"{mean:.2f}"
+    if len(values) > 1:
+        sd = statistics.stdev(values)
+        text += f" ± {sd:.4f}" if abs(mean) < 10 else f" ± {sd:.2f}"
+    return text
+
+
+def table(out_dir):
+    runs = [(label, *read_run(path)) for label, path in seed_dirs(out_dir)]
+    runs = [(label, rows, oracle) for label, rows, oracle in runs if rows]
+    if not runs:
+        return f"no eval_* results under {out_dir}"
+    oracle = next((o for _, _, o in runs if o), None)
+    present = [v for v in VARIANTS if any(v in rows for _, rows, _ in runs)]
+    mean = {v: {k: statistics.fmean([r[v][k] for _, r, _ in runs if v in r and r[v].get(k) is not None])
+                for k, _ in COLUMNS if any(v in r and r[v].get(k) is not None for _, r, _ in runs)}
+            for v in present}
+    n = len(runs)
+    lines = [f"{n} seed(s): " + ", ".join(label for label, _, _ in runs) + (" — mean ± sd" if n > 1 else ""), "",
+             "| variant | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for v in present:
+        cells = [_fmt([r[v].get(k) for _, r, _ in runs if v in r]) for k, _ in COLUMNS]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if oracle:
-        lines.append("| oracle (simulator truth) | " + " | ".join(fmt(oracle.get(k)) for k, _ in COLUMNS) + " |")
-    by = dict(rows)
-    if oracle and "full" in by and "no_feedback" in by:
-        full, nf, orc = by["full"]["auc_skip"], by["no_feedback"]["auc_skip"], oracle["auc_skip"]
-        closed = (full - nf) / (orc - nf) if orc != nf else float("nan")
-        lines.append("")
-        lines.append(f"Share of the no_feedback → oracle skip-AUC gap closed by full: {closed:.1%}")
-        for key in ("auc_skip", "xauc_watch"):
-            beaten = [v for v, m in rows if v != "full" and m.get(key) is not None and m[key] >= by["full"][key]]
-            lines.append(f"full beats every variant on {key}: {'yes' if not beaten else 'no (' + ', '.join(beaten) + ')'}")
+        lines.append("| oracle (simulator truth) | " + " | ".join(_fmt([oracle.get(k)]) for k, _ in COLUMNS) + " |")
+    if not (oracle and "full" in mean and "no_feedback" in mean):
+        return "\n".join(lines)
+    lines.append("")
+    closed = gap_closed(mean["full"]["auc_skip"], mean["no_feedback"]["auc_skip"], oracle["auc_skip"])
+    lines.append(f"Share of the no_feedback → oracle skip-AUC gap closed by full (means): {closed:.1%}")
+    for key in CHECKED:
+        beaten = losers(mean, key)
+        lines.append(f"full beats every variant on {key} (means): "
+                     f"{'yes' if not beaten else 'no (' + ', '.join(beaten) + ')'}")
+    if n > 1:
+        for label, rows, _ in runs:
+            if "full" not in rows or "no_feedback" not in rows:
+                continue
+            parts = [f"gap closed {gap_closed(rows['full']['auc_skip'], rows['no_feedback']['auc_skip'], oracle['auc_skip']):.1%}"]
+            for key in CHECKED:
+                beaten = losers(rows, key)
+                parts.append(f"{key}: {'full best' if not beaten else 'beaten by ' + ', '.join(beaten)}")
+            lines.append(f"- {label}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
