@@ -65,6 +65,27 @@ def test_feedback_aware_encoder_matches_reference_and_ignores_padding(use_feedba
     np.testing.assert_allclose(enc(q_in, tokens2, fb2, lengths).numpy(), out, rtol=1e-6, atol=1e-6)
 
 
+def test_encoder_relation_split_equals_concatenated_feedback_on_repeated_rows():
+    """Per-user feedback + per-query relation with ``repeat=c`` == the plain call on the
+    concatenated, explicitly repeated inputs (the first layer is split, not changed)."""
+    rng = np.random.default_rng(3)
+    users, c, L, F, R = 2, 3, 5, 6, 3
+    q_in = rng.normal(size=(users * c, 4)).astype(np.float32)
+    tokens = rng.normal(size=(users, L, 7)).astype(np.float32)
+    fb = rng.normal(size=(users, L, F)).astype(np.float32)
+    rel = (rng.random((users * c, L, R)) < 0.4).astype(np.float32)
+    lengths = np.repeat([5, 2], c)
+    enc = FeedbackAwareEncoder(num_heads=2, head_dim=3, value_dim=2, feedback_hidden=5,
+                               attention_implementation="composite")
+    shared = enc(q_in, tokens, fb, lengths, repeat=c, relation=rel).numpy()
+    rep = lambda x: np.repeat(x, c, axis=0)  # noqa: E731
+    concatenated = np.concatenate([rep(fb), rel], -1)
+    np.testing.assert_allclose(shared, _reference_encoder(enc, q_in, rep(tokens), concatenated, lengths),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="built for 9 inputs"):
+        enc(q_in, tokens, fb, lengths, repeat=c)                    # the relation is part of the input
+
+
 def test_feedback_aware_encoder_negative_gate_pushes_away():
     """One event, gate forced negative: the output is −|gate|·value, the opposite of DIN's."""
     enc = FeedbackAwareEncoder(num_heads=1, head_dim=2, value_dim=2, feedback_hidden=2,

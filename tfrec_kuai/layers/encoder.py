@@ -39,8 +39,9 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         a learned, user-conditioned query (the retrieval query tower).
       tokens: ``[B_user, L, Dt]`` float32 — history tokens (item embedding + context embedding),
         one row per *user* row.
-      feedback: ``[B, L, F]`` float32 — per-event feedback features (``embeddings.feedback_features``),
-        at query-row granularity (the caller repeats them); ignored when ``use_feedback=False``.
+      feedback: ``[B_user, L, F]`` float32 — per-event feedback features
+        (``embeddings.feedback_features``), one row per *user* row: they do not depend on the
+        target. Ignored when ``use_feedback=False``.
       lengths: ``[B]`` int — number of valid history events (newest first, the rest is padding),
         at query-row granularity.
       repeat: python int or scalar int tensor (default 1) — how many consecutive query rows share
@@ -48,6 +49,11 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         (``tf.repeat(..., repeat, axis=0)``) in front of the attention op, so ranking ``C``
         candidates for one user does not project the history ``C`` times. With ``repeat=1``
         ``B_user = B`` and nothing is repeated.
+      relation: optional ``[B, L, R]`` float32 — what the feedback network reads that *does*
+        depend on the target (the event's relation to it, ``embeddings.target_relation``), per
+        query row. The network's first layer reads ``feedback ⊕ relation``; it is evaluated as
+        ``feedback·W_f`` once per user row (repeated) ``+ relation·W_r`` per query row — the
+        same numbers as on the concatenation, without ``C`` copies of the ``F``-wide part.
 
     Returns:
       ``[B, H * (Dv + 1)]`` float32 with ``feedback_channel`` (the default), else ``[B, H * Dv]``.
@@ -68,20 +74,31 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         self.key_proj = tf.keras.layers.Dense(h * self.head_dim, name="key")
         self.value_proj = tf.keras.layers.Dense(h * self.value_dim, name="value")
         if self.use_feedback:
-            self.feedback_net = tf.keras.layers.Dense(self.feedback_hidden, activation="relu", name="feedback_hidden")
+            # The first layer's weights; bias_and_gate applies them (and the ReLU) in two parts.
+            self.feedback_net = tf.keras.layers.Dense(self.feedback_hidden, name="feedback_hidden")
             # Gate pre-activations start at +1 (gate ≈ 0.76), so the untrained encoder behaves like
             # plain target attention and learns to flip the sign where the feedback says so.
             self.feedback_out = tf.keras.layers.Dense(
                 2 * h, name="feedback_out", kernel_initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
                 bias_initializer=tf.keras.initializers.Constant([0.0] * h + [1.0] * h))
 
-    def bias_and_gate(self, feedback):
-        """``[B, L, F]`` → (bias ``[B, L, H]``, gate ``[B, L, H]``)."""
+    def bias_and_gate(self, feedback, relation=None, repeat=1):
+        """feedback ``[B_user, L, F]`` (+ relation ``[B, L, R]``) → (bias, gate), each ``[B, L, H]``."""
         h = self.num_heads
-        out = self.feedback_out(self.feedback_net(feedback))
+        f = int(feedback.shape[-1])
+        r = 0 if relation is None else int(relation.shape[-1])
+        if not self.feedback_net.built:
+            self.feedback_net.build(tf.TensorShape([None, f + r]))
+        kernel, bias = self.feedback_net.kernel, self.feedback_net.bias
+        if int(kernel.shape[0]) != f + r:
+            raise ValueError(f"feedback network built for {int(kernel.shape[0])} inputs, got {f} + {r}")
+        hidden = repeat_rows(tf.matmul(feedback, kernel[:f]) + bias, repeat)      # [B, L, hidden]
+        if relation is not None:
+            hidden += tf.matmul(tf.cast(relation, tf.float32), kernel[f:])
+        out = self.feedback_out(tf.nn.relu(hidden))
         return out[..., :h], tf.tanh(out[..., h:])
 
-    def call(self, query_input, tokens, feedback, lengths, repeat=1):
+    def call(self, query_input, tokens, feedback, lengths, repeat=1, relation=None):
         h, d, dv = self.num_heads, self.head_dim, self.value_dim
         num_positions = tf.shape(tokens)[1]
         query = tf.reshape(self.query_proj(query_input), [-1, h, d])
@@ -89,7 +106,7 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         keys = repeat_rows(tf.reshape(self.key_proj(tokens), [-1, num_positions, h, d]), repeat)
         values = repeat_rows(tf.reshape(self.value_proj(tokens), [-1, num_positions, h, dv]), repeat)
         if self.use_feedback:
-            bias, gate = self.bias_and_gate(feedback)
+            bias, gate = self.bias_and_gate(feedback, relation, repeat)
         else:
             bias = tf.zeros(tf.shape(keys)[:3], tf.float32)
             gate = tf.ones(tf.shape(keys)[:3], tf.float32)

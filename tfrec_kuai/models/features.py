@@ -76,14 +76,15 @@ class HistoryEncoder(tf.keras.layers.Layer):
                    + self.position(positions)[tf.newaxis])
         tokens = tf.concat([items, context], -1)                                        # [B_user, L, Dt]
         with_context = self.variant != "no_context"
-        feedback = repeat_rows(
-            feedback_features(features["hist_play_s"], features["hist_duration_s"], features["hist_feedback"],
-                              with_context=with_context, age_s=features["hist_age_s"]), repeat)  # [B, L, F]
-        if with_context and with_target:
-            hist_ids = {name: repeat_rows(ids, repeat) for name, ids in hist_ids.items()}
-            feedback = tf.concat([feedback, target_relation(hist_ids, features)], -1)
+        # Target-independent, per user row [B_user, L, F]; the encoder repeats what it needs.
+        feedback = feedback_features(features["hist_play_s"], features["hist_duration_s"], features["hist_feedback"],
+                                     with_context=with_context, age_s=features["hist_age_s"])
         lengths = repeat_rows(tf.reshape(features["hist_len"], [-1]), repeat)
-        return self.encoder(query_input, tokens, feedback, lengths, repeat=repeat)
+        relation = None
+        if with_context and with_target and self.variant != "no_feedback":
+            hist_ids = {name: repeat_rows(ids, repeat) for name, ids in hist_ids.items()}
+            relation = target_relation(hist_ids, features)                              # [B, L, 3]
+        return self.encoder(query_input, tokens, feedback, lengths, repeat=repeat, relation=relation)
 
 
 def vocabularies_from(vocabularies):
