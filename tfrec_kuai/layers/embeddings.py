@@ -172,14 +172,17 @@ def target_relation(hist_ids, target_ids):
     as part of the event's context: "the user skipped a video *of this author* a minute ago" is
     the evidence that matters for this target, and an attention bias can say so directly instead
     of waiting for query–key similarity to discover it.
-    Args: dicts with ``video_id, author_id, tag`` — history ``[B, L]``, target ``[B]``.
+    Args: dicts with ``video_id, author_id, tag`` — history ``[B_user, L]``, targets ``[B]`` with
+    ``B = B_user · C``: each history row is compared with its ``C`` consecutive targets by
+    broadcasting, so ranking ``C`` candidates never copies the history ids ``C`` times.
     """
-    parts = []
-    for name in ("video_id", "author_id", "tag"):
-        h = tf.cast(hist_ids[name], tf.int64)
-        t = tf.reshape(tf.cast(target_ids[name], tf.int64), [-1, 1])
-        parts.append(tf.cast(tf.logical_and(tf.equal(h, t), h >= 0), tf.float32))
-    return tf.stack(parts, -1)
+    names = ("video_id", "author_id", "tag")
+    hist = tf.stack([tf.cast(hist_ids[n], tf.int64) for n in names], -1)                # [B_user, L, 3]
+    target = tf.stack([tf.reshape(tf.cast(target_ids[n], tf.int64), [-1]) for n in names], -1)   # [B, 3]
+    num_positions = tf.shape(hist)[1]
+    same = tf.logical_and(tf.equal(hist[:, tf.newaxis], tf.reshape(target, [tf.shape(hist)[0], -1, 1, 3])),
+                          (hist >= 0)[:, tf.newaxis])                                   # [B_user, C, L, 3]
+    return tf.reshape(tf.cast(same, tf.float32), [-1, num_positions, 3])
 
 
 def num_feedback_features(with_context=True, with_age=False):

@@ -40,6 +40,15 @@ class ExpertGroup(tf.keras.layers.Layer):
         return config
 
 
+def _mix(gate, experts):
+    """``Σ_e gate[b, e] · experts[b, e, :]``: ``[B, E]``, ``[B, E, U]`` → ``[B, U]``.
+
+    Broadcast multiply and sum rather than concatenating the expert groups and a batched
+    ``einsum("be,beu->bu")`` (B tiny products): the same numbers, far fewer memory copies.
+    """
+    return tf.reduce_sum(gate[:, :, tf.newaxis] * experts, 1)
+
+
 class CGCLayer(tf.keras.layers.Layer):
     """One PLE extraction level (Customized Gate Control).
 
@@ -73,17 +82,17 @@ class CGCLayer(tf.keras.layers.Layer):
         else:
             task_inputs, shared_input = [inputs] * self.num_tasks, inputs
         shared = self.shared_experts(shared_input)                          # [B, S, U]
+        e = self.num_task_experts
         outputs, all_task_experts = [], []
         for t in range(self.num_tasks):
             own = self.task_experts[t](task_inputs[t])                      # [B, E, U]
             all_task_experts.append(own)
-            experts = tf.concat([own, shared], axis=1)                       # [B, E+S, U]
-            gate = self.task_gates[t](task_inputs[t])                         # [B, E+S]
-            outputs.append(tf.einsum("be,beu->bu", gate, experts))
+            gate = self.task_gates[t](task_inputs[t])                         # [B, E+S]: own, then shared
+            outputs.append(_mix(gate[:, :e], own) + _mix(gate[:, e:], shared))
         if self.output_shared:
-            experts = tf.concat(all_task_experts + [shared], axis=1)
-            gate = self.shared_gate(shared_input)
-            outputs.append(tf.einsum("be,beu->bu", gate, experts))
+            gate = self.shared_gate(shared_input)                            # [B, T*E+S]
+            mixed = [_mix(gate[:, t * e:(t + 1) * e], own) for t, own in enumerate(all_task_experts)]
+            outputs.append(tf.add_n(mixed + [_mix(gate[:, self.num_tasks * e:], shared)]))
         return outputs
 
     def get_config(self):

@@ -64,7 +64,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
         ``[B_user]``) are then per user row, while ``query_input`` (``[B_user * repeat, Dq]``) and
         the target ids (``video_id, author_id, tag``, ``[B_user * repeat]``) are per query row.
         Tokens and the target-independent feedback features are computed once per user row; only
-        the relation to the target is computed on the repeated history ids. Returns
+        the relation to the target is per query row (by broadcasting, ``target_relation``). Returns
         ``[B_user * repeat, H*Dv]`` (``H*(Dv+1)`` with the feedback channel).
         """
         hist_ids = {"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],
@@ -82,7 +82,6 @@ class HistoryEncoder(tf.keras.layers.Layer):
         lengths = repeat_rows(tf.reshape(features["hist_len"], [-1]), repeat)
         relation = None
         if with_context and with_target and self.variant != "no_feedback":
-            hist_ids = {name: repeat_rows(ids, repeat) for name, ids in hist_ids.items()}
             relation = target_relation(hist_ids, features)                              # [B, L, 3]
         return self.encoder(query_input, tokens, feedback, lengths, repeat=repeat, relation=relation)
 
