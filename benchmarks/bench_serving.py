@@ -35,7 +35,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--export_base", default=None, help="folder with <model_name>/<version>/ (default: build one)")
     p.add_argument("--examples", default=None, help="examples folder for requests (default: the built one)")
-    p.add_argument("--work_dir", default="/tmp/tfrec_kuai_bench_serving")
+    p.add_argument("--work_dir", default=None, help="default /tmp/tfrec_kuai_bench_serving_L<history_length>")
+    p.add_argument("--history_length", type=int, default=50,
+                   help="history events per request of the built model (the cost of a request grows with it)")
     p.add_argument("--model_name", default="kuai")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
@@ -50,7 +52,7 @@ def parse_args(argv=None):
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def build_export(work_dir, impressions, model_name):
+def build_export(work_dir, impressions, model_name, history_length=50):
     """Simulated log -> Beam examples -> default-size models -> fused export. Returns (base, examples)."""
     from tfrec_kuai import export, training
     from tfrec_kuai.config import load_config
@@ -66,7 +68,7 @@ def build_export(work_dir, impressions, model_name):
         simulate(log_dir, SimParams(impressions=impressions, seed=1, days=4), progress=False)
         build_examples.run(["--input", os.path.join(log_dir, "log_*.csv"), "--output", examples,
                             "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
-                            "--eval_days", "1"])
+                            "--history_length", str(history_length), "--eval_days", "1"])
     vocabularies = training.read_vocabularies(examples)
     history_length = json.load(open(os.path.join(examples, "metadata.json")))["history_length"]
     dirs = []
@@ -208,13 +210,14 @@ def closed_loop(make_call, clients, seconds, warmup):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.work_dir = args.work_dir or f"/tmp/tfrec_kuai_bench_serving_L{args.history_length}"
     os.makedirs(args.work_dir, exist_ok=True)
     if args.export_base:
         base, examples = args.export_base, args.examples
         if not examples:
             raise SystemExit("--export_base needs --examples (for realistic requests)")
     else:
-        base, examples = build_export(args.work_dir, args.impressions, args.model_name)
+        base, examples = build_export(args.work_dir, args.impressions, args.model_name, args.history_length)
     requests = make_requests(examples, args.candidates)
     signatures = args.signatures.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
