@@ -209,3 +209,13 @@ def test_target_relation_indicators():
     target = {"video_id": np.array([5]), "author_id": np.array([2]), "tag": np.array([-1])}
     rel = target_relation(hist, target).numpy()
     np.testing.assert_array_equal(rel[0], [[1, 0, 0], [0, 1, 0], [0, 0, 0]])   # unknown tag (−1) never matches
+
+
+def test_target_relation_broadcasts_each_history_row_over_its_targets():
+    """History ``[B_user, L]`` with ``C`` consecutive targets per row == comparing repeated rows."""
+    rng = np.random.default_rng(5)
+    users, c, L = 2, 3, 4
+    hist = {k: rng.integers(-1, 3, (users, L)) for k in ("video_id", "author_id", "tag")}
+    target = {k: rng.integers(-1, 3, users * c) for k in ("video_id", "author_id", "tag")}
+    repeated = {k: np.repeat(v, c, axis=0) for k, v in hist.items()}
+    np.testing.assert_array_equal(target_relation(hist, target).numpy(), target_relation(repeated, target).numpy())
