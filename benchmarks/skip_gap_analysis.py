@@ -1,8 +1,10 @@
 """Where is the skip-AUC gap to the oracle? Decomposes the simulator's true skip logit and asks how
 much of each part a trained model's logit carries.
 
-    .venv/bin/python benchmarks/skip_gap_analysis.py --experiments /work/data/experiments \
-        --examples /work/data/sim1m_examples --log /work/data/sim1m full no_feedback no_context
+    .venv/bin/python benchmarks/skip_gap_analysis.py --experiments /work/data/exp3/seed_0 \
+        --examples /work/data/sim1m_examples_L200 --log /work/data/sim1m full no_feedback no_context
+
+(``--experiments``: one seed's folder of benchmarks/run_experiments.sh, holding ``ranking_<variant>/``.)
 
 The simulator's skip logit (tfrec_kuai/sim/behaviour.py) is a sum of three known parts:
 ``duration`` (base + skip_duration·log(d/30 s)), ``match`` (−k(d)·match: the user's latent affinity
