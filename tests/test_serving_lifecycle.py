@@ -293,4 +293,4 @@ def test_example_configs_parse():
     assert names == ["kuai", "kuai_portable"]
     assert dict(config.model_config_list.config[1].version_labels) == {"stable": 1, "canary": 2}
     options = BatchingOptions.from_file(os.path.join(REPO_CONFIGS, "batching_parameters.txt"))
-    assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads) == (32, 1000, 2)
+    assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads) == (32, 1000, 1)

@@ -387,8 +387,10 @@ def write_serving_configs(export_base, model_name, batching=True):
     batching_path = os.path.join(base, "batching_parameters.txt")
     if batching:
         with open(batching_path, "w") as f:
+            # One batch thread: a batch already uses every core through the model's intra-op
+            # threads (serving/configs/batching_parameters.txt has the measurement).
             f.write("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 2000 }\n"
-                    "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 2 }\n")
+                    "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 1 }\n")
     return models, batching_path
 
 
