@@ -4,11 +4,13 @@ The fused op, the composite and the pybind11 kernel are checked against an indep
 NumPy reference (forward and hand-derived backward), and that reference's backward is itself
 checked against central finite differences, so a shared mistake cannot hide. "Within 1e-5
 relative" means every element within 1e-5 of the reference scaled by the reference tensor's
-largest magnitude (float32 kernels cannot promise more on near-zero elements).
+largest magnitude (float32 kernels cannot promise more on near-zero elements), loosened only
+where the logits are so large that float32 cannot hold them that precisely (``logit_rtol``).
 """
 import pathlib
 import threading
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -94,6 +96,16 @@ def assert_close(actual, expected, what, rtol=RTOL):
     assert err <= tol, f"{what}: max error {err:.3g} > {tol:.3g}"
 
 
+def logit_rtol(inputs, scale):
+    """RTOL, or more where the logits are large: a float32 logit carries an absolute rounding error
+    of about eps·|logit| (a logit of 130 is only known to ±1e-5), and the softmax turns that into
+    the same *relative* error of every probability — so no float32 implementation can beat
+    ≈ eps·max|logit| against the float64 reference (the ``large_logits`` case)."""
+    q, k, _, bias, _, _ = inputs
+    logits = scale * np.einsum("bhd,blhd->blh", q.astype(np.float64), k.astype(np.float64)) + bias
+    return max(RTOL, 8 * np.finfo(np.float32).eps * np.abs(logits).max(initial=0.0))
+
+
 def run_with_grads(inputs, implementation, scale, dout, use_function=False):
     q, k, v, bias, gate, lengths = inputs
 
@@ -132,14 +144,16 @@ def test_forward_and_gradients_match_float64_reference(case, implementation):
     if implementation == "fused" and not ops.fused_available():
         missing_native("the op library")
     B, L, H, D, Dv, lengths, offset, scale = CASES[case]
-    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    # A fixed seed per case (str hash() is salted per process and made this test flaky).
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
     inputs = make_inputs(rng, B, L, H, D, Dv, lengths, offset)
     dout = rng.normal(size=(B, H, Dv)).astype(np.float32)
     used_scale = scale if scale is not None else 1.0 / np.sqrt(D)
+    rtol = logit_rtol(inputs, used_scale)
     out, grads = run_with_grads(inputs, implementation, scale, dout)
-    assert_close(out, reference_forward(*inputs, used_scale), f"{implementation} output")
+    assert_close(out, reference_forward(*inputs, used_scale), f"{implementation} output", rtol)
     for name, got, want in zip(NAMES, grads, reference_backward(*inputs, used_scale, dout)):
-        assert_close(got, want, f"{implementation} d{name}")
+        assert_close(got, want, f"{implementation} d{name}", rtol)
     if case == "all_empty":
         assert not out.any() and not any(g.any() for g in grads)
 
