@@ -30,6 +30,8 @@ sys.path.insert(0, REPO)
 import tfrec_kuai  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
+from serving.batching import BatchingOptions  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,15 +102,15 @@ def make_requests(examples, candidates):
 class Server:
     """``python -m serving.server`` in its own process; ports read from its startup lines."""
 
-    def __init__(self, base, model_name, batching, work_dir, num_batch_threads=1, batch_timeout_micros=1000):
+    def __init__(self, base, model_name, batching, work_dir):
+        """``batching``: a ``serving.batching.BatchingOptions``, or None for no batching."""
         args = [sys.executable, "-m", "serving.server", "--port=0", "--rest_api_port=-1",
                 f"--model_name={model_name}", f"--model_base_path={os.path.join(base, model_name)}",
                 "--file_system_poll_wait_seconds=0", "--grpc_max_threads=128"]
-        if batching:
+        if batching is not None:
             params = os.path.join(work_dir, "batching_parameters.txt")
             with open(params, "w") as f:
-                f.write(f"max_batch_size {{ value: 32 }}\nbatch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
-                        f"max_enqueued_batches {{ value: 100 }}\nnum_batch_threads {{ value: {num_batch_threads} }}\n")
+                f.write(batching.to_text())
             args += ["--enable_batching", f"--batching_parameters_file={params}"]
         self.process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.ports = {}
@@ -246,8 +248,9 @@ def main(argv=None):
                         **closed_loop(lambda: inprocess_caller(loaded, signature, requests[signature]), clients,
                                       args.seconds, args.warmup_seconds)))
     for batching in args.batching.split(","):
-        server = Server(base, args.model_name, batching == "on", args.work_dir, args.num_batch_threads,
-                        args.batch_timeout_micros)
+        options = BatchingOptions(max_batch_size=32, batch_timeout_micros=args.batch_timeout_micros,
+                                  max_enqueued_batches=100, num_batch_threads=args.num_batch_threads)
+        server = Server(base, args.model_name, options if batching == "on" else None, args.work_dir)
         try:
             for transport in args.transports.split(","):
                 port = server.ports["gRPC" if transport == "grpc" else "REST"]

@@ -88,6 +88,18 @@ class BatchingOptions:
         with open(path) as f:
             return cls.from_text(f.read())
 
+    def to_text(self):
+        """The text-format BatchingParameters that ``from_text`` reads back (and stock TF Serving's
+        ``--batching_parameters_file`` accepts)."""
+        params = BatchingParameters()
+        params.max_batch_size.value = self.max_batch_size
+        params.batch_timeout_micros.value = self.batch_timeout_micros
+        params.max_enqueued_batches.value = self.max_enqueued_batches
+        params.num_batch_threads.value = self.num_batch_threads
+        params.allowed_batch_sizes.extend(self.allowed_batch_sizes)
+        params.pad_variable_length_inputs = self.pad_variable_length_inputs
+        return text_format.MessageToString(params)
+
     def __repr__(self):
         return (f"BatchingOptions(max_batch_size={self.max_batch_size}, batch_timeout_micros="
                 f"{self.batch_timeout_micros}, max_enqueued_batches={self.max_enqueued_batches}, "

@@ -66,6 +66,9 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
         signatures = {log.predict_log.request.model_spec.signature_name for log in logs if log.predict_log.request.inputs}
         assert signatures == {"recommend", "rank", "retrieve"}
     assert os.path.isfile(os.path.join(kuai_exports["base"], "models.config"))
+    from serving.batching import BatchingOptions
+    batching = BatchingOptions.from_file(os.path.join(kuai_exports["base"], "batching_parameters.txt"))
+    assert (batching.max_batch_size, batching.batch_timeout_micros, batching.num_batch_threads) == (64, 2000, 1)
     info = json.load(open(os.path.join(kuai_exports["fused"], "assets.extra", "export_info.json")))
     # Which rank path the export chose: the shared-history one only when it matched model(features).
     assert info["rank_path"].startswith(("shared-history path matches", "shared-history path failed",

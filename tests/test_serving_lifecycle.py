@@ -294,3 +294,12 @@ def test_example_configs_parse():
     assert dict(config.model_config_list.config[1].version_labels) == {"stable": 1, "canary": 2}
     options = BatchingOptions.from_file(os.path.join(REPO_CONFIGS, "batching_parameters.txt"))
     assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads) == (32, 1000, 1)
+
+
+def test_batching_options_text_round_trip():
+    """``to_text`` (what the export and the benchmark write) reads back to the same options."""
+    from serving.batching import BatchingOptions
+    options = BatchingOptions(max_batch_size=8, batch_timeout_micros=250, max_enqueued_batches=7,
+                              num_batch_threads=3, allowed_batch_sizes=(2, 8), pad_variable_length_inputs=True)
+    again = BatchingOptions.from_text(options.to_text())
+    assert repr(again) == repr(options) and again.pad_variable_length_inputs

@@ -386,11 +386,12 @@ def write_serving_configs(export_base, model_name, batching=True):
                 "    model_version_policy { latest { num_versions: 1 } }\n  }\n}\n")
     batching_path = os.path.join(base, "batching_parameters.txt")
     if batching:
+        from serving.batching import BatchingOptions
         with open(batching_path, "w") as f:
             # One batch thread: a batch already uses every core through the model's intra-op
             # threads (serving/configs/batching_parameters.txt has the measurement).
-            f.write("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 2000 }\n"
-                    "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 1 }\n")
+            f.write(BatchingOptions(max_batch_size=64, batch_timeout_micros=2000, max_enqueued_batches=100,
+                                    num_batch_threads=1).to_text())
     return models, batching_path
 
 
