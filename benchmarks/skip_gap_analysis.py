@@ -10,7 +10,7 @@ The simulator's skip logit (tfrec_kuai/sim/behaviour.py) is a sum of three known
 ``duration`` (base + skip_duration·log(d/30 s)), ``match`` (−k(d)·match: the user's latent affinity
 to the video's topics + video quality + user leniency) and ``streak`` (skip_streak · consecutive
 preceding skips). Each part is computed from ``ground_truth.csv`` (its ``match`` column and the
-parameters in ``params.json``); each model's logit is regressed on the three parts. A loading of
+parameters in ``params.json``, through ``behaviour.skip_logit_static``); each model's logit is regressed on the three parts. A loading of
 1 means the model carries that part at full strength; the AUC of each part alone says how much it
 is worth. Runs on the **last training day** (the validation day held out from training), never on
 the eval day.
@@ -27,6 +27,7 @@ import tfrec_kuai  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
 from tfrec_kuai import data, evaluation as E, training  # noqa: E402
+from tfrec_kuai.sim import behaviour  # noqa: E402
 
 
 def logit(p):
@@ -45,7 +46,7 @@ def main(argv=None):
     meta = data.load_metadata(args.examples)
     val_date = sorted(meta["date_split"]["train_dates"])[-1]
     with open(os.path.join(args.log, "params.json")) as f:
-        beh = json.load(f)["params"]["behaviour"]
+        beh = behaviour.BehaviourParams(**json.load(f)["params"]["behaviour"])
     models = {v: training.load_ranking_model(os.path.join(args.experiments, f"ranking_{v}")) for v in args.variants}
     cols = {k: [] for k in ("user_id", "video_id", "time_ms", "duration_s", "label_skip")}
     preds = {v: [] for v in models}
@@ -69,8 +70,9 @@ def main(argv=None):
     p_true = np.array([truth[k]["p_skip"] for k in keys])
     match = np.array([truth[k]["match"] for k in keys])
     y, d = c["label_skip"], c["duration_s"] * 1000.0
-    k = beh["skip_mismatch"] / (1 + beh["skip_mismatch_decay"] * np.log1p(d / 7000.0))
-    parts = {"duration": beh["skip_base"] + beh["skip_duration"] * np.log(d / 30000.0), "match": -k * match}
+    # The simulator's own static skip logit, split: at match 0 it is the duration part.
+    duration_part = behaviour.skip_logit_static(beh, np.zeros_like(match), d)
+    parts = {"duration": duration_part, "match": behaviour.skip_logit_static(beh, match, d) - duration_part}
     parts["streak"] = logit(p_true) - parts["duration"] - parts["match"]
     X = np.stack([parts["duration"], parts["match"], parts["streak"], np.ones(len(y))], 1)
     print(f"validation day {val_date}, {len(y)} rows")
