@@ -59,8 +59,12 @@ def losers(rows, key):
     return [v for v, m in rows.items() if v != "full" and m.get(key) is not None and m[key] >= rows["full"][key]]
 
 
+def _values(runs, variant, key):
+    """``key`` of ``variant`` in every seed that has it."""
+    return [rows[variant][key] for _, rows, _ in runs if rows.get(variant, {}).get(key) is not None]
+
+
 def _fmt(values):
-    values = [x for x in values if x is not None]
     if not values:
         return "—"
     mean = statistics.fmean(values)
@@ -78,17 +82,16 @@ def table(out_dir):
         return f"no eval_* results under {out_dir}"
     oracle = next((o for _, _, o in runs if o), None)
     present = [v for v in VARIANTS if any(v in rows for _, rows, _ in runs)]
-    mean = {v: {k: statistics.fmean([r[v][k] for _, r, _ in runs if v in r and r[v].get(k) is not None])
-                for k, _ in COLUMNS if any(v in r and r[v].get(k) is not None for _, r, _ in runs)}
+    mean = {v: {k: statistics.fmean(_values(runs, v, k)) for k, _ in COLUMNS if _values(runs, v, k)}
             for v in present}
     n = len(runs)
     lines = [f"{n} seed(s): " + ", ".join(label for label, _, _ in runs) + (" — mean ± sd" if n > 1 else ""), "",
              "| variant | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for v in present:
-        cells = [_fmt([r[v].get(k) for _, r, _ in runs if v in r]) for k, _ in COLUMNS]
+        cells = [_fmt(_values(runs, v, k)) for k, _ in COLUMNS]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if oracle:
-        lines.append("| oracle (simulator truth) | " + " | ".join(_fmt([oracle.get(k)]) for k, _ in COLUMNS) + " |")
+        lines.append("| oracle (simulator truth) | " + " | ".join(_fmt([oracle[k]] if oracle.get(k) is not None else []) for k, _ in COLUMNS) + " |")
     if not (oracle and "full" in mean and "no_feedback" in mean):
         return "\n".join(lines)
     lines.append("")
