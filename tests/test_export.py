@@ -74,6 +74,23 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
     assert info["rank_path"].startswith(("shared-history path matches", "shared-history path failed",
                                          "shared-history path differs")), info["rank_path"]
     assert not [n for n in os.listdir(os.path.join(kuai_exports["base"], "kuai")) if n.startswith(".tmp")]
+    # XLA by default where only this project's server runs the export, not in the portable one.
+    portable_info = json.load(open(os.path.join(kuai_exports["portable"], "assets.extra", "export_info.json")))
+    assert (info["xla"], portable_info["xla"]) == (True, False)
+
+
+def test_bucket_sizes_are_few_and_pad_little():
+    """XLA compiles once per shape: ``bucket_size`` maps every size to one of a few per octave."""
+    from tfrec_kuai.export_rank import bucket_size
+    n = np.arange(1, 2049)
+    for steps in (4, 8):
+        sizes = bucket_size(tf.constant(n), steps).numpy()
+        assert (sizes >= n).all() and (np.diff(sizes) >= 0).all()
+        assert (sizes - n < np.maximum(1, 2 ** np.floor(np.log2(n)) / steps)).all()  # under one step
+        assert len(set(sizes[n >= 64])) <= steps * 5 + 1                               # 64..2048: 5 octaves
+        assert set(bucket_size(tf.constant(sizes), steps).numpy()) == set(sizes)      # a bucket is its own bucket
+    assert int(bucket_size(tf.constant(200), 8)) == 208 and int(bucket_size(tf.constant(100), 8)) == 104
+    assert int(bucket_size(tf.constant(0), 8)) == 1
 
 
 def test_next_version_increases(tmp_path):
@@ -182,23 +199,31 @@ def test_saved_model_cli_lists_named_inputs_and_outputs(kuai_exports):
         assert name in text, name
 
 
-def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir, export_model_dirs):
+@pytest.mark.parametrize("xla", [False, True])
+def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir, export_model_dirs, xla):
     """export_rank.verify decides (and, the path being the model's own history encoder with
-    ``repeat``, it must pick the shared path); rank's outputs are model(features)'s."""
+    ``repeat``, it must pick the shared path); rank's outputs are model(features)'s, with the
+    XLA-compiled parts too, for batches and candidate counts that are and are not bucket sizes."""
     from tfrec_kuai import export_rank, training
     ranking = training.load_ranking_model(export_model_dirs[0], attention_implementation="composite")
     retrieval = training.load_retrieval_model(export_model_dirs[1], attention_implementation="composite")
     corpus = {k: v[:50] for k, v in E.read_corpus(tiny_examples_dir).items()}
     L = int(ranking.model_config.history_length)
-    module = E.ServingModule(ranking, retrieval, corpus, L, top_n=5, retrieve_k=20)
+    module = E.ServingModule(ranking, retrieval, corpus, L, top_n=5, retrieve_k=20, xla=xla)
     assert module.shared_history, module.rank_path_note
+    for users, candidates in ((2, 17), (3, 1)):          # 17 candidates are padded to 18 under XLA
+        user, cand = export_rank.sample_request(corpus, L, users=users, candidates=candidates, seed=3)
+        user = {k: tf.constant(v) for k, v in user.items()}
+        cand = {k: tf.constant(v) for k, v in cand.items()}
+        served = module._rank_rows(user, cand)
+        reference = module._rank_rows_plain(user, cand)
+        for name in E.RANK_OUTPUTS:
+            assert served[name].shape == (users, candidates)
+            np.testing.assert_allclose(served[name].numpy(), reference[name].numpy(), rtol=1e-4, atol=1e-5)
     user, cand = export_rank.sample_request(corpus, L, users=2, candidates=5, seed=3)
     user = {k: tf.constant(v) for k, v in user.items()}
     cand = {k: tf.constant(v) for k, v in cand.items()}
-    served = module._rank_rows(user, cand)
     reference = module._rank_rows_plain(user, cand)
-    for name in E.RANK_OUTPUTS:
-        np.testing.assert_allclose(served[name].numpy(), reference[name].numpy(), rtol=1e-4, atol=1e-5)
     # ... and the reference is literally the model on one row per (user, candidate) pair.
     row = {k: v[1:2] for k, v in user.items()}
     row.update({k: v[1, 2:3] for k, v in cand.items()})

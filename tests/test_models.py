@@ -224,3 +224,6 @@ def test_history_encoder_repeat_equals_explicitly_repeated_rows(batch, variant):
     out = traced.get_concrete_function(spec, cand_spec, tf.TensorSpec([None, query.shape[1]], tf.float32),
                                        tf.TensorSpec([], tf.int32))(user, candidates, query, tf.constant(c))
     np.testing.assert_allclose(out.numpy(), plain, rtol=1e-5, atol=1e-5)
+    # The same with the encoder compiled by XLA (what the export's rank path runs).
+    compiled = model.history_encoder(dict(user, **candidates), query, repeat=c, jit_compile=True).numpy()
+    np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)

@@ -218,6 +218,31 @@ def test_padding_never_changes_result_and_gets_zero_gradient(implementation):
         assert not g[pad].any(), f"d{name} is non-zero at padding"
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_shared_history_attention_equals_the_op_on_repeated_keys_and_values(jit_compile):
+    """Query rows sharing a user's history (``repeat``) give the float64 reference's result on
+    explicitly repeated keys/values — per-row lengths, empty rows and garbage padding included —
+    eagerly, with a tensor ``repeat`` in a traced function, and XLA-compiled."""
+    rng = np.random.default_rng(21)
+    users, c, L, H, D, Dv = 3, 4, 6, 2, 4, 3
+    q, _, _, bias, gate, _ = make_inputs(rng, users * c, L, H, D, Dv)
+    keys = rng.normal(size=(users, L, H, D)).astype(np.float32)
+    values = rng.normal(size=(users, L, H, Dv)).astype(np.float32)
+    lengths = np.array([6, 6, 6, 6, 0, 0, 0, 0, 3, 1, 0, 2], np.int32)   # rows of one user may differ
+    used = np.arange(L)[None] < np.array([6, 0, 3])[:, None]            # read by some row of the user
+    keys[~used], values[~used] = np.nan, np.inf                           # never read
+    bias[np.arange(L)[None] >= lengths[:, None]] = np.nan
+    rep = lambda x: np.repeat(x, c, axis=0)  # noqa: E731
+    expected = reference_forward(q, rep(np.nan_to_num(keys)), rep(np.nan_to_num(values, posinf=0)), np.nan_to_num(bias),
+                                 gate, lengths, 0.5)
+    f = tf.function(lambda *a: ops.shared_history_attention(*a, scale=0.5), jit_compile=jit_compile, autograph=False)
+    out = f(q, keys, values, bias, gate, lengths, tf.constant(c))
+    assert_close(out.numpy(), expected, "shared-history attention", 2e-5)
+    assert not out.numpy()[4:8].any()                                     # empty history: zeros
+    with pytest.raises(tf.errors.InvalidArgumentError, match="repeat"):
+        ops.shared_history_attention(q, keys, values, bias, gate, lengths, c + 1)
+
+
 @needs_fused
 def test_fused_in_tf_function_and_xla_composite_agree():
     rng = np.random.default_rng(5)
@@ -265,7 +290,8 @@ class _Attender(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None, None, 2, 4]),
                                   tf.TensorSpec([None, None, 2, 3]), tf.TensorSpec([None, None, 2]),
-                                  tf.TensorSpec([None, None, 2]), tf.TensorSpec([None], tf.int32)])
+                                  tf.TensorSpec([None, None, 2]), tf.TensorSpec([None], tf.int32)],
+                 autograph=False)  # no control flow; AutoGraph's conversion cache once mixed it up with another f
     def __call__(self, x, k, v, bias, gate, lengths):
         q = tf.reshape(x @ self.w, [-1, self.H, self.D])
         return ops.feedback_weighted_attention(q, k, v, bias, gate, lengths, implementation=self.implementation)

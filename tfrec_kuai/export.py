@@ -63,8 +63,9 @@ class ServingModule(tf.Module):
     """The exported object: both models, the corpus and its embeddings, and the signatures."""
 
     def __init__(self, ranking_model, retrieval_model, corpus, history_length, top_n=20, retrieve_k=100,
-                 lean=True, shared_history=True):
+                 lean=True, shared_history=True, xla=False):
         super().__init__(name="kuai_serving")
+        self.xla = bool(xla)
         self.lean = bool(lean)
         if lean:
             # Track only what the signatures capture (variables and lookup tables), not the Keras
@@ -88,7 +89,7 @@ class ServingModule(tf.Module):
         if shared_history:
             from tfrec_kuai import export_rank
             self.shared_history, self.rank_path_note = export_rank.verify(
-                ranking_model, self._rank_rows_plain, corpus, history_length, RANK_OUTPUTS)
+                ranking_model, self._rank_rows_plain, corpus, history_length, RANK_OUTPUTS, self.xla)
         # Non-trainable variables (not constants): they live in variables/, not in the graph proto.
         self.corpus = {name: tf.Variable(np.asarray(corpus[name]), trainable=False, name=f"corpus_{name}")
                        for name in CANDIDATE_FEATURES}
@@ -109,7 +110,7 @@ class ServingModule(tf.Module):
         """Rank ``[B, C]`` candidates for ``B`` users -> {output: ``[B, C]``}."""
         if self.shared_history:
             from tfrec_kuai import export_rank
-            return export_rank.rank_shared_history(self.ranking, user, candidates, RANK_OUTPUTS)
+            return export_rank.rank_shared_history(self.ranking, user, candidates, RANK_OUTPUTS, self.xla)
         return self._rank_rows_plain(user, candidates)
 
     def _rank_rows_plain(self, user, candidates):
@@ -396,19 +397,27 @@ def write_serving_configs(export_base, model_name, batching=True):
 
 
 def export_models(ranking_model, retrieval_model, corpus, history_length, export_base, model_name="kuai",
-                  version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None):
-    """Build the serving module from model objects and save one version; returns its folder."""
+                  version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None, xla=False):
+    """Build the serving module from model objects and save one version; returns its folder.
+
+    ``xla``: compile the ranking's prediction part with XLA (``export_rank.compiled_predictions``).
+    """
+    def build(lean):
+        return ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k,
+                             lean=lean, xla=xla)
     try:
-        module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k)
+        module = build(lean=True)
     except _NotLean:
-        module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k, lean=False)
+        module = build(lean=False)
     logs = []
     if warmup_serialized:
         features = parse_examples(list(warmup_serialized), history_length)
-        k = min(len(corpus["video_id"]), 16)
-        candidates = {name: corpus[name][:k] for name in CANDIDATE_FEATURES}
+        # As many candidates as recommend ranks: with XLA, the shapes warmup compiles are the ones
+        # recommend and a rank of the retrieved candidates use.
+        candidates = {name: corpus[name][:module.retrieve_k] for name in CANDIDATE_FEATURES}
         logs = warmup_logs(model_name, features, list(warmup_serialized), candidates)
-    info = dict(extra_info or {}, rank_path=module.rank_path_note, top_n=module.top_n, retrieve_k=module.retrieve_k,
+    info = dict(extra_info or {}, rank_path=module.rank_path_note, xla=module.xla, top_n=module.top_n,
+                retrieve_k=module.retrieve_k,
                 history_length=int(history_length), corpus_videos=int(len(corpus["video_id"])),
                 signatures=list(SIGNATURES), exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     try:
@@ -417,13 +426,19 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
         if "untracked" not in str(error).lower() or not module.lean:
             raise
         # A layer keeps a resource somewhere _captured_state does not look: track the models whole.
-        module = ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k, lean=False)
+        module = build(lean=False)
         return save_version(module, export_base, model_name, version, logs, info)
 
 
 def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,
-           top_n=20, retrieve_k=100, warmup_examples=4, write_configs=True, log=None):
-    """``tfrec-kuai export``: load both trained models, build the signatures, save one version."""
+           top_n=20, retrieve_k=100, warmup_examples=4, write_configs=True, log=None, xla=None):
+    """``tfrec-kuai export``: load both trained models, build the signatures, save one version.
+
+    ``xla`` (None: on unless ``portable``): compile the ranking's prediction part with XLA. The
+    portable export leaves it off by default because stock TF Serving runs XLA-compiled functions
+    only when started with ``--xla_cpu_compilation_enabled``.
+    """
+    xla = (not portable) if xla is None else bool(xla)
     import sys
     from tfrec_kuai import training
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -440,7 +455,7 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
     serialized = read_serialized_examples(examples_dir, "eval", warmup_examples) if warmup_examples else []
     log(f"[3/4] embedding {len(corpus['video_id'])} corpus videos, tracing the signatures, saving")
     path = export_models(ranking, retrieval, corpus, history_length, export_base, model_name, version, top_n,
-                         retrieve_k, serialized,
+                         retrieve_k, serialized, xla=xla,
                          extra_info={"variant": "portable" if portable else "fused",
                                      "attention_implementation": implementation,
                                      "ranking_dir": os.path.abspath(ranking_dir),

@@ -7,7 +7,7 @@ the feedback network) depends on the candidate. The model's own history encoder 
 sharing: ``HistoryEncoder.call(..., repeat=c)`` computes the user side once per user row and
 repeats only what the candidate-dependent part needs (features.py ``HistoryEncoder``, encoder.py
 ``FeedbackAwareEncoder``). Here the rest — target, context, experts, heads, score — runs the
-model's own ``features_vector`` / ``predict_all`` through a view whose history encoder is called
+model's own ``features_vector`` / ``predictions`` through a view whose history encoder is called
 with the user rows and ``repeat=c``. ``verify`` compares the result with ``model(features)`` at
 export time as a safety net; the export falls back to the plain path if they ever disagree.
 """
@@ -22,19 +22,20 @@ from tfrec_kuai.models.features import HISTORY_FEATURES
 class _SharedHistoryView:
     """The ranking model seen through one change: its history encoder shares each user row's history.
 
-    ``RankingModel.features_vector`` / ``predict_all`` are then run *unchanged* on this view, so
+    ``RankingModel.features_vector`` is then run *unchanged* on this view, so
     everything but the history side (target, context, experts, heads, score blend) is the
     model's own code, whatever it currently is; the history side is the model's own
     ``history_encoder`` called with ``repeat``.
     """
 
-    def __init__(self, model, user_history, repeat):
+    def __init__(self, model, user_history, repeat, jit_compile=False):
         self._model = model
         self.history_encoder = None
         if model.history_encoder is not None:
             def history_encoder(features, query_input, **kwargs):
                 # Target ids (and the query) per (user, candidate) row; history per user row.
-                return model.history_encoder(dict(features, **user_history), query_input, repeat=repeat, **kwargs)
+                return model.history_encoder(dict(features, **user_history), query_input, repeat=repeat,
+                                             jit_compile=jit_compile, **kwargs)
             self.history_encoder = history_encoder
 
     def features_vector(self, features, training=False):
@@ -44,16 +45,64 @@ class _SharedHistoryView:
         return getattr(self._model, name)
 
 
-def rank_shared_history(model, user, candidates, output_names):
-    """``[B, C]`` outputs for user rows ``user`` (``[B]``/``[B, L]``) and candidates ``[B, C]``."""
+def bucket_size(n, steps_per_octave=4):
+    """The size ``n`` (an int tensor, >= 1) is padded to: ``steps_per_octave`` sizes per power of two.
+
+    XLA compiles once per input shape, and a request may have any number of users and of
+    candidates. Rounding each up to a few sizes per octave bounds the compilations (about
+    ``steps_per_octave`` per doubling) and the padding (at most ``1/steps_per_octave`` of the next
+    power of two: 200 candidates → 224 with 4 steps, → 208 with 8).
+    """
+    n = tf.maximum(tf.cast(n, tf.int64), 1)
+    octave = tf.cast(tf.math.floor(tf.math.log(tf.cast(n, tf.float64)) / tf.math.log(tf.constant(2.0, tf.float64))),
+                     tf.int64)
+    shift = tf.maximum(octave - (int(steps_per_octave).bit_length() - 1), 0)
+    step = tf.bitwise.left_shift(tf.constant(1, tf.int64), shift)
+    return tf.cast((n + step - 1) // step * step, tf.int32)
+
+
+def rank_shared_history(model, user, candidates, output_names, xla=False):
+    """``[B, C]`` outputs for user rows ``user`` (``[B]``/``[B, L]``) and candidates ``[B, C]``.
+
+    ``xla``: compile the history encoder (past the embedding lookups, which XLA cannot compile)
+    and the prediction part (experts, towers, heads, score) with XLA, which fuses their dozens of
+    small ops per row into a few kernels — about 1.5x faster for a 200-candidate request on CPU.
+    XLA compiles once per input shape (≈ 1.5 s for this model), so the compiled parts must see
+    few shapes: users are ranked one at a time (``tf.map_fn``; a batch of any size reuses the
+    same programs) and the candidates are padded to ``bucket_size(C, 8)`` (200 → 208). Needs
+    XLA's CPU JIT where the SavedModel runs: TensorFlow itself, or TF Serving started with
+    ``--xla_cpu_compilation_enabled``.
+    """
+    if not xla:
+        return _rank_rows(model, user, candidates, output_names)
+    c = tf.shape(candidates["video_id"])[1]
+    pad = bucket_size(c, 8) - c
+    candidates = {k: tf.pad(v, [[0, 0], [0, pad]], constant_values=tf.cast(1 if k == "duration_s" else 0, v.dtype))
+                  for k, v in candidates.items()}   # padding candidates: id 0, 1 s long; sliced off below
+
+    def one_user(row):
+        user_row, candidates_row = ({k: v[tf.newaxis] for k, v in part.items()} for part in row)
+        return {k: v[0] for k, v in _rank_rows(model, user_row, candidates_row, output_names, True).items()}
+
+    out = tf.map_fn(one_user, (user, candidates), parallel_iterations=2,
+                    fn_output_signature={name: tf.TensorSpec([None], tf.float32) for name in output_names})
+    return {name: value[:, :c] for name, value in out.items()}
+
+
+def _rank_rows(model, user, candidates, output_names, jit_compile=False):
+    """``rank_shared_history`` on the given shapes; ``jit_compile``: the XLA parts (see there)."""
     shape = tf.shape(candidates["video_id"])
-    b, c = shape[0], shape[1]
     flat = {k: tf.reshape(v, [-1]) for k, v in candidates.items()}
     # Per-(user, candidate) rows carry only the cheap scalar user features; the history stays [B, L].
-    rows = dict(flat, **{k: tf.repeat(v, c, axis=0) for k, v in user.items() if k in ("user_id", "hour", "tab")})
-    view = _SharedHistoryView(model, {k: user[k] for k in HISTORY_FEATURES}, c)
-    out = type(model).predict_all(view, rows, False)
-    return {name: tf.reshape(out[name], [b, c]) for name in output_names}
+    rows = dict(flat, **{k: tf.repeat(v, shape[1], axis=0) for k, v in user.items()
+                         if k in ("user_id", "hour", "tab")})
+    view = _SharedHistoryView(model, {k: user[k] for k in HISTORY_FEATURES}, shape[1], jit_compile=jit_compile)
+    x = view.features_vector(rows)
+    predictions = model.predictions
+    if jit_compile:
+        predictions = tf.function(model.predictions, jit_compile=True, autograph=False)
+    out = predictions(x, flat["duration_s"])
+    return {name: tf.reshape(out[name], shape) for name in output_names}
 
 
 def sample_request(corpus, history_length, users=3, candidates=7, seed=0):
@@ -83,12 +132,12 @@ def sample_request(corpus, history_length, users=3, candidates=7, seed=0):
     return user, cand
 
 
-def verify(model, plain_rank, corpus, history_length, output_names, rtol=1e-4, atol=1e-5):
+def verify(model, plain_rank, corpus, history_length, output_names, xla=False, rtol=1e-4, atol=1e-5):
     """(ok, message): does the shared-history path give the model's own outputs on a sample?"""
     user, cand = sample_request(corpus, history_length)
     try:
         fast = rank_shared_history(model, {k: tf.constant(v) for k, v in user.items()},
-                                   {k: tf.constant(v) for k, v in cand.items()}, output_names)
+                                   {k: tf.constant(v) for k, v in cand.items()}, output_names, xla)
         slow = plain_rank({k: tf.constant(v) for k, v in user.items()}, {k: tf.constant(v) for k, v in cand.items()})
     except Exception as error:  # the model's layers changed shape or name
         return False, f"shared-history path failed: {type(error).__name__}: {error}"

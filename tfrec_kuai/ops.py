@@ -251,12 +251,64 @@ def _composite(query, keys, values, bias, gate, lengths, scale):
     gate = tf.where(valid3, gate, tf.zeros([], dtype))
 
     logits = tf.einsum("bhd,blhd->blh", query, keys) * tf.cast(scale, dtype) + bias
+    return tf.einsum("blh,blhv->bhv", _masked_softmax(logits, valid3) * gate, values)
+
+
+def _masked_softmax(logits, valid3):
+    """Softmax over axis 1 of ``[B, L, H]`` logits at the valid positions; an empty row gives zeros."""
+    dtype = logits.dtype
     logits = tf.where(valid3, logits, tf.cast(dtype.min, dtype))
     logits -= tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))
     weights = tf.where(valid3, tf.exp(logits), tf.zeros([], dtype))
     denom = tf.reduce_sum(weights, axis=1, keepdims=True)
-    probs = weights / tf.where(denom > 0, denom, tf.ones([], dtype))   # [B, L, H]
-    return tf.einsum("blh,blhv->bhv", probs * gate, values)
+    return weights / tf.where(denom > 0, denom, tf.ones([], dtype))
+
+
+def shared_history_attention(query, keys, values, bias, gate, lengths, repeat, scale=None):
+    """``feedback_weighted_attention`` when ``repeat`` consecutive query rows share one history row.
+
+    Ranking ``C`` candidates for one user asks the same question of one history ``C`` times: only
+    the query, and the feedback bias/gate (which read each event's relation to the candidate),
+    change. The op needs keys and values per query row, i.e. ``C`` copies of ``[L, H, D]``; here the
+    two products are batched matrix products against the *one* copy
+    (``[C, D] x [D, L]`` per user and head), in plain TF ops (so also in a portable or XLA-compiled
+    SavedModel). The result equals ``feedback_weighted_attention`` on repeated keys and values.
+
+    Args:
+      query: ``[B, H, D]`` float32 with ``B = B_user * repeat``.
+      keys: ``[B_user, L, H, D]`` float32; values: ``[B_user, L, H, Dv]`` float32.
+      bias, gate: ``[B, L, H]`` float32, per query row.
+      lengths: ``[B]`` int, each in ``[0, L]``.
+      repeat: python int or scalar int tensor.
+      scale: logit scale; ``None`` means ``1/sqrt(D)``.
+
+    Returns:
+      ``[B, H, Dv]`` float32.
+    """
+    with tf.name_scope("shared_history_attention"):
+        dtype = query.dtype
+        if scale is None:
+            scale = tf.math.rsqrt(tf.cast(tf.shape(query)[-1], dtype))
+        users, num_positions = tf.shape(keys)[0], tf.shape(keys)[1]
+        heads, depth, value_depth = tf.shape(keys)[2], tf.shape(keys)[3], tf.shape(values)[3]
+        repeat = tf.cast(repeat, tf.int32)
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(query)[0], users * repeat, message="query rows must be keys' rows x repeat")]):
+            lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
+        valid = tf.sequence_mask(lengths, num_positions)                              # [B, L]
+        # A history position is read by some query row of its user (padding beyond every row's
+        # length is zeroed, so whatever it holds never reaches the result, as in the op).
+        user_valid = tf.reduce_any(tf.reshape(valid, [users, repeat, num_positions]), axis=1)
+        keys = tf.where(user_valid[:, :, tf.newaxis, tf.newaxis], keys, tf.zeros([], dtype))
+        values = tf.where(user_valid[:, :, tf.newaxis, tf.newaxis], values, tf.zeros([], dtype))
+        valid3 = valid[:, :, tf.newaxis]
+        bias = tf.where(valid3, bias, tf.zeros([], dtype))
+        gate = tf.where(valid3, gate, tf.zeros([], dtype))
+        per_user = tf.reshape(query, [users, repeat, heads, depth])
+        logits = tf.reshape(tf.einsum("bchd,blhd->bclh", per_user, keys), [-1, num_positions, heads])
+        weighted = _masked_softmax(logits * tf.cast(scale, dtype) + bias, valid3) * gate        # [B, L, H]
+        out = tf.einsum("bclh,blhv->bchv", tf.reshape(weighted, [users, repeat, num_positions, heads]), values)
+        return tf.reshape(out, [-1, heads, value_depth])
 
 
 def _fused(query, keys, values, bias, gate, lengths, scale):

@@ -8,6 +8,9 @@ def add_arguments(parser):
     parser.add_argument("--export_base", required=True, help="writes <export_base>/<model_name>/<version>/")
     parser.add_argument("--portable", action="store_true",
                         help="composite attention: stock TF Serving loads it (default: the fused op, for serving/)")
+    parser.add_argument("--xla", choices=("auto", "on", "off"), default="auto",
+                        help="compile the ranking's prediction part with XLA (auto: on for the fused export, off for "
+                             "--portable, since stock TF Serving runs XLA only with --xla_cpu_compilation_enabled)")
     parser.add_argument("--model_name", default="kuai")
     parser.add_argument("--version", type=int, default=None, help="default: one more than the newest version")
     parser.add_argument("--top_n", type=int, default=20, help="videos returned by recommend")
@@ -26,7 +29,8 @@ def run(args):
     print(f"exporting {variant}: ranking={args.ranking_dir} retrieval={args.retrieval_dir} ...", file=sys.stderr,
           flush=True)
     path = export.export(args.ranking_dir, args.retrieval_dir, args.examples, args.export_base,
-                         portable=args.portable, model_name=args.model_name, version=args.version,
+                         portable=args.portable, xla={"auto": None, "on": True, "off": False}[args.xla],
+                         model_name=args.model_name, version=args.version,
                          top_n=args.top_n, retrieve_k=args.retrieve_k, warmup_examples=args.warmup_examples)
     print(f"exported in {time.monotonic() - started:.1f}s: {path}", file=sys.stderr)
     print(path)

@@ -62,10 +62,11 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
       lengths: ``[B]`` int — number of valid history events (newest first, the rest is padding),
         at query-row granularity.
       repeat: python int or scalar int tensor (default 1) — how many consecutive query rows share
-        each user row. The keys/values are projected once per user row and repeated
-        (``tf.repeat(..., repeat, axis=0)``) in front of the attention op, so ranking ``C``
-        candidates for one user does not project the history ``C`` times. With ``repeat=1``
-        ``B_user = B`` and nothing is repeated.
+        each user row. The keys/values are projected once per user row and attended to by all its
+        query rows through ``ops.shared_history_attention`` (the same maths as the op on repeated
+        keys/values, without the copies), so ranking ``C`` candidates for one user neither
+        projects nor copies the history ``C`` times. With ``repeat=1`` ``B_user = B`` and the
+        attention is the op (fused or composite per ``attention_implementation``).
       relation: optional ``[B, L, R]`` float32 — what the feedback network reads that *does*
         depend on the target (the event's relation to it, ``embeddings.target_relation``), per
         query row. The network's first layer reads ``feedback ⊕ relation``; it is evaluated as
@@ -109,9 +110,14 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         kernel, bias = self.feedback_net.kernel, self.feedback_net.bias
         if int(kernel.shape[0]) != f + r:
             raise ValueError(f"feedback network built for {int(kernel.shape[0])} inputs, got {f} + {r}")
-        hidden = repeat_rows(_dense(feedback, kernel[:f], bias), repeat)                  # [B, L, hidden]
-        if relation is not None:
-            hidden += _dense(tf.cast(relation, tf.float32), kernel[f:])
+        per_user = _dense(feedback, kernel[:f], bias)                                    # [B_user, L, hidden]
+        if relation is None:
+            hidden = repeat_rows(per_user, repeat)                                       # [B, L, hidden]
+        else:  # per_user broadcast over each user's query rows while adding, not copied first
+            per_query = _dense(tf.cast(relation, tf.float32), kernel[f:])                 # [B, L, hidden]
+            shape = tf.shape(per_query)
+            hidden = tf.reshape(per_user[:, tf.newaxis] + tf.reshape(
+                per_query, tf.concat([tf.shape(per_user)[:1], [-1], shape[1:]], 0)), shape)
         out = self.feedback_out(tf.nn.relu(hidden))
         return out[..., :h], tf.tanh(out[..., h:])
 
@@ -119,21 +125,24 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         h, d, dv = self.num_heads, self.head_dim, self.value_dim
         num_positions = tf.shape(tokens)[1]
         query = tf.reshape(self.query_proj(query_input), [-1, h, d])
-        # Projected per user row (with the constant channel), then repeated to the query rows.
+        # Projected once per user row (with the constant channel).
         keys = tf.reshape(self.key_proj(tokens), [-1, num_positions, h, d])
         values = tf.reshape(self.value_proj(tokens), [-1, num_positions, h, dv])
         if self.feedback_channel:
             values = tf.concat([values, tf.ones_like(values[..., :1])], -1)
             dv += 1
-        keys, values = repeat_rows(keys, repeat), repeat_rows(values, repeat)            # [B, L, H, D]
         if self.use_feedback:
             bias, gate = self.bias_and_gate(feedback, relation, repeat)
         else:
-            bias = tf.zeros(tf.shape(keys)[:3], tf.float32)
-            gate = tf.ones(tf.shape(keys)[:3], tf.float32)
+            shape = tf.concat([tf.shape(query)[:1], [num_positions, h]], 0)
+            bias, gate = tf.zeros(shape, tf.float32), tf.ones(shape, tf.float32)
         lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
-        out = ops.feedback_weighted_attention(query, keys, values, bias, gate, lengths,
-                                              implementation=self.attention_implementation)
+        if isinstance(repeat, int) and repeat == 1:
+            out = ops.feedback_weighted_attention(query, keys, values, bias, gate, lengths,
+                                                  implementation=self.attention_implementation)
+        else:  # rows share a history: products against the one copy instead of repeated keys/values
+            out = ops.shared_history_attention(query, keys, values, bias, gate, lengths, repeat,
+                                               scale=1.0 / self.head_dim ** 0.5)
         return tf.reshape(out, [-1, h * dv])
 
     def get_config(self):

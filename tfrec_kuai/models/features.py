@@ -53,7 +53,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
                                             use_feedback=variant != "no_feedback",
                                             attention_implementation=attention_implementation, name="encoder")
 
-    def call(self, features, query_input, with_target=True, repeat=1):
+    def call(self, features, query_input, with_target=True, repeat=1, jit_compile=False):
         """``with_target``: the features hold a target video (ranking) whose relation to each
         history event (same video / author / tag) the feedback network reads; the retrieval query
         tower has no target and passes False.
@@ -66,6 +66,11 @@ class HistoryEncoder(tf.keras.layers.Layer):
         Tokens and the target-independent feedback features are computed once per user row; only
         the relation to the target is per query row (by broadcasting, ``target_relation``). Returns
         ``[B_user * repeat, H*Dv]`` (``H*(Dv+1)`` with the feedback channel).
+
+        ``jit_compile``: run the encoder (everything after the embedding lookups, which XLA cannot
+        compile) as one XLA-compiled function; ``repeat`` must then be more than 1 (the fused op
+        has no XLA kernel) and the caller should keep the set of input shapes small (XLA compiles
+        once per shape; ``export_rank`` pads requests to a few sizes).
         """
         hist_ids = {"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],
                     "tag": features["hist_tag"]}
@@ -80,10 +85,18 @@ class HistoryEncoder(tf.keras.layers.Layer):
         feedback = feedback_features(features["hist_play_s"], features["hist_duration_s"], features["hist_feedback"],
                                      with_context=with_context, age_s=features["hist_age_s"])
         lengths = repeat_rows(tf.reshape(features["hist_len"], [-1]), repeat)
-        relation = None
-        if with_context and with_target and self.variant != "no_feedback":
-            relation = target_relation(hist_ids, features)                              # [B, L, 3]
-        return self.encoder(query_input, tokens, feedback, lengths, repeat=repeat, relation=relation)
+        with_relation = with_context and with_target and self.variant != "no_feedback"
+        target_ids = {k: features[k] for k in hist_ids} if with_relation else {}
+
+        def encode(query_input, tokens, feedback, lengths, hist_ids, target_ids):
+            # ``repeat`` again from the shapes, so that under XLA it is a compile-time constant.
+            rows = tf.shape(query_input)[0] // tf.shape(tokens)[0] if jit_compile else repeat
+            relation = target_relation(hist_ids, target_ids) if target_ids else None   # [B, L, 3]
+            return self.encoder(query_input, tokens, feedback, lengths, repeat=rows, relation=relation)
+
+        if jit_compile:
+            encode = tf.function(encode, jit_compile=True, autograph=False)
+        return encode(query_input, tokens, feedback, lengths, hist_ids, target_ids)
 
 
 def vocabularies_from(vocabularies):

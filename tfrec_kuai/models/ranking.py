@@ -97,7 +97,14 @@ class RankingModel(StaticGraphModel):
 
     def predict_all(self, features, training=False):
         """Every prediction, including ``watch_ratio`` (what the watch task is trained on)."""
-        x = self.features_vector(features, training)
+        return self.predictions(self.features_vector(features, training), F._flat(features["duration_s"]))
+
+    def predictions(self, x, duration_s):
+        """Everything after ``features_vector``: ``x`` ``[B, F]`` and ``duration_s`` ``[B]`` → outputs.
+
+        Row-wise (no op mixes rows), so a caller may pad rows and slice the outputs back; the
+        export compiles this part with XLA (``export_rank``).
+        """
         skip_in, depth_in, watch_in, engage_in, hate_in = self.bottom(x)
         logits = tf.concat([self.skip_tower(skip_in), self.depth_tower(depth_in)], -1)
         out = dict(self.cascade(logits))
@@ -105,9 +112,8 @@ class RankingModel(StaticGraphModel):
         for i, name in enumerate(ENGAGE):
             out[f"p_{name}"] = engage[:, i]
         out["p_hate"] = tf.sigmoid(self.hate_tower(hate_in)[:, 0])
-        duration = F._flat(features["duration_s"])
         conditional = self.cascade.cascade
-        out["watch_ratio"], out["watch_s"] = self.watch_head(watch_in, duration,
+        out["watch_ratio"], out["watch_s"] = self.watch_head(watch_in, duration_s,
                                                              out["p_skip"] if conditional else None)
         out["score"] = self.blend_score(out)
         return out
