@@ -45,13 +45,16 @@ class _SharedHistoryView:
         return getattr(self._model, name)
 
 
-def bucket_size(n, steps_per_octave=4):
+USER_GROUP = 4   # users per XLA program call in the batched rank path (plus a one-user program)
+
+
+def bucket_size(n, steps_per_octave=8):
     """The size ``n`` (an int tensor, >= 1) is padded to: ``steps_per_octave`` sizes per power of two.
 
-    XLA compiles once per input shape, and a request may have any number of users and of
-    candidates. Rounding each up to a few sizes per octave bounds the compilations (about
-    ``steps_per_octave`` per doubling) and the padding (at most ``1/steps_per_octave`` of the next
-    power of two: 200 candidates → 224 with 4 steps, → 208 with 8).
+    XLA compiles once per input shape, and a request may have any number of candidates. Rounding
+    it up to a few sizes per octave bounds the compilations (about ``steps_per_octave`` per
+    doubling) and the padding (under ``1/steps_per_octave`` of the next power of two: 200
+    candidates → 208 with 8 steps, → 224 with 4).
     """
     n = tf.maximum(tf.cast(n, tf.int64), 1)
     octave = tf.cast(tf.math.floor(tf.math.log(tf.cast(n, tf.float64)) / tf.math.log(tf.constant(2.0, tf.float64))),
@@ -66,27 +69,44 @@ def rank_shared_history(model, user, candidates, output_names, xla=False):
 
     ``xla``: compile the history encoder (past the embedding lookups, which XLA cannot compile)
     and the prediction part (experts, towers, heads, score) with XLA, which fuses their dozens of
-    small ops per row into a few kernels — about 1.5x faster for a 200-candidate request on CPU.
-    XLA compiles once per input shape (≈ 1.5 s for this model), so the compiled parts must see
-    few shapes: users are ranked one at a time (``tf.map_fn``; a batch of any size reuses the
-    same programs) and the candidates are padded to ``bucket_size(C, 8)`` (200 → 208). Needs
-    XLA's CPU JIT where the SavedModel runs: TensorFlow itself, or TF Serving started with
+    small ops per row into a few kernels — 1.3–1.5x faster on CPU for 200-candidate requests
+    (benchmarks/RESULTS.md). XLA compiles once per input shape (≈ 1.5 s for the default model), so
+    the compiled parts see few shapes: the users of a batch are ranked ``USER_GROUP`` at a time
+    (``tf.map_fn``), the remainder one at a time, and the candidates are padded to
+    ``bucket_size(C)`` (200 → 208): two programs per candidate bucket, whatever the batch size.
+    Needs XLA's CPU JIT where the SavedModel runs: TensorFlow itself, or TF Serving started with
     ``--xla_cpu_compilation_enabled``.
     """
     if not xla:
         return _rank_rows(model, user, candidates, output_names)
-    c = tf.shape(candidates["video_id"])[1]
-    pad = bucket_size(c, 8) - c
+    shape = tf.shape(candidates["video_id"])
+    c = shape[1]
+    pad = bucket_size(c) - c
     candidates = {k: tf.pad(v, [[0, 0], [0, pad]], constant_values=tf.cast(1 if k == "duration_s" else 0, v.dtype))
                   for k, v in candidates.items()}   # padding candidates: id 0, 1 s long; sliced off below
+    grouped = shape[0] // USER_GROUP * USER_GROUP
+    parts = [_map_user_groups(model, {k: v[rows] for k, v in user.items()},
+                              {k: v[rows] for k, v in candidates.items()}, output_names, group)
+             for rows, group in ((slice(None, grouped), USER_GROUP), (slice(grouped, None), 1))]
+    return {name: tf.concat([part[name] for part in parts], 0)[:, :c] for name in output_names}
 
-    def one_user(row):
-        user_row, candidates_row = ({k: v[tf.newaxis] for k, v in part.items()} for part in row)
-        return {k: v[0] for k, v in _rank_rows(model, user_row, candidates_row, output_names, True).items()}
 
-    out = tf.map_fn(one_user, (user, candidates), parallel_iterations=2,
-                    fn_output_signature={name: tf.TensorSpec([None], tf.float32) for name in output_names})
-    return {name: value[:, :c] for name, value in out.items()}
+def _map_user_groups(model, user, candidates, output_names, group):
+    """``_rank_rows`` with XLA on consecutive groups of ``group`` users (their number a multiple of it)."""
+    shape = tf.shape(candidates["video_id"])
+
+    def grouped(t):
+        return tf.reshape(t, tf.concat([[-1, group], tf.shape(t)[1:]], 0))
+
+    def run():
+        out = tf.map_fn(lambda row: _rank_rows(model, *row, output_names, jit_compile=True),
+                        ({k: grouped(v) for k, v in user.items()}, {k: grouped(v) for k, v in candidates.items()}),
+                        parallel_iterations=2,
+                        fn_output_signature={name: tf.TensorSpec([group, None], tf.float32) for name in output_names})
+        return {name: tf.reshape(value, shape) for name, value in out.items()}
+
+    # map_fn over no element cannot give a [0, C] result: an empty part is zeros of that shape.
+    return tf.cond(shape[0] > 0, run, lambda: {name: tf.zeros(shape, tf.float32) for name in output_names})
 
 
 def _rank_rows(model, user, candidates, output_names, jit_compile=False):
