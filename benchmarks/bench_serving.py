@@ -43,7 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--model_name", default="kuai")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
-    p.add_argument("--warmup_seconds", type=float, default=1.0)
+    p.add_argument("--warmup_seconds", type=float, default=4.0,
+                   help="unmeasured load before each cell; long enough for XLA to compile the shapes the "
+                        "cell's batches bring (≈ 1.5 s per new shape with the default model)")
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--signatures", default="recommend,rank")
     p.add_argument("--transports", default="grpc,rest")

@@ -290,8 +290,7 @@ class _Attender(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None, None, 2, 4]),
                                   tf.TensorSpec([None, None, 2, 3]), tf.TensorSpec([None, None, 2]),
-                                  tf.TensorSpec([None, None, 2]), tf.TensorSpec([None], tf.int32)],
-                 autograph=False)  # no control flow; AutoGraph's conversion cache once mixed it up with another f
+                                  tf.TensorSpec([None, None, 2]), tf.TensorSpec([None], tf.int32)])
     def __call__(self, x, k, v, bias, gate, lengths):
         q = tf.reshape(x @ self.w, [-1, self.H, self.D])
         return ops.feedback_weighted_attention(q, k, v, bias, gate, lengths, implementation=self.implementation)

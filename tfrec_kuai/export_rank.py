@@ -156,8 +156,9 @@ def verify(model, plain_rank, corpus, history_length, output_names, xla=False, r
     """(ok, message): does the shared-history path give the model's own outputs on a sample?"""
     user, cand = sample_request(corpus, history_length)
     try:
-        fast = rank_shared_history(model, {k: tf.constant(v) for k, v in user.items()},
-                                   {k: tf.constant(v) for k, v in cand.items()}, output_names, xla)
+        # Traced, as in the SavedModel (map_fn runs its iterations in parallel only in a graph).
+        fast = tf.function(lambda u, c: rank_shared_history(model, u, c, output_names, xla), autograph=False)(
+            {k: tf.constant(v) for k, v in user.items()}, {k: tf.constant(v) for k, v in cand.items()})
         slow = plain_rank({k: tf.constant(v) for k, v in user.items()}, {k: tf.constant(v) for k, v in cand.items()})
     except Exception as error:  # the model's layers changed shape or name
         return False, f"shared-history path failed: {type(error).__name__}: {error}"

@@ -292,8 +292,10 @@ def shared_history_attention(query, keys, values, bias, gate, lengths, repeat, s
         users, num_positions = tf.shape(keys)[0], tf.shape(keys)[1]
         heads, depth, value_depth = tf.shape(keys)[2], tf.shape(keys)[3], tf.shape(values)[3]
         repeat = tf.cast(repeat, tf.int32)
-        with tf.control_dependencies([tf.debugging.assert_equal(
-                tf.shape(query)[0], users * repeat, message="query rows must be keys' rows x repeat")]):
+        # XLA drops Assert ops (with a warning); there the reshape below fails on a mismatch instead.
+        checks = [] if _in_xla_context() else [tf.debugging.assert_equal(
+            tf.shape(query)[0], users * repeat, message="query rows must be keys' rows x repeat")]
+        with tf.control_dependencies(checks):
             lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
         valid = tf.sequence_mask(lengths, num_positions)                              # [B, L]
         # A history position is read by some query row of its user (padding beyond every row's

@@ -28,8 +28,9 @@ def repeat_rows(tensor, repeat):
     """``tf.repeat(tensor, repeat, axis=0)``; the tensor itself when ``repeat`` is the python int 1.
 
     Written as ``broadcast_to`` + ``reshape`` (the same result): measured ~1.5× faster than
-    ``tf.repeat`` (expand, tile, reshape) for the ``[1, L, H, D] → [200, L, H, D]`` keys and
-    values of a 200-candidate ``rank`` request.
+    ``tf.repeat`` (expand, tile, reshape) for ``[1, L, ...] → [200, L, ...]`` per-user tensors of a
+    200-candidate ``rank`` request (now only the lengths, and the feedback network's per-user part
+    in the variant without relation features; keys and values are not repeated at all).
     """
     if isinstance(repeat, int) and repeat == 1:
         return tensor

@@ -1,0 +1,80 @@
+"""The exported ``rank`` signature with and without the XLA-compiled path, in the same run.
+
+Exports the benchmark's (untrained, default-size) models twice — ``--xla on`` and ``--xla off``,
+both fused — then calls each ``rank`` signature in-process on the same requests (1 user x
+``--candidates`` videos, repeated to batches of ``--batches`` users, as a batching server would
+merge them), alternating between the two so that both see the same machine load. Prints the
+median latency of each and their ratio.
+
+    .venv/bin/python benchmarks/bench_rank_path.py                 # builds the models if needed
+    .venv/bin/python benchmarks/bench_rank_path.py --repeats 40 --batches 1,4,8,16
+
+The two exports stay under ``--work_dir`` (``export_xla_on/``, ``export_xla_off/``), so the
+server benchmark can be pointed at either: ``bench_serving.py --export_base DIR --examples DIR``.
+"""
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+
+import bench_serving  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work_dir", default="/tmp/tfrec_kuai_bench_serving_L50",
+                   help="bench_serving.py's work folder (models and examples are built there if missing)")
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--batches", default="1,4,8,16", help="users per call")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per export and batch size")
+    return p.parse_args(argv)
+
+
+def exports(work_dir):
+    """{'on': version dir, 'off': version dir}, exported from the benchmark's models if missing."""
+    from tfrec_kuai import export
+    bench_serving.build_export(work_dir, 30000, "kuai")          # models + examples
+    out = {}
+    for xla in ("on", "off"):
+        base = os.path.join(work_dir, f"export_xla_{xla}")
+        model_base = os.path.join(base, "kuai")
+        if not (os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base))):
+            export.export(os.path.join(work_dir, "ranking"), os.path.join(work_dir, "retrieval"),
+                          os.path.join(work_dir, "examples"), base, xla=xla == "on")
+        out[xla] = os.path.join(model_base, max((v for v in os.listdir(model_base) if v.isdigit()), key=int))
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = exports(args.work_dir)
+    import tensorflow as tf
+    from tfrec_kuai import ops
+    ops.load_op_library()
+    request = bench_serving.make_requests(os.path.join(args.work_dir, "examples"), args.candidates)["rank"]
+    functions = {name: tf.saved_model.load(path).signatures["rank"] for name, path in paths.items()}
+    print(f"{'users':>5} {'XLA off ms':>11} {'XLA on ms':>10} {'off/on':>7}")
+    for users in (int(b) for b in args.batches.split(",")):
+        feed = {k: tf.constant(np.concatenate([v] * users, 0)) for k, v in request.items()}
+        for function in functions.values():      # compile / warm up outside the timing
+            for _ in range(3):
+                function(**feed)
+        times = {name: [] for name in functions}
+        for _ in range(args.repeats):
+            for name, function in functions.items():
+                start = time.perf_counter()
+                {k: v.numpy() for k, v in function(**feed).items()}
+                times[name].append(time.perf_counter() - start)
+        off, on = (1000 * float(np.median(times[name])) for name in ("off", "on"))
+        print(f"{users:>5} {off:>11.2f} {on:>10.2f} {off / on:>6.2f}x", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
