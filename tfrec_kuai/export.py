@@ -400,7 +400,7 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
                   version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None, xla=False):
     """Build the serving module from model objects and save one version; returns its folder.
 
-    ``xla``: compile the ranking's prediction part with XLA (``export_rank.compiled_predictions``).
+    ``xla``: compile the rank path's encoder and prediction part with XLA (``export_rank.rank_shared_history``).
     """
     def build(lean):
         return ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k,
@@ -434,7 +434,7 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
            top_n=20, retrieve_k=100, warmup_examples=4, write_configs=True, log=None, xla=None):
     """``tfrec-kuai export``: load both trained models, build the signatures, save one version.
 
-    ``xla`` (None: on unless ``portable``): compile the ranking's prediction part with XLA. The
+    ``xla`` (None: on unless ``portable``): compile the rank path with XLA (``export_rank``). The
     portable export leaves it off by default because stock TF Serving runs XLA-compiled functions
     only when started with ``--xla_cpu_compilation_enabled``.
     """

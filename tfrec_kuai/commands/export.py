@@ -9,8 +9,9 @@ def add_arguments(parser):
     parser.add_argument("--portable", action="store_true",
                         help="composite attention: stock TF Serving loads it (default: the fused op, for serving/)")
     parser.add_argument("--xla", choices=("auto", "on", "off"), default="auto",
-                        help="compile the ranking's prediction part with XLA (auto: on for the fused export, off for "
-                             "--portable, since stock TF Serving runs XLA only with --xla_cpu_compilation_enabled)")
+                        help="compile the rank path (encoder past the lookups, experts, heads) with XLA (auto: on "
+                             "for the fused export, off for --portable, since stock TF Serving runs XLA only with "
+                             "--xla_cpu_compilation_enabled)")
     parser.add_argument("--model_name", default="kuai")
     parser.add_argument("--version", type=int, default=None, help="default: one more than the newest version")
     parser.add_argument("--top_n", type=int, default=20, help="videos returned by recommend")
