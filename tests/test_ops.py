@@ -222,7 +222,7 @@ def test_padding_never_changes_result_and_gets_zero_gradient(implementation):
 def test_shared_history_attention_equals_the_op_on_repeated_keys_and_values(jit_compile):
     """Query rows sharing a user's history (``repeat``) give the float64 reference's result on
     explicitly repeated keys/values — per-row lengths, empty rows and garbage padding included —
-    eagerly, with a tensor ``repeat`` in a traced function, and XLA-compiled."""
+    traced with a tensor ``repeat``, plain and XLA-compiled; a wrong ``repeat`` is InvalidArgument."""
     rng = np.random.default_rng(21)
     users, c, L, H, D, Dv = 3, 4, 6, 2, 4, 3
     q, _, _, bias, gate, _ = make_inputs(rng, users * c, L, H, D, Dv)
