@@ -211,8 +211,9 @@ def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir
     L = int(ranking.model_config.history_length)
     module = E.ServingModule(ranking, retrieval, corpus, L, top_n=5, retrieve_k=20, xla=xla)
     assert module.shared_history, module.rank_path_note
-    # Under XLA: 17 candidates padded to 18; 5 users = a group of 4 + one; 3 users = three of one.
-    for users, candidates in ((5, 17), (3, 1)):
+    # Under XLA: 17 candidates padded to 18; 5 users = a group of 4 + one; 3 users = three of one;
+    # and the empty requests.
+    for users, candidates in ((5, 17), (3, 1), (2, 0), (0, 4)):
         user, cand = export_rank.sample_request(corpus, L, users=users, candidates=candidates, seed=3)
         user = {k: tf.constant(v) for k, v in user.items()}
         cand = {k: tf.constant(v) for k, v in cand.items()}
