@@ -74,13 +74,13 @@ def test_encoder_relation_split_equals_concatenated_feedback_on_repeated_rows():
     tokens = rng.normal(size=(users, L, 7)).astype(np.float32)
     fb = rng.normal(size=(users, L, F)).astype(np.float32)
     rel = (rng.random((users * c, L, R)) < 0.4).astype(np.float32)
-    lengths = np.repeat([5, 2], c)
+    lengths = np.array([5, 2])                                     # per user row, like the history
     enc = FeedbackAwareEncoder(num_heads=2, head_dim=3, value_dim=2, feedback_hidden=5,
                                attention_implementation="composite")
     shared = enc(q_in, tokens, fb, lengths, repeat=c, relation=rel).numpy()
     rep = lambda x: np.repeat(x, c, axis=0)  # noqa: E731
     concatenated = np.concatenate([rep(fb), rel], -1)
-    np.testing.assert_allclose(shared, _reference_encoder(enc, q_in, rep(tokens), concatenated, lengths),
+    np.testing.assert_allclose(shared, _reference_encoder(enc, q_in, rep(tokens), concatenated, rep(lengths)),
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="built for 9 inputs"):
         enc(q_in, tokens, fb, lengths, repeat=c)                    # the relation is part of the input

@@ -221,20 +221,20 @@ def test_padding_never_changes_result_and_gets_zero_gradient(implementation):
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_shared_history_attention_equals_the_op_on_repeated_keys_and_values(jit_compile):
     """Query rows sharing a user's history (``repeat``) give the float64 reference's result on
-    explicitly repeated keys/values — per-row lengths, empty rows and garbage padding included —
+    explicitly repeated keys/values/lengths — empty histories and garbage padding included —
     traced with a tensor ``repeat``, plain and XLA-compiled; a wrong ``repeat`` is InvalidArgument."""
     rng = np.random.default_rng(21)
     users, c, L, H, D, Dv = 3, 4, 6, 2, 4, 3
     q, _, _, bias, gate, _ = make_inputs(rng, users * c, L, H, D, Dv)
     keys = rng.normal(size=(users, L, H, D)).astype(np.float32)
     values = rng.normal(size=(users, L, H, Dv)).astype(np.float32)
-    lengths = np.array([6, 6, 6, 6, 0, 0, 0, 0, 3, 1, 0, 2], np.int32)   # rows of one user may differ
-    used = np.arange(L)[None] < np.array([6, 0, 3])[:, None]            # read by some row of the user
-    keys[~used], values[~used] = np.nan, np.inf                           # never read
-    bias[np.arange(L)[None] >= lengths[:, None]] = np.nan
+    lengths = np.array([6, 0, 3], np.int32)                               # per user: full, empty, partial
     rep = lambda x: np.repeat(x, c, axis=0)  # noqa: E731
+    padding = np.arange(L)[None] >= lengths[:, None]
+    keys[padding], values[padding] = np.nan, np.inf                       # never read
+    bias[rep(padding)] = np.nan
     expected = reference_forward(q, rep(np.nan_to_num(keys)), rep(np.nan_to_num(values, posinf=0)), np.nan_to_num(bias),
-                                 gate, lengths, 0.5)
+                                 gate, rep(lengths), 0.5)
     f = tf.function(lambda *a: ops.shared_history_attention(*a, scale=0.5), jit_compile=jit_compile, autograph=False)
     out = f(q, keys, values, bias, gate, lengths, tf.constant(c))
     assert_close(out.numpy(), expected, "shared-history attention", 2e-5)

@@ -225,14 +225,8 @@ def _default_scale(query):
 
 
 def _composite(query, keys, values, bias, gate, lengths, scale):
-    """The same maths in plain TF ops: the portable (stock TF Serving) path and the reference.
-
-    Padding positions are replaced by zeros with ``tf.where`` *before* any arithmetic, so
-    whatever they hold (even NaN or inf) never reaches the result and they get exactly zero
-    gradient. The masked logits use the dtype's lowest finite value rather than ``-inf``, so an
-    all-padding row (``lengths == 0``) gives zeros instead of NaN.
-    """
-    dtype = query.dtype
+    """The same maths in plain TF ops: the portable (stock TF Serving) path and the reference
+    (``_attend`` with one query row per history row; padding handled there)."""
     shape_checks = _runtime_shape_checks({"query": query, "keys": keys, "values": values, "bias": bias,
                                           "gate": gate, "lengths": lengths})
     with tf.control_dependencies(shape_checks):
@@ -243,25 +237,34 @@ def _composite(query, keys, values, bias, gate, lengths, scale):
             tf.debugging.assert_less_equal(lengths, num_positions,
                                            message="lengths must be <= L (keys.shape[1])")]):
         valid = tf.sequence_mask(lengths, num_positions)                 # [B, L]
-    valid3 = valid[:, :, tf.newaxis]                                      # [B, L, 1]
-    valid4 = valid3[..., tf.newaxis]                                      # [B, L, 1, 1]
-    keys = tf.where(valid4, keys, tf.zeros([], dtype))
-    values = tf.where(valid4, values, tf.zeros([], dtype))
-    bias = tf.where(valid3, bias, tf.zeros([], dtype))
-    gate = tf.where(valid3, gate, tf.zeros([], dtype))
-
-    logits = tf.einsum("bhd,blhd->blh", query, keys) * tf.cast(scale, dtype) + bias
-    return tf.einsum("blh,blhv->bhv", _masked_softmax(logits, valid3) * gate, values)
+    per_row = lambda t: t[:, tf.newaxis]  # noqa: E731  (one query row per history row)
+    return _attend(per_row(query), keys, values, per_row(bias), per_row(gate), valid, scale)[:, 0]
 
 
-def _masked_softmax(logits, valid3):
-    """Softmax over axis 1 of ``[B, L, H]`` logits at the valid positions; an empty row gives zeros."""
-    dtype = logits.dtype
-    logits = tf.where(valid3, logits, tf.cast(dtype.min, dtype))
-    logits -= tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))
-    weights = tf.where(valid3, tf.exp(logits), tf.zeros([], dtype))
-    denom = tf.reduce_sum(weights, axis=1, keepdims=True)
-    return weights / tf.where(denom > 0, denom, tf.ones([], dtype))
+def _attend(query, keys, values, bias, gate, valid, scale):
+    """The maths of both composite forms, for ``C`` query rows per history row.
+
+    query ``[U, C, H, D]``, keys ``[U, L, H, D]``, values ``[U, L, H, Dv]``, bias and gate
+    ``[U, C, L, H]``, valid ``[U, L]`` bool → ``[U, C, H, Dv]``. Padding positions are replaced by
+    zeros with ``tf.where`` *before* any arithmetic, so whatever they hold (even NaN or inf) never
+    reaches the result and they get exactly zero gradient; the masked logits use the dtype's lowest
+    finite value rather than ``-inf``, so an all-padding row gives zeros instead of NaN.
+    """
+    dtype = query.dtype
+    zero = tf.zeros([], dtype)
+    history_valid = valid[:, :, tf.newaxis, tf.newaxis]                  # [U, L, 1, 1]
+    keys = tf.where(history_valid, keys, zero)
+    values = tf.where(history_valid, values, zero)
+    row_valid = valid[:, tf.newaxis, :, tf.newaxis]                      # [U, 1, L, 1]
+    bias = tf.where(row_valid, bias, zero)
+    gate = tf.where(row_valid, gate, zero)
+    logits = tf.einsum("uchd,ulhd->uclh", query, keys) * tf.cast(scale, dtype) + bias
+    logits = tf.where(row_valid, logits, tf.cast(dtype.min, dtype))
+    logits -= tf.stop_gradient(tf.reduce_max(logits, axis=2, keepdims=True))
+    weights = tf.where(row_valid, tf.exp(logits), zero)
+    denom = tf.reduce_sum(weights, axis=2, keepdims=True)
+    probs = weights / tf.where(denom > 0, denom, tf.ones([], dtype))      # [U, C, L, H]
+    return tf.einsum("uclh,ulhv->uchv", probs * gate, values)
 
 
 def shared_history_attention(query, keys, values, bias, gate, lengths, repeat, scale=None):
@@ -272,13 +275,14 @@ def shared_history_attention(query, keys, values, bias, gate, lengths, repeat, s
     change. The op needs keys and values per query row, i.e. ``C`` copies of ``[L, H, D]``; here the
     two products are batched matrix products against the *one* copy
     (``[C, D] x [D, L]`` per user and head), in plain TF ops (so also in a portable or XLA-compiled
-    SavedModel). The result equals ``feedback_weighted_attention`` on repeated keys and values.
+    SavedModel). The result equals ``feedback_weighted_attention`` on repeated keys, values and
+    lengths.
 
     Args:
       query: ``[B, H, D]`` float32 with ``B = B_user * repeat``.
       keys: ``[B_user, L, H, D]`` float32; values: ``[B_user, L, H, Dv]`` float32.
       bias, gate: ``[B, L, H]`` float32, per query row.
-      lengths: ``[B]`` int, each in ``[0, L]``.
+      lengths: ``[B_user]`` int, per history row; clipped to ``[0, L]``.
       repeat: python int or scalar int tensor.
       scale: logit scale; ``None`` means ``1/sqrt(D)``.
 
@@ -286,31 +290,20 @@ def shared_history_attention(query, keys, values, bias, gate, lengths, repeat, s
       ``[B, H, Dv]`` float32.
     """
     with tf.name_scope("shared_history_attention"):
-        dtype = query.dtype
+        query, keys, values, bias, gate = (tf.convert_to_tensor(t) for t in (query, keys, values, bias, gate))
         if scale is None:
-            scale = tf.math.rsqrt(tf.cast(tf.shape(query)[-1], dtype))
-        users, num_positions = tf.shape(keys)[0], tf.shape(keys)[1]
-        heads, depth, value_depth = tf.shape(keys)[2], tf.shape(keys)[3], tf.shape(values)[3]
+            scale = _default_scale(query) or tf.math.rsqrt(tf.cast(tf.shape(query)[-1], query.dtype))
+        users, num_positions, heads = tf.shape(keys)[0], tf.shape(keys)[1], tf.shape(keys)[2]
         repeat = tf.cast(repeat, tf.int32)
-        # XLA drops Assert ops (with a warning); there the reshape below fails on a mismatch instead.
+        # XLA drops Assert ops (with a warning); there the reshapes below fail on a mismatch instead.
         checks = [] if _in_xla_context() else [tf.debugging.assert_equal(
             tf.shape(query)[0], users * repeat, message="query rows must be keys' rows x repeat")]
         with tf.control_dependencies(checks):
             lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
-        valid = tf.sequence_mask(lengths, num_positions)                              # [B, L]
-        # A history position is read by some query row of its user (padding beyond every row's
-        # length is zeroed, so whatever it holds never reaches the result, as in the op).
-        user_valid = tf.reduce_any(tf.reshape(valid, [users, repeat, num_positions]), axis=1)
-        keys = tf.where(user_valid[:, :, tf.newaxis, tf.newaxis], keys, tf.zeros([], dtype))
-        values = tf.where(user_valid[:, :, tf.newaxis, tf.newaxis], values, tf.zeros([], dtype))
-        valid3 = valid[:, :, tf.newaxis]
-        bias = tf.where(valid3, bias, tf.zeros([], dtype))
-        gate = tf.where(valid3, gate, tf.zeros([], dtype))
-        per_user = tf.reshape(query, [users, repeat, heads, depth])
-        logits = tf.reshape(tf.einsum("bchd,blhd->bclh", per_user, keys), [-1, num_positions, heads])
-        weighted = _masked_softmax(logits * tf.cast(scale, dtype) + bias, valid3) * gate        # [B, L, H]
-        out = tf.einsum("bclh,blhv->bchv", tf.reshape(weighted, [users, repeat, num_positions, heads]), values)
-        return tf.reshape(out, [-1, heads, value_depth])
+        per_user = lambda t: tf.reshape(t, tf.concat([[users, repeat], tf.shape(t)[1:]], 0))  # noqa: E731
+        out = _attend(per_user(query), keys, values, per_user(bias), per_user(gate),
+                      tf.sequence_mask(lengths, num_positions), scale)
+        return tf.reshape(out, [-1, heads, tf.shape(values)[3]])
 
 
 def _fused(query, keys, values, bias, gate, lengths, scale):

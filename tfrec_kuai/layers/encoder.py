@@ -29,8 +29,8 @@ def repeat_rows(tensor, repeat):
 
     Written as ``broadcast_to`` + ``reshape`` (the same result): measured ~1.5× faster than
     ``tf.repeat`` (expand, tile, reshape) for ``[1, L, ...] → [200, L, ...]`` per-user tensors of a
-    200-candidate ``rank`` request (now only the lengths, and the feedback network's per-user part
-    in the variant without relation features; keys and values are not repeated at all).
+    200-candidate ``rank`` request (now only the feedback network's per-user part in the variant
+    without relation features; keys, values and lengths are not repeated at all).
     """
     if isinstance(repeat, int) and repeat == 1:
         return tensor
@@ -60,8 +60,8 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
       feedback: ``[B_user, L, F]`` float32 — per-event feedback features
         (``embeddings.feedback_features``), one row per *user* row: they do not depend on the
         target. Ignored when ``use_feedback=False``.
-      lengths: ``[B]`` int — number of valid history events (newest first, the rest is padding),
-        at query-row granularity.
+      lengths: ``[B_user]`` int — number of valid history events (newest first, the rest is
+        padding), one per *user* row like the history.
       repeat: python int or scalar int tensor (default 1) — how many consecutive query rows share
         each user row. The keys/values are projected once per user row and attended to by all its
         query rows through ``ops.shared_history_attention`` (the same maths as the op on repeated
@@ -142,8 +142,7 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
             out = ops.feedback_weighted_attention(query, keys, values, bias, gate, lengths,
                                                   implementation=self.attention_implementation)
         else:  # rows share a history: products against the one copy instead of repeated keys/values
-            out = ops.shared_history_attention(query, keys, values, bias, gate, lengths, repeat,
-                                               scale=1.0 / self.head_dim ** 0.5)
+            out = ops.shared_history_attention(query, keys, values, bias, gate, lengths, repeat)
         return tf.reshape(out, [-1, h * dv])
 
     def get_config(self):

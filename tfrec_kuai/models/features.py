@@ -17,7 +17,6 @@ import tensorflow as tf
 from tfrec_kuai.layers import (AGE_BOUNDARIES, DURATION_BOUNDARIES, BucketEmbedding, FeedbackAwareEncoder,
                                IdEmbedding, ItemEmbedding, ModuloEmbedding, feedback_features, log_duration,
                                target_relation)
-from tfrec_kuai.layers.encoder import repeat_rows
 
 ID_VOCABULARIES = ("user_id", "video_id", "author_id", "tag")
 HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s",
@@ -85,7 +84,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
         # Target-independent, per user row [B_user, L, F]; the encoder repeats what it needs.
         feedback = feedback_features(features["hist_play_s"], features["hist_duration_s"], features["hist_feedback"],
                                      with_context=with_context, age_s=features["hist_age_s"])
-        lengths = repeat_rows(tf.reshape(features["hist_len"], [-1]), repeat)
+        lengths = tf.reshape(features["hist_len"], [-1])                                 # [B_user]
         with_relation = with_context and with_target and self.variant != "no_feedback"
         target_ids = {k: features[k] for k in hist_ids} if with_relation else {}
 
