@@ -39,14 +39,13 @@ def parse_args(argv=None):
 def exports(work_dir):
     """{'on': version dir, 'off': version dir}, exported from the benchmark's models if missing."""
     from tfrec_kuai import export
-    bench_serving.build_export(work_dir, 30000, "kuai")          # models + examples
+    ranking_dir, retrieval_dir, examples = bench_serving.build_models(work_dir, 30000)
     out = {}
     for xla in ("on", "off"):
         base = os.path.join(work_dir, f"export_xla_{xla}")
         model_base = os.path.join(base, "kuai")
         if not (os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base))):
-            export.export(os.path.join(work_dir, "ranking"), os.path.join(work_dir, "retrieval"),
-                          os.path.join(work_dir, "examples"), base, xla=xla == "on")
+            export.export(ranking_dir, retrieval_dir, examples, base, xla=xla == "on")
         out[xla] = os.path.join(model_base, max((v for v in os.listdir(model_base) if v.isdigit()), key=int))
     return out
 

@@ -60,19 +60,17 @@ def parse_args(argv=None):
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def build_export(work_dir, impressions, model_name, history_length=50):
-    """Simulated log -> Beam examples -> default-size models -> fused export. Returns (base, examples)."""
-    from tfrec_kuai import export, training
+def build_models(work_dir, impressions, history_length=50):
+    """Simulated log -> Beam examples -> default-size (untrained: the cost of a request does not
+    depend on the weights) ranking and retrieval models, each reused when already there.
+    Returns (ranking_dir, retrieval_dir, examples)."""
+    from tfrec_kuai import training
     from tfrec_kuai.config import load_config
     from tfrec_kuai.simulator import SimParams, simulate
     from beam_pipelines import build_examples
     log_dir, examples = os.path.join(work_dir, "log"), os.path.join(work_dir, "examples")
-    base = os.path.join(work_dir, "export")
-    model_base = os.path.join(base, model_name)
-    if os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base)):
-        return base, examples
-    print(f"building a benchmark model under {work_dir} ...", flush=True)
     if not os.path.exists(os.path.join(examples, "metadata.json")):
+        print(f"building benchmark examples under {work_dir} ...", flush=True)
         simulate(log_dir, SimParams(impressions=impressions, seed=1, days=4), progress=False)
         build_examples.run(["--input", os.path.join(log_dir, "log_*.csv"), "--output", examples,
                             "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
@@ -81,11 +79,22 @@ def build_export(work_dir, impressions, model_name, history_length=50):
     history_length = json.load(open(os.path.join(examples, "metadata.json")))["history_length"]
     dirs = []
     for stage in ("ranking", "retrieval"):
-        config = load_config(stage=stage).override("model", history_length=history_length, stage=stage)
-        model = training.build_model(config, vocabularies)
-        training.save_model_dir(model, config, os.path.join(work_dir, stage))
-        dirs.append(os.path.join(work_dir, stage))
-    export.export(dirs[0], dirs[1], examples, base, model_name=model_name)
+        model_dir = os.path.join(work_dir, stage)
+        if not os.path.isdir(model_dir):
+            config = load_config(stage=stage).override("model", history_length=history_length, stage=stage)
+            training.save_model_dir(training.build_model(config, vocabularies), config, model_dir)
+        dirs.append(model_dir)
+    return dirs[0], dirs[1], examples
+
+
+def build_export(work_dir, impressions, model_name, history_length=50):
+    """``build_models``, then their fused export (reused when there). Returns (base, examples)."""
+    from tfrec_kuai import export
+    base = os.path.join(work_dir, "export")
+    model_base = os.path.join(base, model_name)
+    ranking_dir, retrieval_dir, examples = build_models(work_dir, impressions, history_length)
+    if not (os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base))):
+        export.export(ranking_dir, retrieval_dir, examples, base, model_name=model_name)
     return base, examples
 
 

@@ -154,12 +154,12 @@ def sample_request(corpus, history_length, users=3, candidates=7, seed=0):
 
 def verify(model, plain_rank, corpus, history_length, output_names, xla=False, rtol=1e-4, atol=1e-5):
     """(ok, message): does the shared-history path give the model's own outputs on a sample?"""
-    user, cand = sample_request(corpus, history_length)
+    user, cand = ({k: tf.constant(v) for k, v in part.items()} for part in sample_request(corpus, history_length))
     try:
         # Traced, as in the SavedModel (map_fn runs its iterations in parallel only in a graph).
-        fast = tf.function(lambda u, c: rank_shared_history(model, u, c, output_names, xla), autograph=False)(
-            {k: tf.constant(v) for k, v in user.items()}, {k: tf.constant(v) for k, v in cand.items()})
-        slow = plain_rank({k: tf.constant(v) for k, v in user.items()}, {k: tf.constant(v) for k, v in cand.items()})
+        traced = tf.function(lambda u, c: rank_shared_history(model, u, c, output_names, xla), autograph=False)
+        fast = traced(user, cand)
+        slow = plain_rank(user, cand)
     except Exception as error:  # the model's layers changed shape or name
         return False, f"shared-history path failed: {type(error).__name__}: {error}"
     for name in output_names:
