@@ -7,6 +7,13 @@ and the same SavedModel called in-process from the same number of threads in the
 server runs as its own process (``python -m serving.server``) so that clients and server do not
 share one interpreter lock; the server-to-in-process p50 ratio is the server's overhead.
 
+The host is shared and noisy, so every cell is measured ``--rounds`` times, the cells of a round
+one after another (in-process, then each server; both servers stay up), and the table gives the
+median over rounds of each number, and of each round's server ÷ in-process ratio. CPU per request
+is measured too: the server process's (from /proc) and this process's (the in-process model, or
+the load generator in server cells), because on 2 cores the load generator competes with the
+server. TensorFlow's thread pools get the same sizes in-process and in the server.
+
     .venv/bin/python benchmarks/bench_serving.py                      # builds a model if needed
     .venv/bin/python benchmarks/bench_serving.py --export_base DIR    # an existing export (model kuai)
 
@@ -18,6 +25,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -44,12 +52,18 @@ def parse_args(argv=None):
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     p.add_argument("--warmup_seconds", type=float, default=4.0,
-                   help="unmeasured load before each cell; long enough for XLA to compile the shapes the "
-                        "cell's batches bring (≈ 1.5 s per new shape with the default model)")
+                   help="unmeasured load on each cell before the rounds (0.5 s before each measurement after); "
+                        "long enough for XLA to compile the shapes the cell's batches bring (≈ 1.5 s per new "
+                        "shape with the default model)")
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--signatures", default="recommend,rank")
     p.add_argument("--transports", default="grpc,rest")
     p.add_argument("--batching", default="off,on")
+    p.add_argument("--rounds", type=int, default=3, help="times each cell is measured (medians are reported)")
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                   help="TensorFlow's intra-op pool, in-process and in the server (0: TensorFlow's default)")
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="likewise, the inter-op pool")
+    p.add_argument("--max_batch_size", type=int, default=32)
     p.add_argument("--num_batch_threads", type=int, default=1,
                    help="batches run at once with batching on (1: one batch uses every core through the "
                         "model's own intra-op threads; measured better than 2 on 2 cores)")
@@ -113,17 +127,20 @@ def make_requests(examples, candidates):
 class Server:
     """``python -m serving.server`` in its own process; ports read from its startup lines."""
 
-    def __init__(self, base, model_name, batching, work_dir):
-        """``batching``: a ``serving.batching.BatchingOptions``, or None for no batching."""
+    def __init__(self, base, model_name, batching, work_dir, extra_args=(), log_path=None):
+        """``batching``: a ``serving.batching.BatchingOptions``, or None for no batching;
+        ``extra_args``: more server flags (TensorFlow's thread pools, say); ``log_path``: where
+        its log goes (batch sizes are logged at shutdown), else nowhere."""
         args = [sys.executable, "-m", "serving.server", "--port=0", "--rest_api_port=-1",
                 f"--model_name={model_name}", f"--model_base_path={os.path.join(base, model_name)}",
-                "--file_system_poll_wait_seconds=0", "--grpc_max_threads=128"]
+                "--file_system_poll_wait_seconds=0", "--grpc_max_threads=128", *extra_args]
         if batching is not None:
             params = os.path.join(work_dir, "batching_parameters.txt")
             with open(params, "w") as f:
                 f.write(batching.to_text())
             args += ["--enable_batching", f"--batching_parameters_file={params}"]
-        self.process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._log = open(log_path, "w") if log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.ports = {}
         while len(self.ports) < 2:
             line = self.process.stdout.readline()
@@ -136,6 +153,8 @@ class Server:
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=30)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
 
 
 # -- clients -------------------------------------------------------------------------------------
@@ -188,8 +207,12 @@ def inprocess_caller(loaded, signature, inputs):
     return call
 
 
-def closed_loop(make_call, clients, seconds, warmup):
-    """Each of ``clients`` threads calls back to back; latencies of calls started in the window."""
+def closed_loop(make_call, clients, seconds, warmup, cpu_of=()):
+    """Each of ``clients`` threads calls back to back; latencies of calls started in the window.
+
+    ``cpu_of``: process ids (None = this process) whose CPU milliseconds per answered request in
+    the window are added as ``cpu_ms_per_request`` (this process) and ``server_cpu_ms_per_request``.
+    """
     calls = [make_call() for _ in range(clients)]
     latencies, errors, first_error = [[] for _ in range(clients)], [0], []
     start = time.perf_counter()
@@ -211,24 +234,77 @@ def closed_loop(make_call, clients, seconds, warmup):
             if t0 >= window[0]:
                 latencies[i].append(time.perf_counter() - t0)
 
+    cpu = {}
+
+    def sample_cpu():  # CPU counters at the window's start and end
+        for edge in window:
+            time.sleep(max(0.0, edge - time.perf_counter()))
+            cpu.setdefault(edge, {pid: process_cpu_seconds(pid) for pid in cpu_of})
+
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    threads.append(threading.Thread(target=sample_cpu))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     all_latencies = np.array([x for per in latencies for x in per]) * 1000
     extra = {"first_error": first_error[0]} if first_error else {}
+    for pid in cpu_of:
+        key = "cpu_ms_per_request" if pid is None else "server_cpu_ms_per_request"
+        extra[key] = round((cpu[window[1]][pid] - cpu[window[0]][pid]) * 1000 / max(all_latencies.size, 1), 2)
     return {**extra, "clients": clients, "requests": int(all_latencies.size), "errors": errors[0],
-            "qps": round(all_latencies.size / seconds, 1),
+            "qps": round(all_latencies.size / seconds, 1) if seconds else None,
             "min_ms": round(float(all_latencies.min()), 2) if all_latencies.size else None,
             "p50_ms": round(float(np.percentile(all_latencies, 50)), 2) if all_latencies.size else None,
             "p99_ms": round(float(np.percentile(all_latencies, 99)), 2) if all_latencies.size else None}
+
+
+def process_cpu_seconds(pid=None):
+    """User + system CPU seconds of process ``pid`` (this process when None), all its threads."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SUMMARY_FIELDS = ("p50_ms", "p99_ms", "qps", "cpu_ms_per_request", "server_cpu_ms_per_request",
+                  "p50_ratio_vs_inprocess", "qps_ratio_vs_inprocess")
+
+
+def summarize(rows):
+    """Median over rounds of each number, per cell; ratios are taken within a round first."""
+    inproc = {(r["round"], r["signature"], r["clients"]): r for r in rows if r["mode"] == "in-process"}
+    for r in rows:
+        base_row = inproc.get((r["round"], r["signature"], r["clients"]))
+        if r["mode"] == "server" and base_row and base_row["p50_ms"] and r["p50_ms"]:
+            r["p50_ratio_vs_inprocess"] = round(r["p50_ms"] / base_row["p50_ms"], 2)
+            r["qps_ratio_vs_inprocess"] = round(r["qps"] / base_row["qps"], 2) if base_row["qps"] else None
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["signature"], r["mode"], r["transport"], r["batching"], r["clients"]), []).append(r)
+    summary = []
+    for (signature, mode, transport, batching, clients), group in cells.items():
+        cell = dict(signature=signature, mode=mode, transport=transport, batching=batching, clients=clients,
+                    rounds=len(group), errors=sum(r["errors"] for r in group))
+        for field in SUMMARY_FIELDS:
+            values = [r[field] for r in group if r.get(field) is not None]
+            if values:
+                cell[field] = round(float(np.median(values)), 2)
+        summary.append(cell)
+    return summary
 
 
 def main(argv=None):
     args = parse_args(argv)
     args.work_dir = args.work_dir or f"/tmp/tfrec_kuai_bench_serving_L{args.history_length}"
     os.makedirs(args.work_dir, exist_ok=True)
+    import tensorflow as tf
+    if args.tensorflow_intra_op_parallelism:  # before TensorFlow runs anything here
+        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    if args.tensorflow_inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     if args.export_base:
         base, examples = args.export_base, args.examples
         if not examples:
@@ -238,57 +314,65 @@ def main(argv=None):
     requests = make_requests(examples, args.candidates)
     signatures = args.signatures.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
-    results = []
 
-    def record(row):
-        results.append(row)
-        print(json.dumps(row), flush=True)
-
-    import tensorflow as tf
     from tfrec_kuai import ops
     ops.load_op_library()
     model_base = os.path.join(base, args.model_name)
     version = max(int(v) for v in os.listdir(model_base) if v.isdigit())
     loaded = tf.saved_model.load(os.path.join(model_base, str(version)))
-    for signature in signatures:  # in-process: the same SavedModel, same threads, no server
-        call = inprocess_caller(loaded, signature, requests[signature])
-        for _ in range(3):
-            call()
-        for clients in levels:
-            record(dict(mode="in-process", transport="-", batching="-", signature=signature,
-                        **closed_loop(lambda: inprocess_caller(loaded, signature, requests[signature]), clients,
-                                      args.seconds, args.warmup_seconds)))
-    for batching in args.batching.split(","):
-        options = BatchingOptions(max_batch_size=32, batch_timeout_micros=args.batch_timeout_micros,
-                                  max_enqueued_batches=100, num_batch_threads=args.num_batch_threads)
-        server = Server(base, args.model_name, options if batching == "on" else None, args.work_dir)
-        try:
-            for transport in args.transports.split(","):
-                port = server.ports["gRPC" if transport == "grpc" else "REST"]
-                maker = grpc_caller if transport == "grpc" else rest_caller
-                for signature in signatures:
-                    for clients in levels:
-                        record(dict(mode="server", transport=transport, batching=batching, signature=signature,
-                                    **closed_loop(lambda: maker(port, args.model_name, signature,
-                                                                requests[signature]),
-                                                  clients, args.seconds, args.warmup_seconds)))
-        finally:
+    thread_flags = [f"--tensorflow_intra_op_parallelism={args.tensorflow_intra_op_parallelism}",
+                    f"--tensorflow_inter_op_parallelism={args.tensorflow_inter_op_parallelism}"]
+    servers = {}
+    rows = []
+    try:
+        for batching in args.batching.split(","):  # both stay up: rounds alternate between them
+            options = BatchingOptions(max_batch_size=args.max_batch_size,
+                                      batch_timeout_micros=args.batch_timeout_micros, max_enqueued_batches=100,
+                                      num_batch_threads=args.num_batch_threads)
+            servers[batching] = Server(base, args.model_name, options if batching == "on" else None, args.work_dir,
+                                       thread_flags, os.path.join(args.work_dir, f"server_batching_{batching}.log"))
+        cells = []  # (mode, transport, batching, signature, clients, make_call, server pid or None)
+        for signature in signatures:
+            for clients in levels:
+                cells.append(("in-process", "-", "-", signature, clients,
+                              lambda signature=signature: inprocess_caller(loaded, signature, requests[signature]),
+                              None))
+                for batching, server in servers.items():
+                    for transport in args.transports.split(","):
+                        maker = grpc_caller if transport == "grpc" else rest_caller
+                        port = server.ports["gRPC" if transport == "grpc" else "REST"]
+                        cells.append(("server", transport, batching, signature, clients,
+                                      lambda maker=maker, port=port, signature=signature: maker(
+                                          port, args.model_name, signature, requests[signature]),
+                                      server.process.pid))
+        for mode, transport, batching, signature, clients, make_call, pid in cells:  # unmeasured
+            make_call()()  # one call alone first: XLA compiles the request's shapes once, not per thread
+            closed_loop(make_call, clients, 0.0, args.warmup_seconds)
+        for round_index in range(args.rounds):
+            for mode, transport, batching, signature, clients, make_call, pid in cells:
+                cpu_of = (None,) if pid is None else (None, pid)
+                row = dict(round=round_index, mode=mode, transport=transport, batching=batching, signature=signature,
+                           **closed_loop(make_call, clients, args.seconds, 0.5, cpu_of=cpu_of))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        for server in servers.values():
             server.stop()
-    inproc = {(r["signature"], r["clients"]): r for r in results if r["mode"] == "in-process"}
-    for r in results:
-        base_row = inproc.get((r["signature"], r["clients"]))
-        if r["mode"] == "server" and base_row and base_row["p50_ms"]:
-            r["p50_ratio_vs_inprocess"] = round(r["p50_ms"] / base_row["p50_ms"], 2)
-            r["qps_ratio_vs_inprocess"] = round(r["qps"] / base_row["qps"], 2) if base_row["qps"] else None
+    summary = summarize(rows)
     with open(args.output, "w") as f:
         json.dump({"command": " ".join([os.path.relpath(sys.executable, REPO), "benchmarks/bench_serving.py"]
                                        + (argv if argv is not None else sys.argv[1:])),
-                   "cpus": os.cpu_count(), "seconds_per_cell": args.seconds, "results": results}, f, indent=1)
+                   "cpus": os.cpu_count(), "seconds_per_cell": args.seconds, "rounds": args.rounds,
+                   "summary": summary, "results": rows}, f, indent=1)
+    print(f"medians over {args.rounds} rounds; CPU ms per request: the server's, and this process's (the model "
+          "in-process, the load generator otherwise)")
     print(f"{'signature':10} {'mode':10} {'transport':9} {'batch':5} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'QPS':>8} {'p50/inproc':>10}")
-    for r in results:
+          f"{'QPS':>8} {'p50/inproc':>10} {'srv CPU':>8} {'own CPU':>8}")
+    for r in summary:
         print(f"{r['signature']:10} {r['mode']:10} {r['transport']:9} {r['batching']:5} {r['clients']:>7} "
-              f"{r['p50_ms']:>8} {r['p99_ms']:>8} {r['qps']:>8} {r.get('p50_ratio_vs_inprocess', ''):>10}")
+              f"{r.get('p50_ms', ''):>8} {r.get('p99_ms', ''):>8} {r.get('qps', ''):>8} "
+              f"{r.get('p50_ratio_vs_inprocess', ''):>10} {r.get('server_cpu_ms_per_request', ''):>8} "
+              f"{r.get('cpu_ms_per_request', ''):>8}")
     return 0
 
 
