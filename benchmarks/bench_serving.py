@@ -68,6 +68,8 @@ def parse_args(argv=None):
                    help="batches run at once with batching on (1: one batch uses every core through the "
                         "model's own intra-op threads; measured better than 2 on 2 cores)")
     p.add_argument("--batch_timeout_micros", type=int, default=1000)
+    p.add_argument("--allowed_batch_sizes", default="",
+                   help="comma-separated; a batch is padded up to the next (the last must be --max_batch_size)")
     p.add_argument("--impressions", type=int, default=30000, help="simulated log size when building")
     p.add_argument("--output", default=os.path.join(HERE, "results_serving.json"))
     return p.parse_args(argv)
@@ -328,7 +330,8 @@ def main(argv=None):
         for batching in args.batching.split(","):  # both stay up: rounds alternate between them
             options = BatchingOptions(max_batch_size=args.max_batch_size,
                                       batch_timeout_micros=args.batch_timeout_micros, max_enqueued_batches=100,
-                                      num_batch_threads=args.num_batch_threads)
+                                      num_batch_threads=args.num_batch_threads,
+                                      allowed_batch_sizes=[int(x) for x in args.allowed_batch_sizes.split(",") if x])
             servers[batching] = Server(base, args.model_name, options if batching == "on" else None, args.work_dir,
                                        thread_flags, os.path.join(args.work_dir, f"server_batching_{batching}.log"))
         cells = []  # (mode, transport, batching, signature, clients, make_call, server pid or None)
