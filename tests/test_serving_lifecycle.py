@@ -3,6 +3,7 @@
 Each test starts its own server on free loopback ports over a base path it controls, then
 changes the folder (or the config) the way a deployment would.
 """
+import logging
 import os
 import shutil
 import threading
@@ -175,7 +176,7 @@ def test_version_policies_and_labels(tmp_path, base, toy_versions):
         server.stop()
 
 
-def test_dynamic_batching_merges_concurrent_requests(tmp_path, base):
+def test_dynamic_batching_merges_concurrent_requests(tmp_path, base, caplog):
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 20000 }\n"
                       "num_batch_threads { value: 1 }\n")
@@ -216,8 +217,17 @@ def test_dynamic_batching_merges_concurrent_requests(tmp_path, base):
         assert tf.make_ndarray(scaled.outputs["scaled"]).shape == (1, 7)
         # A signature without a batch dimension in its outputs runs unbatched.
         assert float(tf.make_ndarray(stub.Predict(predict_request("total", x=X1)).outputs["total"])) == 6.0
+        # Unloading the version logs how large its batches were.
+        stats = server.manager.get_servable(TOY_MODEL_NAME).batch_stats()["serving_default"]
+        with caplog.at_level(logging.INFO, logger="serving.servable"):
+            server.stop()
+            server = None
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith(
+            f"batching {TOY_MODEL_NAME}/1/serving_default:")]
+        assert len(logged) == 1 and f"{stats['rows']} requests' rows in {stats['calls']} calls" in logged[0]
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def _self_signed(tmp_path):
