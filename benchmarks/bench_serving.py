@@ -211,11 +211,10 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
     ``"tensors"``: the same pre-built tensors every call, a best case that no caller with new data
     gets (≈ 1.4 ms faster per ``rank`` call here, RESULTS.md)."""
     import tensorflow as tf
-    function = loaded.signatures[signature]
-    feed = {k: tf.constant(v) for k, v in inputs.items()}
-
     if inputs_as not in ("numpy", "tensors"):
         raise ValueError(f"in-process inputs: numpy or tensors, not {inputs_as!r}")
+    function = loaded.signatures[signature]
+    feed = {k: tf.constant(v) for k, v in inputs.items()}
 
     def call():
         {k: v.numpy() for k, v in function(**(feed if inputs_as == "tensors" else
@@ -332,6 +331,7 @@ def main(argv=None):
     requests = make_requests(examples, args.candidates)
     signatures = args.signatures.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
+    baselines = args.inprocess_inputs.split(",")   # the first is the ratios' baseline
 
     from tfrec_kuai import ops
     ops.load_op_library()
@@ -353,7 +353,7 @@ def main(argv=None):
         cells = []  # (mode, transport, batching, signature, clients, make_call, server pid or None)
         for signature in signatures:
             for clients in levels:
-                for inputs_as in args.inprocess_inputs.split(","):  # shown in the transport column
+                for inputs_as in baselines:  # shown in the transport column
                     cells.append(("in-process", inputs_as, "-", signature, clients,
                                   lambda signature=signature, inputs_as=inputs_as: inprocess_caller(
                                       loaded, signature, requests[signature], inputs_as),
@@ -379,14 +379,13 @@ def main(argv=None):
     finally:
         for server in servers.values():
             server.stop()
-    summary = summarize(rows, baseline=args.inprocess_inputs.split(",")[0])
+    summary = summarize(rows, baseline=baselines[0])
     with open(args.output, "w") as f:
         json.dump({"command": " ".join([os.path.relpath(sys.executable, REPO), "benchmarks/bench_serving.py"]
                                        + (argv if argv is not None else sys.argv[1:])),
                    "cpus": os.cpu_count(), "seconds_per_cell": args.seconds, "rounds": args.rounds,
                    "summary": summary, "results": rows}, f, indent=1)
-    baseline = args.inprocess_inputs.split(",")[0]
-    print(f"medians over {args.rounds} rounds; p50/inproc: server p50 / in-process ({baseline}) p50; CPU ms per "
+    print(f"medians over {args.rounds} rounds; p50/inproc: server p50 / in-process ({baselines[0]}) p50; CPU ms per "
           "request: the server's, and this process's (the model in-process, the load generator otherwise)")
     print(f"{'signature':10} {'mode':10} {'transport':9} {'batch':5} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'QPS':>8} {'p50/inproc':>10} {'srv CPU':>8} {'own CPU':>8}")
