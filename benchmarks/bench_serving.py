@@ -214,11 +214,17 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
     if inputs_as not in ("numpy", "tensors"):
         raise ValueError(f"in-process inputs: numpy or tensors, not {inputs_as!r}")
     function = loaded.signatures[signature]
-    feed = {k: tf.constant(v) for k, v in inputs.items()}
+    if inputs_as == "tensors":
+        feed = {k: tf.constant(v) for k, v in inputs.items()}
+
+        def make_feed():
+            return feed
+    else:
+        def make_feed():
+            return {k: tf.constant(v) for k, v in inputs.items()}
 
     def call():
-        {k: v.numpy() for k, v in function(**(feed if inputs_as == "tensors" else
-                                               {k: tf.constant(v) for k, v in inputs.items()})).items()}
+        {k: v.numpy() for k, v in function(**make_feed()).items()}
     return call
 
 
@@ -249,15 +255,16 @@ def closed_loop(make_call, clients, seconds, warmup, cpu_of=()):
             if t0 >= window[0]:
                 latencies[i].append(time.perf_counter() - t0)
 
-    cpu = {}
+    cpu = []  # CPU seconds per process in ``cpu_of``, at the window's start and end
 
-    def sample_cpu():  # CPU counters at the window's start and end
+    def sample_cpu():
         for edge in window:
             time.sleep(max(0.0, edge - time.perf_counter()))
-            cpu.setdefault(edge, {pid: process_cpu_seconds(pid) for pid in cpu_of})
+            cpu.append({pid: process_cpu_seconds(pid) for pid in cpu_of})
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    threads.append(threading.Thread(target=sample_cpu))
+    if cpu_of:
+        threads.append(threading.Thread(target=sample_cpu))
     for t in threads:
         t.start()
     for t in threads:
@@ -266,7 +273,7 @@ def closed_loop(make_call, clients, seconds, warmup, cpu_of=()):
     extra = {"first_error": first_error[0]} if first_error else {}
     for pid in cpu_of:
         key = "cpu_ms_per_request" if pid is None else "server_cpu_ms_per_request"
-        extra[key] = round((cpu[window[1]][pid] - cpu[window[0]][pid]) * 1000 / max(all_latencies.size, 1), 2)
+        extra[key] = round((cpu[1][pid] - cpu[0][pid]) * 1000 / max(all_latencies.size, 1), 2)
     return {**extra, "clients": clients, "requests": int(all_latencies.size), "errors": errors[0],
             "qps": round(all_latencies.size / seconds, 1) if seconds else None,
             "min_ms": round(float(all_latencies.min()), 2) if all_latencies.size else None,

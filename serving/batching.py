@@ -8,6 +8,7 @@ proto is not shipped in the ``tensorflow-serving-api`` wheel, so its schema is d
 TF Serving's field names and numbers.
 """
 import collections
+import logging
 import threading
 import time
 
@@ -17,6 +18,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, text_format, wrappe
 from google.protobuf import message_factory
 
 from serving.errors import ServingError, invalid_argument
+
+log = logging.getLogger("serving.batching")
 
 
 def _batching_parameters_class():
@@ -237,6 +240,13 @@ class Batcher:
                 "max_batch": max(histogram) if histogram else 0, "histogram": histogram}
 
     def close(self):
+        """Stop taking requests; logs how large the batches were (whether batching did anything
+        under this batcher's load)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        stats = self.stats()
+        if stats["calls"]:
+            log.info("batching %s: %d requests' rows in %d calls (mean %.2f rows), sizes %s", self.name,
+                     stats["rows"], stats["calls"], stats["rows"] / stats["calls"],
+                     dict(sorted(stats["histogram"].items())))

@@ -5,7 +5,6 @@ byte for byte), and every request is checked against them *before* TensorFlow ru
 wrong name, dtype, shape or batch size comes back as INVALID_ARGUMENT with a message that names
 the input instead of an opaque graph error.
 """
-import logging
 import os
 import threading
 
@@ -18,7 +17,6 @@ from serving import tensors
 from serving.errors import ServingError, from_tf_error, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
-log = logging.getLogger("serving.servable")
 
 
 class TensorSpec:
@@ -180,15 +178,10 @@ class Servable:
         return {key: batcher.stats() for key, batcher in self._batchers.items()}
 
     def close(self):
-        """Stop the batchers after they drain; requests arriving later run unbatched. Logs how
-        large the batches were (whether batching did anything under this version's load)."""
-        for key, batcher in self._batchers.items():
+        """Stop the batchers after they drain (each logs its batch sizes); requests arriving later
+        run unbatched."""
+        for batcher in self._batchers.values():
             batcher.close()
-            stats = batcher.stats()
-            if stats["calls"]:
-                log.info("batching %s/%d/%s: %d requests' rows in %d calls (mean %.2f rows), sizes %s",
-                         self.name, self.version, key, stats["rows"], stats["calls"], stats["rows"] / stats["calls"],
-                         dict(sorted(stats["histogram"].items())))
 
 
 def version_is_ready(path):

@@ -219,7 +219,7 @@ def test_dynamic_batching_merges_concurrent_requests(tmp_path, base, caplog):
         assert float(tf.make_ndarray(stub.Predict(predict_request("total", x=X1)).outputs["total"])) == 6.0
         # Unloading the version logs how large its batches were.
         stats = server.manager.get_servable(TOY_MODEL_NAME).batch_stats()["serving_default"]
-        with caplog.at_level(logging.INFO, logger="serving.servable"):
+        with caplog.at_level(logging.INFO, logger="serving.batching"):
             server.stop()
             server = None
         logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith(
