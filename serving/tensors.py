@@ -4,8 +4,10 @@ Every request and response passes through here, so the common cases (``tensor_co
 typed ``*_val`` fields) are decoded with plain NumPy; ``tf.make_ndarray`` would be correct but
 costs more per call than a small model. Malformed protos become INVALID_ARGUMENT, not a crash.
 """
+import math
+
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.errors import invalid_argument
 
@@ -25,6 +27,7 @@ _DTYPES = {
     types_pb2.DT_HALF: (np.float16, "half_val"),
     types_pb2.DT_STRING: (object, "string_val"),
 }
+_ITEMSIZE = {np_type: np.dtype(np_type).itemsize for np_type, _ in _DTYPES.values()}
 _FROM_NUMPY = {np.dtype(np_type): enum for enum, (np_type, _) in _DTYPES.items() if np_type is not object}
 
 
@@ -56,7 +59,7 @@ def to_numpy(proto):
     dims = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise invalid_argument("tensor shape has a negative dimension")
-    size = int(np.prod(dims)) if dims else 1
+    size = math.prod(dims)  # not np.prod: ~40x slower on a short list, and this runs per input
     np_type, field = _DTYPES.get(proto.dtype, (None, None))
     if np_type is None:
         raise invalid_argument(f"unsupported tensor dtype {dtype_name(proto.dtype)}")
@@ -66,7 +69,7 @@ def to_numpy(proto):
         array[:] = values
     elif proto.tensor_content:
         content = proto.tensor_content
-        itemsize = np.dtype(np_type).itemsize
+        itemsize = _ITEMSIZE[np_type]
         if len(content) != size * itemsize:
             raise invalid_argument(
                 f"tensor_content has {len(content)} bytes, shape {dims} of {dtype_name(proto.dtype)} needs {size * itemsize}")
@@ -87,12 +90,16 @@ def to_numpy(proto):
 def to_proto(array, proto=None):
     """Encode a NumPy array (numeric into ``tensor_content``; strings into ``string_val``)."""
     array = np.asarray(array)
+    if array.dtype.byteorder == ">":  # tensor_content is little-endian
+        array = array.astype(array.dtype.newbyteorder("<"))
     proto = proto if proto is not None else tensor_pb2.TensorProto()
     proto.dtype = dtype_enum_of(array)
-    proto.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]))
+    proto.tensor_shape.Clear()
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=size)
     if proto.dtype == types_pb2.DT_STRING:
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1))
     else:
-        proto.tensor_content = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        proto.tensor_content = array.tobytes()  # C order whatever the array's strides
     return proto

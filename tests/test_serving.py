@@ -211,6 +211,26 @@ def test_malformed_tensor_proto_and_status_of_unknown_model(toy_stubs):
     good_predict(stub)
 
 
+TENSOR_CASES = [np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(6, dtype=np.int64).reshape(2, 3).T,
+                np.array(3.5), np.zeros((0, 4), np.int32), np.array([True, False]), np.arange(4, dtype=np.float16),
+                np.arange(3, dtype=">f4"), np.array([[b"a", b"bc"]], dtype=object)]
+
+
+@pytest.mark.parametrize("array", TENSOR_CASES, ids=lambda a: f"{a.dtype.str}{list(a.shape)}")
+def test_tensor_codec_matches_tensorflow(array):
+    """The server's NumPy codec against TensorFlow's own: what it writes TF reads back, and what
+    TF writes (typed ``*_val`` fields or ``tensor_content``) it reads back."""
+    from serving import tensors
+    ours = tensors.to_proto(array)
+    np.testing.assert_array_equal(tf.make_ndarray(ours), array)
+    assert list(tf.make_ndarray(ours).shape) == list(array.shape)
+    native = array.astype(array.dtype.newbyteorder("="))  # TF copies big-endian bytes as they are
+    for proto in (tf.make_tensor_proto(native), ours):
+        decoded = tensors.to_numpy(proto)
+        assert decoded.shape == array.shape and decoded.dtype.kind == array.dtype.kind
+        np.testing.assert_array_equal(decoded, array)
+
+
 # ---- REST ---------------------------------------------------------------------------------
 
 def test_rest_predict_row_and_columnar(toy_server):
