@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Reproduces the variant table of docs/experiments.md:
-#   simulate 1 M impressions (seed 7) -> Beam examples (L=100, last day = eval) -> train every
+#   simulate 1 M impressions (seed 7) -> Beam examples (L=200, last day = eval) -> train every
 #   ranking variant + the retrieval model -> evaluate each with the simulator's ground truth ->
 #   benchmarks/experiment_table.py prints the table.
 #
 # Usage: benchmarks/run_experiments.sh [OUT_DIR]    (default /work/data/experiments)
 # Env:   LOG=/work/data/sim1m EXAMPLES=/work/data/sim1m_examples_L<HISTORY_LENGTH>  (made if missing)
 #        EPOCHS=1 BATCH=512 MAX_TRAIN=  VARIANTS="full no_history no_feedback no_context shared_bottom"
-#        HISTORY_LENGTH=100 (history events per example; the examples folder is per length)
+#        HISTORY_LENGTH=200 (history events per example; the examples folder is per length;
+#        docs/experiments.md's table was made with 200)
 #        RETRIEVAL_VARIANTS="full"  SEEDS="0"  (each seed in OUT_DIR/seed_<n>/; the table averages them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${1:-/work/data/experiments}
 LOG=${LOG:-/work/data/sim1m}
-HISTORY_LENGTH=${HISTORY_LENGTH:-100}
+HISTORY_LENGTH=${HISTORY_LENGTH:-200}
 EXAMPLES=${EXAMPLES:-/work/data/sim1m_examples_L$HISTORY_LENGTH}
 EPOCHS=${EPOCHS:-1}
 BATCH=${BATCH:-512}
