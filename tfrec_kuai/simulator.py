@@ -64,6 +64,11 @@ class SimParams:
     dislike_strength: tuple = (1.2, 2.2)
     background_sd: float = 0.3
     leniency_sd: float = 0.3
+    # Affinity for particular authors (low-rank user x author factors), a second driver of likes,
+    # follows, comments, forwards and profile visits that skips and watch depth do not follow.
+    # 0 = off (the default world: engagement follows the topic match alone).
+    author_affinity_sd: float = 0.0
+    author_factors: int = 4
     # Logging policy: softmax over topics of strength * (affinity + noise) + log topic share
     policy_strength: float = 0.5
     policy_noise: float = 1.0
@@ -133,6 +138,15 @@ class _World:
         tag_valid = cat.tags >= 0
         self.tag_count = np.maximum(tag_valid.sum(1), 1)
         self.tag_valid = tag_valid
+        # Drawn from a stream of its own, so that with the default 0 every other draw, and so the
+        # whole log, is the same as before the knob existed.
+        self.author_affinity_sd = float(p.author_affinity_sd)
+        if self.author_affinity_sd > 0:
+            author_rng = np.random.default_rng([p.seed, 2])
+            _, self.author_of_video = np.unique(cat.author_id, return_inverse=True)
+            k = max(1, int(p.author_factors))
+            self.user_author_factors = author_rng.normal(0.0, 1.0, (num_users, k)) / np.sqrt(k)
+            self.author_factors = author_rng.normal(0.0, 1.0, (int(self.author_of_video.max()) + 1, k))
 
     def match(self, user_rows, videos):
         """Latent match of (user row, video index) pairs: mean topic affinity + quality + leniency."""
@@ -140,6 +154,14 @@ class _World:
         tags = cat.tags[videos]
         aff = self.affinity[user_rows[:, None], np.maximum(tags, 0)] * self.tag_valid[videos]
         return aff.sum(1) / self.tag_count[videos] + cat.quality[videos] + self.leniency[user_rows]
+
+    def author_affinity(self, user_rows, videos):
+        """The engagement shift of (user row, video index) pairs: ~N(0, author_affinity_sd²), 0 when off."""
+        if self.author_affinity_sd <= 0:
+            return np.zeros(len(user_rows))
+        authors = self.author_of_video[videos]
+        return self.author_affinity_sd * np.einsum("nk,nk->n", self.user_author_factors[user_rows],
+                                                   self.author_factors[authors])
 
     def pick_videos(self, rng, user_rows, is_rand):
         """Videos shown: policy topic, then a popularity-weighted video of it; random share uniform."""
@@ -202,10 +224,11 @@ def _simulate_chunk(world, params, chunk_index, user_rows):
         p_skip[idx] = ps
         skipped[idx] = s
         streak[:k] = np.where(s, st + 1, 0)
-    outcome = behaviour.draw_outcomes(beh, rng, match, duration, skipped)
+    engage = world.author_affinity(row_of, videos)
+    outcome = behaviour.draw_outcomes(beh, rng, match, duration, skipped, engage)
     play = outcome["play_time_ms"]
     time_ms = _timestamps(rng, p, row_of, counts, session_start, play)
-    truth = behaviour.truth(beh, match, duration, p_skip)
+    truth = behaviour.truth(beh, match, duration, p_skip, engage)
     date, hourmin = _local_calendar(time_ms)
     tab = rng.choice(TAB_VALUES, size=n, p=TAB_WEIGHTS)
     complete = play >= duration

@@ -17,6 +17,9 @@ def add_arguments(parser):
                         help="real KuaiRand-Pure video/user tables or generated ones of the same shape")
     parser.add_argument("--policy_strength", type=float, default=0.5,
                         help="how strongly the logging policy follows the users' true interests")
+    parser.add_argument("--author_affinity", type=float, default=0.0,
+                        help="sd of the users' affinity for particular authors, a driver of likes / follows / "
+                             "comments / forwards that skips and watch depth do not follow (0 = off)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -25,7 +28,7 @@ def run(args):
         raise SystemExit("--impressions must be >= 1")
     params = SimParams(impressions=args.impressions, seed=args.seed, users=args.users, days=args.days,
                        start_date=args.start_date, random_share=args.random_share, catalogue=args.catalogue,
-                       policy_strength=args.policy_strength)
+                       policy_strength=args.policy_strength, author_affinity_sd=args.author_affinity)
     info = simulate(args.output, params, progress=not args.no_progress)
     print(f"wrote {args.impressions} impressions of {info['users']} users over {info['videos']} videos "
           f"to {args.output}: {info['label_rates']}")

@@ -16,6 +16,9 @@ coefficient in :class:`BehaviourParams`:
   ratio_interest*match - ratio_duration*log(d/30 s))`` (power law ``U**g``, so the expectation and
   the depth probabilities are closed-form): the watch ratio falls with duration.
 * Complete plays of short, liked videos loop (watch ratio > 1), as in KuaiRand.
+* ``engage`` (0 unless the simulator's ``author_affinity_sd`` is set): a shift of the like, follow,
+  comment, forward and profile-visit logits that the skip and the watch depth do not see — the
+  user's affinity for the video's *author*, a second driver besides the topic ``match``.
 
 Everything is vectorised over impressions; the only sequential part (the streak) is driven by
 the caller one position at a time.
@@ -100,14 +103,17 @@ def _p_partial_reaches(threshold_ms, d, g, lo):
     return 1.0 - x ** (1.0 / g)
 
 
-def truth(params, match, duration_ms, p_skip):
-    """Exact per-impression probabilities and expected watch time given the skip probability."""
+def truth(params, match, duration_ms, p_skip, engage=0.0):
+    """Exact per-impression probabilities and expected watch time given the skip probability.
+
+    ``engage``: the shift of the engagement logits (see the module docstring), scalar or per row.
+    """
     d, pc, mean_f, g, lo, loop_mean = _watch_parts(params, match, duration_ms)
     p_watch = 1.0 - p_skip
     partial_valid = np.where(d <= VALID_MS, 0.0, _p_partial_reaches(VALID_MS, d, g, lo))
     partial_long = np.where(d <= LONG_MS, 0.0, _p_partial_reaches(LONG_MS, d, g, lo))
-    p_like_w = pc * sigmoid(params.like_base + params.like_interest * match + params.like_complete) + \
-        (1 - pc) * sigmoid(params.like_base + params.like_interest * match)
+    like_logit = params.like_base + params.like_interest * match + engage
+    p_like_w = pc * sigmoid(like_logit + params.like_complete) + (1 - pc) * sigmoid(like_logit)
     expected_ms = p_skip * np.minimum(SKIP_MS, d) / 2.0 + p_watch * (
         pc * d * (1.0 + loop_mean) + (1 - pc) * d * (lo + (1 - lo) * mean_f))
     return {
@@ -116,16 +122,17 @@ def truth(params, match, duration_ms, p_skip):
         "p_long": p_watch * (pc + (1 - pc) * partial_long),
         "p_complete": p_watch * pc,
         "p_like": p_watch * p_like_w,
-        "p_follow": p_watch * sigmoid(params.follow_base + params.follow_interest * match),
-        "p_comment": p_watch * sigmoid(params.comment_base + params.comment_interest * match),
-        "p_forward": p_watch * sigmoid(params.forward_base + params.forward_interest * match),
+        "p_follow": p_watch * sigmoid(params.follow_base + params.follow_interest * match + engage),
+        "p_comment": p_watch * sigmoid(params.comment_base + params.comment_interest * match + engage),
+        "p_forward": p_watch * sigmoid(params.forward_base + params.forward_interest * match + engage),
         "p_hate": sigmoid(params.hate_base + params.hate_mismatch * np.maximum(0.0, -match - params.hate_threshold)),
         "expected_watch_s": expected_ms / 1000.0,
     }
 
 
-def draw_outcomes(params, rng, match, duration_ms, skipped):
-    """Play time and the engagement flags of impressions whose skip was already drawn."""
+def draw_outcomes(params, rng, match, duration_ms, skipped, engage=0.0):
+    """Play time and the engagement flags of impressions whose skip was already drawn
+    (``engage`` as in :func:`truth`)."""
     n = len(match)
     d, pc, mean_f, g, lo, loop_mean = _watch_parts(params, match, duration_ms)
     u = rng.random((8, n))
@@ -135,17 +142,17 @@ def draw_outcomes(params, rng, match, duration_ms, skipped):
                     np.where(complete, d * (1.0 + rng.exponential(1.0, n) * loop_mean),
                              np.minimum(np.ceil(d * frac), d - 1)))
     watched = ~skipped
-    like_logit = params.like_base + params.like_interest * match + params.like_complete * complete
+    like_logit = params.like_base + params.like_interest * match + params.like_complete * complete + engage
     out = {
         "play_time_ms": play.astype(np.int64),
         "is_like": watched & (u[3] < sigmoid(like_logit)),
-        "is_follow": watched & (u[4] < sigmoid(params.follow_base + params.follow_interest * match)),
-        "is_comment": watched & (u[5] < sigmoid(params.comment_base + params.comment_interest * match)),
-        "is_forward": watched & (u[6] < sigmoid(params.forward_base + params.forward_interest * match)),
+        "is_follow": watched & (u[4] < sigmoid(params.follow_base + params.follow_interest * match + engage)),
+        "is_comment": watched & (u[5] < sigmoid(params.comment_base + params.comment_interest * match + engage)),
+        "is_forward": watched & (u[6] < sigmoid(params.forward_base + params.forward_interest * match + engage)),
         "is_hate": u[7] < sigmoid(params.hate_base + params.hate_mismatch *
                                   np.maximum(0.0, -match - params.hate_threshold)),
     }
-    profile = watched & (rng.random(n) < sigmoid(params.profile_base + params.profile_interest * match))
+    profile = watched & (rng.random(n) < sigmoid(params.profile_base + params.profile_interest * match + engage))
     out["is_profile_enter"] = profile | out["is_follow"]
     out["profile_stay_time"] = np.where(out["is_profile_enter"], 1 + rng.poisson(8.0, n), 0)
     out["comment_stay_time"] = np.where(out["is_comment"] | (watched & (rng.random(n) < 0.03)),
