@@ -1,6 +1,6 @@
 """Collects ``eval_*/metrics.json`` of benchmarks/run_experiments.sh into the Markdown variant table.
 
-    .venv/bin/python benchmarks/experiment_table.py OUT_DIR
+    .venv/bin/python benchmarks/experiment_table.py OUT_DIR [--engagement]
 
 ``OUT_DIR`` holds one run (``eval_ranking_<variant>/``) or several seeds (``seed_<n>/eval_...``).
 With several seeds every cell is the mean ± the standard deviation over the seeds that have the
@@ -17,6 +17,7 @@ import sys
 VARIANTS = ("full", "no_history", "no_feedback", "no_context", "shared_bottom")
 COLUMNS = (("auc_skip", "skip AUC"), ("gauc_skip", "skip GAUC"), ("auc_long", "long-view AUC"),
            ("xauc_watch", "watch-time XAUC"), ("mae_watch_s", "watch MAE (s)"), ("recall_at_50", "Recall@50"))
+ENGAGEMENT_COLUMNS = tuple((f"auc_{o}", f"{o} AUC") for o in ("like", "follow", "comment", "forward", "hate"))
 CHECKED = ("auc_skip", "xauc_watch")
 
 
@@ -75,23 +76,24 @@ def _fmt(values):
     return text
 
 
-def table(out_dir):
+def table(out_dir, columns=COLUMNS):
+    """The Markdown table of ``columns`` (pairs of metrics.json key, header) and the issue's checks."""
     runs = [(label, *read_run(path)) for label, path in seed_dirs(out_dir)]
     runs = [(label, rows, oracle) for label, rows, oracle in runs if rows]
     if not runs:
         return f"no eval_* results under {out_dir}"
     oracle = next((o for _, _, o in runs if o), None)
     present = [v for v in VARIANTS if any(v in rows for _, rows, _ in runs)]
-    mean = {v: {k: statistics.fmean(_values(runs, v, k)) for k, _ in COLUMNS if _values(runs, v, k)}
+    mean = {v: {k: statistics.fmean(_values(runs, v, k)) for k, _ in columns if _values(runs, v, k)}
             for v in present}
     n = len(runs)
     lines = [f"{n} seed(s): " + ", ".join(label for label, _, _ in runs) + (" — mean ± sd" if n > 1 else ""), "",
-             "| variant | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+             "| variant | " + " | ".join(c[1] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for v in present:
-        cells = [_fmt(_values(runs, v, k)) for k, _ in COLUMNS]
+        cells = [_fmt(_values(runs, v, k)) for k, _ in columns]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if oracle:
-        lines.append("| oracle (simulator truth) | " + " | ".join(_fmt([oracle[k]] if oracle.get(k) is not None else []) for k, _ in COLUMNS) + " |")
+        lines.append("| oracle (simulator truth) | " + " | ".join(_fmt([oracle[k]] if oracle.get(k) is not None else []) for k, _ in columns) + " |")
     if not (oracle and "full" in mean and "no_feedback" in mean):
         return "\n".join(lines)
     lines.append("")
@@ -114,4 +116,10 @@ def table(out_dir):
 
 
 if __name__ == "__main__":
-    print(table(sys.argv[1] if len(sys.argv) > 1 else "/work/data/experiments"))
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", nargs="?", default="/work/data/experiments")
+    parser.add_argument("--engagement", action="store_true",
+                        help="also the like / follow / comment / forward / hate AUCs")
+    args = parser.parse_args()
+    print(table(args.out_dir, COLUMNS + ENGAGEMENT_COLUMNS if args.engagement else COLUMNS))

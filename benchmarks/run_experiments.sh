@@ -10,6 +10,7 @@
 #        HISTORY_LENGTH=200 (history events per example; the examples folder is per length;
 #        docs/experiments.md's table was made with 200)
 #        RETRIEVAL_VARIANTS="full"  SEEDS="0"  (each seed in OUT_DIR/seed_<n>/; the table averages them)
+#        SIM_ARGS=  (more `tfrec-kuai simulate` flags for a new LOG, e.g. "--author_affinity 1.0")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,10 +24,12 @@ MAX_TRAIN=${MAX_TRAIN:-}
 VARIANTS=${VARIANTS:-"full no_history no_feedback no_context shared_bottom"}
 RETRIEVAL_VARIANTS=${RETRIEVAL_VARIANTS-full}   # set but empty: no retrieval
 SEEDS=${SEEDS:-0}
+SIM_ARGS=${SIM_ARGS:-}
 mkdir -p "$OUT"
 
 if [ ! -f "$LOG/ground_truth.csv" ]; then
-  $PY -m tfrec_kuai.cli simulate --output "$LOG" --impressions 1000000 --seed 7
+  # shellcheck disable=SC2086  # SIM_ARGS is a list of flags
+  $PY -m tfrec_kuai.cli simulate --output "$LOG" --impressions 1000000 --seed 7 $SIM_ARGS
 fi
 if [ ! -f "$EXAMPLES/metadata.json" ]; then
   $PY -m beam_pipelines.build_examples --input "$LOG/log_*.csv" --output "$EXAMPLES" \

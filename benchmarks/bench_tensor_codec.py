@@ -1,0 +1,106 @@
+"""The server's TensorProto codec (serving/tensors.py) against TensorFlow's own, per request.
+
+Every gRPC Predict decodes each input TensorProto and encodes each output, so this runs on
+every request next to the model. Measured on the tensors of one ``rank`` request (1 user, a
+history of ``--history`` events, ``--candidates`` videos: 15 inputs) and its answer (11 outputs
+of ``[1, candidates]``), each side timed as a whole request, the two implementations interleaved
+in the same run:
+
+* decode: ``serving.tensors.to_numpy`` vs ``tf.make_ndarray``
+* encode: ``serving.tensors.to_proto`` into a ``PredictResponse`` vs ``tf.make_tensor_proto`` +
+  ``CopyFrom``
+
+    .venv/bin/python benchmarks/bench_tensor_codec.py --repeats 7
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def rank_request_arrays(candidates, history):
+    """Arrays shaped and typed like a ``rank`` request's inputs and its outputs (export_rank.py)."""
+    rng = np.random.default_rng(0)
+    inputs = {k: rng.integers(0, 10_000, [1]).astype(np.int64) for k in ("user_id", "hour", "tab", "hist_len")}
+    for k in ("hist_video_id", "hist_author_id", "hist_tag", "hist_feedback"):
+        inputs[k] = rng.integers(0, 10_000, [1, history]).astype(np.int64)
+    for k in ("hist_play_s", "hist_duration_s", "hist_age_s"):
+        inputs[k] = rng.random([1, history], np.float32)
+    for k in ("video_id", "author_id", "tag"):
+        inputs[k] = rng.integers(0, 10_000, [1, candidates]).astype(np.int64)
+    inputs["duration_s"] = rng.random([1, candidates], np.float32)
+    outputs = {k: rng.random([1, candidates], np.float32) for k in (
+        "p_skip", "p_valid", "p_long", "p_complete", "p_like", "p_follow", "p_comment", "p_forward", "p_hate",
+        "watch_s", "score")}
+    return inputs, outputs
+
+
+def timed(fn, number):
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number * 1e6
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--history", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per implementation (median reported)")
+    p.add_argument("--number", type=int, default=300, help="requests per timed run")
+    args = p.parse_args(argv)
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+    from serving import tensors
+
+    inputs, outputs = rank_request_arrays(args.candidates, args.history)
+    request = predict_pb2.PredictRequest()
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+
+    def decode_ours():
+        return {k: tensors.to_numpy(v) for k, v in request.inputs.items()}
+
+    def decode_tf():
+        return {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+
+    def encode_ours():
+        response = predict_pb2.PredictResponse()
+        for k, v in outputs.items():
+            tensors.to_proto(v, response.outputs[k])
+        return response
+
+    def encode_tf():
+        response = predict_pb2.PredictResponse()
+        for k, v in outputs.items():
+            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+        return response
+
+    decoded, encoded = decode_tf(), encode_ours()   # same values both ways before timing anything
+    for k, v in decode_ours().items():
+        np.testing.assert_array_equal(v, decoded[k])
+    for k, v in outputs.items():
+        np.testing.assert_array_equal(tf.make_ndarray(encoded.outputs[k]), v)
+
+    pairs = {"decode 15 inputs": (decode_ours, decode_tf), "encode 11 outputs": (encode_ours, encode_tf)}
+    print(f"rank request: 1 user, {args.history} history events, {args.candidates} candidates; "
+          f"median of {args.repeats} runs of {args.number} requests")
+    print(f"{'step':<20}{'serving.tensors us':>20}{'TensorFlow us':>16}{'TF / ours':>11}")
+    for name, (ours, theirs) in pairs.items():
+        times = {"ours": [], "tf": []}
+        for _ in range(args.repeats):            # interleaved: both see the same machine load
+            times["ours"].append(timed(ours, args.number))
+            times["tf"].append(timed(theirs, args.number))
+        a, b = statistics.median(times["ours"]), statistics.median(times["tf"])
+        print(f"{name:<20}{a:>20.1f}{b:>16.1f}{b / a:>10.2f}x", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
