@@ -67,6 +67,7 @@ setup(
         "numpy",
         "matplotlib",
         "tqdm",
+        "orjson",
     ],
     entry_points={"console_scripts": ["tfrec-kuai=tfrec_kuai.cli:main"]},
     zip_safe=False,

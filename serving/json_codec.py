@@ -6,11 +6,18 @@ of batched tensors or one bare tensor), and answers ``"predictions"`` or ``"outp
 Binary strings travel as ``{"b64": "..."}``; string outputs whose alias ends in ``_bytes`` are
 sent back that way. Classify/Regress take ``"examples"`` (+ optional ``"context"``) as JSON
 objects, turned into tf.Example here.
+
+Responses are written by orjson straight from the NumPy outputs: a float32 comes out as the
+shortest text that reads back as the same float32 (``0.2``, not the float64 expansion
+``0.20000000298023224``), which is what TF Serving aims for too (6 or 9 digits in its
+``json_tensor.cc``), and a ``rank`` answer of 11 × 200 floats is written ≈ 20× faster than
+``json.dumps`` of ``tolist()`` (benchmarks/RESULTS.md).
 """
 import base64
 import math
 
 import numpy as np
+import orjson
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 
@@ -100,7 +107,14 @@ def _single(value, signature):
     return {key: to_array(value, spec, f"input '{key}'")}
 
 
+def dumps(obj):
+    """A response body as JSON bytes; NumPy arrays and scalars in ``obj`` are written directly."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _jsonable(key, array):
+    """An output for :func:`dumps`: numbers stay NumPy (C-contiguous, or a NumPy scalar for rank 0),
+    strings become lists (``{"b64": ...}`` for ``*_bytes`` aliases), non-finite floats text."""
     array = np.asarray(array)
     if array.dtype.kind in "OS":
         if key.endswith("_bytes"):
@@ -108,15 +122,18 @@ def _jsonable(key, array):
         else:
             convert = lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b)  # noqa: E731
         return np.vectorize(convert, otypes=[object])(array).tolist() if array.size else array.tolist()
-    if array.dtype.kind == "f":
-        out = array.astype(np.float64).tolist()
-        return _fix_nonfinite(out) if not np.all(np.isfinite(array)) else out
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        return nonfinite_as_text(array.astype(np.float64).tolist())
+    if array.dtype.kind in "biuf":
+        return np.ascontiguousarray(array) if array.ndim else array[()]
     return array.tolist()
 
 
-def _fix_nonfinite(value):
+def nonfinite_as_text(value):
+    """Nested lists of floats with NaN / ±inf as the strings "NaN", "Infinity", "-Infinity"
+    (JSON has no such numbers)."""
     if isinstance(value, list):
-        return [_fix_nonfinite(v) for v in value]
+        return [nonfinite_as_text(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value

@@ -83,9 +83,10 @@ class RestApi:
         examples = inference.serialize_input(json_codec.examples_input(payload))
         if match["tail"] == ":classify":
             _, result = inference.classify(servable, signature_name, examples)
-            return {"results": [[[c.label, c.score] for c in r.classes] for r in result.classifications]}
+            return {"results": json_codec.nonfinite_as_text(
+                [[[c.label, c.score] for c in r.classes] for r in result.classifications])}
         _, result = inference.regress(servable, signature_name, examples)
-        return {"results": [r.value for r in result.regressions]}
+        return {"results": json_codec.nonfinite_as_text([r.value for r in result.regressions])}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -104,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _send(self, status, obj, close=False):
-        data = json.dumps(obj).encode()
+        data = json_codec.dumps(obj)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

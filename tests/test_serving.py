@@ -251,6 +251,17 @@ def test_rest_predict_row_and_columnar(toy_server):
     assert (status, body) == (200, {"predictions": [0.0]})
 
 
+def test_rest_writes_float32_outputs_as_float32(toy_server):
+    """A float32 output is written as the shortest text that reads back as the same float32 (0.1,
+    not 0.10000000149011612); NaN and infinities, which JSON has no numbers for, as text."""
+    status, body = http(toy_server, "POST", "/v1/models/toy/versions/1:predict",
+                        {"signature_name": "scale", "inputs": [[0.1, 0.2, 1.0, 3e-5]]})
+    assert (status, body) == (200, {"outputs": [[0.1, 0.2, 1.0, 3e-5]]})
+    status, body = http(toy_server, "POST", "/v1/models/toy/versions/1:predict",
+                        {"signature_name": "scale", "instances": [[float("nan"), float("inf"), -float("inf")]]})
+    assert (status, body) == (200, {"predictions": [["NaN", "Infinity", "-Infinity"]]})
+
+
 def test_rest_classify_regress_metadata_status(toy_server):
     status, body = http(toy_server, "POST", "/v1/models/toy:classify",
                         {"signature_name": "classify", "examples": [{"a": 0.0}, {"a": 2.0, "b": 1}]})
