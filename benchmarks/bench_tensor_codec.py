@@ -1,4 +1,4 @@
-"""The server's TensorProto codec (serving/tensors.py) against TensorFlow's own, per request.
+"""The server's codecs per request: TensorProto (gRPC) against TensorFlow's own, JSON (REST) against json.
 
 Every gRPC Predict decodes each input TensorProto and encodes each output, so this runs on
 every request next to the model. Measured on the tensors of one ``rank`` request (1 user, a
@@ -9,6 +9,8 @@ in the same run:
 * decode: ``serving.tensors.to_numpy`` vs ``tf.make_ndarray``
 * encode: ``serving.tensors.to_proto`` into a ``PredictResponse`` vs ``tf.make_tensor_proto`` +
   ``CopyFrom``
+* REST answer: ``serving.json_codec`` (``predict_outputs`` + ``dumps``, orjson from NumPy) vs the
+  standard library (``json.dumps`` of the outputs' ``tolist()``), columnar format
 
     .venv/bin/python benchmarks/bench_tensor_codec.py --repeats 7
 """
@@ -57,7 +59,8 @@ def main(argv=None):
 
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
-    from serving import tensors
+    import json
+    from serving import json_codec, tensors
 
     inputs, outputs = rank_request_arrays(args.candidates, args.history)
     request = predict_pb2.PredictRequest()
@@ -82,23 +85,33 @@ def main(argv=None):
             response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
         return response
 
+    def rest_ours():
+        return json_codec.dumps(json_codec.predict_outputs(outputs, "columnar"))
+
+    def rest_json():
+        return json.dumps({"outputs": {k: v.astype(np.float64).tolist() for k, v in outputs.items()}}).encode()
+
     decoded, encoded = decode_tf(), encode_ours()   # same values both ways before timing anything
     for k, v in decode_ours().items():
         np.testing.assert_array_equal(v, decoded[k])
     for k, v in outputs.items():
         np.testing.assert_array_equal(tf.make_ndarray(encoded.outputs[k]), v)
 
-    pairs = {"decode 15 inputs": (decode_ours, decode_tf), "encode 11 outputs": (encode_ours, encode_tf)}
+    rest_back = json.loads(rest_ours())["outputs"]
+    for k, v in outputs.items():
+        np.testing.assert_array_equal(np.asarray(rest_back[k], np.float32), v)
+    pairs = {"decode 15 inputs": (decode_ours, decode_tf), "encode 11 outputs": (encode_ours, encode_tf),
+             "REST answer (JSON)": (rest_ours, rest_json)}
     print(f"rank request: 1 user, {args.history} history events, {args.candidates} candidates; "
           f"median of {args.repeats} runs of {args.number} requests")
-    print(f"{'step':<20}{'serving.tensors us':>20}{'TensorFlow us':>16}{'TF / ours':>11}")
+    print(f"{'step':<20}{'serving us':>12}{'TF / json us':>14}{'them / ours':>13}")
     for name, (ours, theirs) in pairs.items():
         times = {"ours": [], "tf": []}
         for _ in range(args.repeats):            # interleaved: both see the same machine load
             times["ours"].append(timed(ours, args.number))
             times["tf"].append(timed(theirs, args.number))
         a, b = statistics.median(times["ours"]), statistics.median(times["tf"])
-        print(f"{name:<20}{a:>20.1f}{b:>16.1f}{b / a:>10.2f}x", flush=True)
+        print(f"{name:<20}{a:>12.1f}{b:>14.1f}{b / a:>12.2f}x", flush=True)
     return 0
 
 

@@ -10,7 +10,7 @@ objects, turned into tf.Example here.
 Responses are written by orjson straight from the NumPy outputs: a float32 comes out as the
 shortest text that reads back as the same float32 (``0.2``, not the float64 expansion
 ``0.20000000298023224``), which is what TF Serving aims for too (6 or 9 digits in its
-``json_tensor.cc``), and a ``rank`` answer of 11 × 200 floats is written ≈ 20× faster than
+``json_tensor.cc``), and a ``rank`` answer of 11 × 200 floats is written ≈ 10× faster than
 ``json.dumps`` of ``tolist()`` (benchmarks/RESULTS.md).
 """
 import base64
