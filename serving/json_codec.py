@@ -14,6 +14,7 @@ shortest text that reads back as the same float32 (``0.2``, not the float64 expa
 ``json.dumps`` of ``tolist()`` (benchmarks/RESULTS.md).
 """
 import base64
+import json
 import math
 
 import numpy as np
@@ -105,6 +106,16 @@ def _single(value, signature):
             f"({', '.join(sorted(signature.inputs))})")
     key, spec = next(iter(signature.inputs.items()))
     return {key: to_array(value, spec, f"input '{key}'")}
+
+
+def loads(body):
+    """A request body: orjson (≈ 5× faster than ``json`` on a ``rank`` request), or the standard
+    library for what orjson refuses and TF Serving accepts (NaN / Infinity tokens, integers beyond
+    64 bits) — so its error message is the one a bad body gets."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def dumps(obj):

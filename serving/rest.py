@@ -5,7 +5,6 @@ Routes (as in TF Serving): ``GET /v1/models/<name>[/versions/<v>|/labels/<l>]`` 
 ``{"error": "<message>"}`` with the HTTP status TF Serving maps the gRPC code to; a body larger
 than the maximum message size is refused with 413 before it is read.
 """
-import json
 import logging
 import re
 import socket
@@ -64,7 +63,7 @@ class RestApi:
         if not match or match["tail"] not in (":predict", ":classify", ":regress"):
             raise not_found(f"Malformed request: POST {path}")
         try:
-            payload = json.loads(body) if body else None
+            payload = json_codec.loads(body) if body else None
         except (ValueError, UnicodeDecodeError) as error:
             raise invalid_argument(f"JSON Parse error: {error}") from None
         if not isinstance(payload, dict):
