@@ -26,20 +26,16 @@ import numpy as np  # noqa: E402
 
 
 def rank_request_arrays(candidates, history):
-    """Arrays shaped and typed like a ``rank`` request's inputs and its outputs (export_rank.py)."""
+    """A ``rank`` request's inputs (``export_rank.sample_request``, the export's own well-formed
+    request, for 1 user) and an answer of the model's outputs, ``[1, candidates]`` each."""
+    from tfrec_kuai.export_rank import sample_request
+    from tfrec_kuai.models.ranking import OUTPUT_NAMES
     rng = np.random.default_rng(0)
-    inputs = {k: rng.integers(0, 10_000, [1]).astype(np.int64) for k in ("user_id", "hour", "tab", "hist_len")}
-    for k in ("hist_video_id", "hist_author_id", "hist_tag", "hist_feedback"):
-        inputs[k] = rng.integers(0, 10_000, [1, history]).astype(np.int64)
-    for k in ("hist_play_s", "hist_duration_s", "hist_age_s"):
-        inputs[k] = rng.random([1, history], np.float32)
-    for k in ("video_id", "author_id", "tag"):
-        inputs[k] = rng.integers(0, 10_000, [1, candidates]).astype(np.int64)
-    inputs["duration_s"] = rng.random([1, candidates], np.float32)
-    outputs = {k: rng.random([1, candidates], np.float32) for k in (
-        "p_skip", "p_valid", "p_long", "p_complete", "p_like", "p_follow", "p_comment", "p_forward", "p_hate",
-        "watch_s", "score")}
-    return inputs, outputs
+    corpus = {"video_id": np.arange(1000, dtype=np.int64), "author_id": rng.integers(0, 300, 1000),
+              "tag": rng.integers(0, 40, 1000), "duration_s": rng.uniform(5, 300, 1000).astype(np.float32)}
+    user, cand = sample_request(corpus, history, users=1, candidates=candidates)
+    outputs = {k: rng.random([1, candidates], np.float32) for k in OUTPUT_NAMES}
+    return {**user, **cand}, outputs
 
 
 def timed(fn, number):
