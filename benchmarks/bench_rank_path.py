@@ -8,6 +8,11 @@ median latency of each and their ratio.
 
     .venv/bin/python benchmarks/bench_rank_path.py                 # builds the models if needed
     .venv/bin/python benchmarks/bench_rank_path.py --repeats 40 --batches 1,4,8,16
+    .venv/bin/python benchmarks/bench_rank_path.py --baseline OLD_VERSION_DIR   # + an earlier export
+
+``--baseline`` adds a third column: the ``rank`` signature of another export version directory
+(e.g. the same models exported by an earlier commit, kept aside), timed in the same interleaved
+rounds, and its ratio to this code's XLA-on export.
 
 The two exports stay under ``--work_dir`` (``export_xla_on/``, ``export_xla_off/``), so the
 server benchmark can be pointed at either: ``bench_serving.py --export_base DIR --examples DIR``.
@@ -33,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--batches", default="1,4,8,16", help="users per call")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per export and batch size")
+    p.add_argument("--baseline", help="an export version directory to time alongside (same models, other code)")
     return p.parse_args(argv)
 
 
@@ -57,8 +63,11 @@ def main(argv=None):
     from tfrec_kuai import ops
     ops.load_op_library()
     request = bench_serving.make_requests(os.path.join(args.work_dir, "examples"), args.candidates)["rank"]
+    if args.baseline:
+        paths["baseline"] = args.baseline
     functions = {name: tf.saved_model.load(path).signatures["rank"] for name, path in paths.items()}
-    print(f"{'users':>5} {'XLA off ms':>11} {'XLA on ms':>10} {'off/on':>7}")
+    baseline_header = f" {'baseline ms':>12} {'base/on':>8}" if args.baseline else ""
+    print(f"{'users':>5} {'XLA off ms':>11} {'XLA on ms':>10} {'off/on':>7}{baseline_header}")
     for users in (int(b) for b in args.batches.split(",")):
         feed = {k: tf.constant(np.concatenate([v] * users, 0)) for k, v in request.items()}
         for function in functions.values():      # compile / warm up outside the timing
@@ -70,8 +79,10 @@ def main(argv=None):
                 start = time.perf_counter()
                 {k: v.numpy() for k, v in function(**feed).items()}
                 times[name].append(time.perf_counter() - start)
-        off, on = (1000 * float(np.median(times[name])) for name in ("off", "on"))
-        print(f"{users:>5} {off:>11.2f} {on:>10.2f} {off / on:>6.2f}x", flush=True)
+        median = {name: 1000 * float(np.median(t)) for name, t in times.items()}
+        off, on = median["off"], median["on"]
+        baseline = f" {median['baseline']:>12.2f} {median['baseline'] / on:>7.2f}x" if args.baseline else ""
+        print(f"{users:>5} {off:>11.2f} {on:>10.2f} {off / on:>6.2f}x{baseline}", flush=True)
     return 0
 
 
