@@ -68,11 +68,14 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         keys/values, without the copies), so ranking ``C`` candidates for one user neither
         projects nor copies the history ``C`` times. With ``repeat=1`` ``B_user = B`` and the
         attention is the op (fused or composite per ``attention_implementation``).
-      relation: optional ``[B, L, R]`` float32 — what the feedback network reads that *does*
-        depend on the target (the event's relation to it, ``embeddings.target_relation``), per
-        query row. The network's first layer reads ``feedback ⊕ relation``; it is evaluated as
-        ``feedback·W_f`` once per user row (repeated) ``+ relation·W_r`` per query row — the
-        same numbers as on the concatenation, without ``C`` copies of the ``F``-wide part.
+      relation: optional ``[B, L, R]`` float32 of 0/1 indicators — what the feedback network
+        reads that *does* depend on the target (the event's relation to it,
+        ``embeddings.target_relation``), per query row. The network's first layer reads
+        ``feedback ⊕ relation``; it is evaluated as ``feedback·W_f`` once per user row ``+
+        relation·W_r`` per query row — the same numbers as on the concatenation, without ``C``
+        copies of the ``F``-wide part. With ``repeat != 1`` the whole network runs once per user
+        row and relation code (``2**R`` of them) and each query row picks its code's output, so
+        there the relation must be 0/1 (values are read as ``> 0.5``).
 
     Returns:
       ``[B, H * (Dv + 1)]`` float32 with ``feedback_channel`` (the default), else ``[B, H * Dv]``.
