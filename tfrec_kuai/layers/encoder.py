@@ -136,7 +136,7 @@ class FeedbackAwareEncoder(tf.keras.layers.Layer):
         bits = tf.constant([[(code >> i) & 1 for i in range(r)] for code in range(2 ** r)], tf.float32)
         hidden = per_user[:, :, tf.newaxis] + tf.matmul(bits, relation_kernel)            # [B_user, L, 2^R, hidden]
         table = self.feedback_out(tf.nn.relu(hidden))                                     # [B_user, L, 2^R, 2H]
-        codes = tf.cast(tf.reduce_sum(tf.cast(relation > 0.5, tf.int32) * (2 ** tf.range(r)), -1), tf.int32)
+        codes = tf.reduce_sum(tf.cast(relation > 0.5, tf.int32) * (2 ** tf.range(r)), -1)   # [B, L]
         users, num_positions = tf.shape(per_user)[0], tf.shape(per_user)[1]
         codes = tf.transpose(tf.reshape(codes, [users, -1, num_positions]), [0, 2, 1])     # [B_user, L, C]
         picked = tf.gather(table, codes, batch_dims=2)                                    # [B_user, L, C, 2H]
