@@ -65,6 +65,9 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
         assert kinds == {"predict_log", "classify_log", "regress_log"}
         signatures = {log.predict_log.request.model_spec.signature_name for log in logs if log.predict_log.request.inputs}
         assert signatures == {"recommend", "rank", "retrieve"}
+        # One rank request per user-group size of the XLA path (export_rank.USER_GROUPS).
+        assert sorted(log.predict_log.request.inputs["user_id"].tensor_shape.dim[0].size for log in logs
+                      if log.predict_log.request.model_spec.signature_name == "rank") == [1, 4, 8]
     assert os.path.isfile(os.path.join(kuai_exports["base"], "models.config"))
     from serving.batching import BatchingOptions
     batching = BatchingOptions.from_file(os.path.join(kuai_exports["base"], "batching_parameters.txt"))
@@ -211,9 +214,9 @@ def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir
     L = int(ranking.model_config.history_length)
     module = E.ServingModule(ranking, retrieval, corpus, L, top_n=5, retrieve_k=20, xla=xla)
     assert module.shared_history, module.rank_path_note
-    # Under XLA: 17 candidates padded to 18; 5 users = a group of 4 + one; 3 users = three of one;
-    # and the empty requests.
-    for users, candidates in ((5, 17), (3, 1), (2, 0), (0, 4)):
+    # Under XLA: 17 candidates padded to 18; 13 users = groups of 8, 4 and 1; 3 users = three of
+    # one; and the empty requests.
+    for users, candidates in ((13, 17), (3, 1), (2, 0), (0, 4)):
         user, cand = export_rank.sample_request(corpus, L, users=users, candidates=candidates, seed=3)
         user = {k: tf.constant(v) for k, v in user.items()}
         cand = {k: tf.constant(v) for k, v in cand.items()}

@@ -296,7 +296,11 @@ def warmup_logs(model_name, features, serialized, candidates):
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
 
-    for rows in sorted({1, len(features["user_id"])}):
+    # One request per user-group size of the XLA rank path (and all the examples), so that every
+    # program `recommend` runs is compiled before the version is AVAILABLE.
+    from tfrec_kuai.export_rank import USER_GROUPS
+    count = len(features["user_id"])
+    for rows in sorted({g for g in USER_GROUPS if g <= count} | {count}):
         head = {k: v[:rows] for k, v in features.items()}
         predict("recommend", user_inputs(head))
         predict("retrieve", user_inputs(head))
@@ -431,7 +435,7 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
 
 
 def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,
-           top_n=20, retrieve_k=100, warmup_examples=4, write_configs=True, log=None, xla=None):
+           top_n=20, retrieve_k=100, warmup_examples=8, write_configs=True, log=None, xla=None):
     """``tfrec-kuai export``: load both trained models, build the signatures, save one version.
 
     ``xla`` (None: on unless ``portable``): compile the rank path with XLA (``export_rank``). The

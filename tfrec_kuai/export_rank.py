@@ -45,7 +45,10 @@ class _SharedHistoryView:
         return getattr(self._model, name)
 
 
-USER_GROUP = 4   # users per XLA program call in the batched rank path (plus a one-user program)
+# Users per XLA program call in the batched rank path, largest first; a batch is split greedily
+# (13 users: 8 + 4 + 1). One program per size and candidate bucket; a larger group amortises the
+# per-call cost over more users (8 users: 15.2 ms as one group, 16.7 ms as two of 4, RESULTS.md).
+USER_GROUPS = (8, 4, 1)
 
 
 def bucket_size(n, steps_per_octave=8):
@@ -71,9 +74,10 @@ def rank_shared_history(model, user, candidates, output_names, xla=False):
     and the prediction part (experts, towers, heads, score) with XLA, which fuses their dozens of
     small ops per row into a few kernels — 1.3–1.5x faster on CPU for 200-candidate requests
     (benchmarks/RESULTS.md). XLA compiles once per input shape (≈ 1.5 s for the default model), so
-    the compiled parts see few shapes: the users of a batch are ranked ``USER_GROUP`` at a time
-    (``tf.map_fn``), the remainder one at a time, and the candidates are padded to
-    ``bucket_size(C)`` (200 → 208): two programs per candidate bucket, whatever the batch size.
+    the compiled parts see few shapes: the users of a batch are ranked in groups of the
+    ``USER_GROUPS`` sizes (greedily, largest first, ``tf.map_fn`` over the groups of one size),
+    and the candidates are padded to ``bucket_size(C)`` (200 → 208): one program per group size
+    and candidate bucket, whatever the batch size.
     Needs XLA's CPU JIT where the SavedModel runs: TensorFlow itself, or TF Serving started with
     ``--xla_cpu_compilation_enabled``.
     """
@@ -84,10 +88,12 @@ def rank_shared_history(model, user, candidates, output_names, xla=False):
     pad = bucket_size(c) - c
     candidates = {k: tf.pad(v, [[0, 0], [0, pad]], constant_values=tf.cast(1 if k == "duration_s" else 0, v.dtype))
                   for k, v in candidates.items()}   # padding candidates: id 0, 1 s long; sliced off below
-    grouped = shape[0] // USER_GROUP * USER_GROUP
-    parts = [_map_user_groups(model, {k: v[rows] for k, v in user.items()},
-                              {k: v[rows] for k, v in candidates.items()}, output_names, group)
-             for rows, group in ((slice(None, grouped), USER_GROUP), (slice(grouped, None), 1))]
+    parts, start = [], tf.constant(0)
+    for group in USER_GROUPS:
+        end = start + (shape[0] - start) // group * group
+        parts.append(_map_user_groups(model, {k: v[start:end] for k, v in user.items()},
+                                      {k: v[start:end] for k, v in candidates.items()}, output_names, group))
+        start = end
     return {name: tf.concat([part[name] for part in parts], 0)[:, :c] for name in output_names}
 
 

@@ -16,7 +16,8 @@ def add_arguments(parser):
     parser.add_argument("--version", type=int, default=None, help="default: one more than the newest version")
     parser.add_argument("--top_n", type=int, default=20, help="videos returned by recommend")
     parser.add_argument("--retrieve_k", type=int, default=100, help="candidates retrieved (and ranked) by recommend")
-    parser.add_argument("--warmup_examples", type=int, default=4, help="eval examples used for warmup requests")
+    parser.add_argument("--warmup_examples", type=int, default=8,
+                        help="eval examples used for warmup requests (1, 4 and 8 of them: the XLA rank path's user groups)")
 
 
 def run(args):
