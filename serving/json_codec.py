@@ -134,10 +134,18 @@ def _jsonable(key, array):
             convert = lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b)  # noqa: E731
         return np.vectorize(convert, otypes=[object])(array).tolist() if array.size else array.tolist()
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        return nonfinite_as_text(array.astype(np.float64).tolist())
+        return nonfinite_as_text(_shortest_floats(array))
     if array.dtype.kind in "biuf":
         return np.ascontiguousarray(array) if array.ndim else array[()]
     return array.tolist()
+
+
+def _shortest_floats(array):
+    """Nested lists of Python floats, each the shortest text that reads back as the same value of
+    the array's own dtype (float32 0.1 → 0.1, not 0.10000000149011612), as orjson writes the
+    all-finite arrays. Only outputs with a NaN or infinity come here, so per-element is fine."""
+    values = np.array([float(str(v)) for v in array.reshape(-1)], dtype=np.float64)
+    return values.reshape(array.shape).tolist()
 
 
 def nonfinite_as_text(value):

@@ -253,13 +253,14 @@ def test_rest_predict_row_and_columnar(toy_server):
 
 def test_rest_writes_float32_outputs_as_float32(toy_server):
     """A float32 output is written as the shortest text that reads back as the same float32 (0.1,
-    not 0.10000000149011612); NaN and infinities, which JSON has no numbers for, as text."""
+    not 0.10000000149011612); NaN and infinities, which JSON has no numbers for, as text, and the
+    finite values beside them still as float32 text."""
     status, body = http(toy_server, "POST", "/v1/models/toy/versions/1:predict",
                         {"signature_name": "scale", "inputs": [[0.1, 0.2, 1.0, 3e-5]]})
     assert (status, body) == (200, {"outputs": [[0.1, 0.2, 1.0, 3e-5]]})
     status, body = http(toy_server, "POST", "/v1/models/toy/versions/1:predict",
-                        {"signature_name": "scale", "instances": [[float("nan"), float("inf"), -float("inf")]]})
-    assert (status, body) == (200, {"predictions": [["NaN", "Infinity", "-Infinity"]]})
+                        {"signature_name": "scale", "instances": [[0.1, float("nan"), float("inf"), -float("inf")]]})
+    assert (status, body) == (200, {"predictions": [[0.1, "NaN", "Infinity", "-Infinity"]]})
 
 
 def test_rest_classify_regress_metadata_status(toy_server):
