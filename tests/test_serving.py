@@ -251,6 +251,35 @@ def test_rest_predict_row_and_columnar(toy_server):
     assert (status, body) == (200, {"predictions": [0.0]})
 
 
+def test_signatures_run_on_flat_inputs_as_the_public_call_does(toy_versions):
+    """The server runs a signature through ``flat_runner`` (no Python argument binding): under the
+    pinned TensorFlow that is the path taken, and on every toy signature — two inputs in another
+    order than the request's, strings, scalars — it gives what ``function(**feed)`` gives."""
+    from serving.servable import Servable
+    servable = Servable(TOY_MODEL_NAME, 1, toy_versions[1])
+    example = tf.train.Example()
+    example.features.feature["a"].float_list.value.append(2.0)
+    examples = np.array([example.SerializeToString()] * 2, dtype=object)
+    requests = {
+        "serving_default": {"ids": np.array([5, 7]), "x": np.array([[1, 2, 3], [0, 1, 0]], np.float32)},
+        "scale": {"x": np.array([[0.5, -1.0]], np.float32)},
+        "total": {"x": np.ones([4, 3], np.float32)},
+        "classify": {"inputs": examples},
+        "regress": {"inputs": examples},
+    }
+    assert set(requests) == set(servable.signatures)
+    for name, inputs in requests.items():
+        signature = servable.signatures[name]
+        assert signature.flat_runner is not None, name
+        served = signature.call(inputs)
+        public = signature.function(**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
+                                       for k, v in inputs.items()})
+        assert set(served) == set(public), name
+        for key, value in public.items():
+            np.testing.assert_array_equal(served[key], value.numpy(), err_msg=f"{name}/{key}")
+    np.testing.assert_allclose(servable.signatures["serving_default"].call(requests["serving_default"])["y"], [19.0, 9.0])
+
+
 def test_rest_writes_float32_outputs_as_float32(toy_server):
     """A float32 output is written as the shortest text that reads back as the same float32 (0.1,
     not 0.10000000149011612); NaN and infinities, which JSON has no numbers for, as text, and the
