@@ -62,10 +62,11 @@ def parse_args(argv=None):
     p.add_argument("--transports", default="grpc,rest")
     p.add_argument("--batching", default="off,on")
     p.add_argument("--rounds", type=int, default=3, help="times each cell is measured (medians are reported)")
-    p.add_argument("--inprocess_inputs", default="numpy,tensors",
+    p.add_argument("--inprocess_inputs", default="numpy,flat,tensors",
                    help="in-process baselines, comma-separated; the first is the one ratios use. numpy: each "
-                        "call makes its input tensors from NumPy (as the server does); tensors: the same "
-                        "pre-built tensors every call (a best case)")
+                        "call makes its input tensors from NumPy (as the server does) and calls the signature "
+                        "as users do; flat: the same, run as the server runs it (no Python argument binding); "
+                        "tensors: the same pre-built tensors every call (a best case)")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="TensorFlow's intra-op pool, in-process and in the server (0: TensorFlow's default)")
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="likewise, the inter-op pool")
@@ -207,12 +208,14 @@ def rest_caller(port, model_name, signature, inputs):
 
 def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
     """A call of the signature in this process. ``inputs_as="numpy"``: each call makes its input
-    tensors from the NumPy arrays, as any caller with a new request does (and the server does);
-    ``"tensors"``: the same pre-built tensors every call, a best case that no caller with new data
-    gets (≈ 1.4 ms faster per ``rank`` call here, RESULTS.md)."""
+    tensors from the NumPy arrays, as any caller with a new request does (and the server does),
+    and calls the signature as users do, ``function(**tensors)``; ``"flat"``: the same inputs, run
+    the way the server runs a signature (``serving.servable.flat_runner``, no Python argument
+    binding); ``"tensors"``: the same pre-built tensors every call, a best case that no caller with
+    new data gets (≈ 1.4 ms faster per ``rank`` call here, RESULTS.md)."""
     import tensorflow as tf
-    if inputs_as not in ("numpy", "tensors"):
-        raise ValueError(f"in-process inputs: numpy or tensors, not {inputs_as!r}")
+    if inputs_as not in ("numpy", "flat", "tensors"):
+        raise ValueError(f"in-process inputs: numpy, flat or tensors, not {inputs_as!r}")
     function = loaded.signatures[signature]
     if inputs_as == "tensors":
         feed = {k: tf.constant(v) for k, v in inputs.items()}
@@ -222,9 +225,13 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
     else:
         def make_feed():
             return {k: tf.constant(v) for k, v in inputs.items()}
+    run = (lambda feed: function(**feed))
+    if inputs_as == "flat":
+        from serving.servable import flat_runner
+        run = flat_runner(function)
 
     def call():
-        {k: v.numpy() for k, v in function(**make_feed()).items()}
+        {k: v.numpy() for k, v in run(make_feed()).items()}
     return call
 
 
