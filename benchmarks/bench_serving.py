@@ -228,7 +228,7 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
     run = (lambda feed: function(**feed))
     if inputs_as == "flat":
         from serving.servable import flat_runner
-        run = flat_runner(function)
+        run = flat_runner(function) or run   # None where TensorFlow has no flat entry point
 
     def call():
         {k: v.numpy() for k, v in run(make_feed()).items()}
