@@ -210,7 +210,7 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
     """A call of the signature in this process. ``inputs_as="numpy"``: each call makes its input
     tensors from the NumPy arrays, as any caller with a new request does (and the server does),
     and calls the signature as users do, ``function(**tensors)``; ``"flat"``: the same inputs, run
-    the way the server runs a signature (``serving.servable.flat_runner``, no Python argument
+    the way the server runs a signature (``serving.servable.signature_runner``, no Python argument
     binding); ``"tensors"``: the same pre-built tensors every call, a best case that no caller with
     new data gets (≈ 1.4 ms faster per ``rank`` call here, RESULTS.md)."""
     import tensorflow as tf
@@ -225,10 +225,11 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
     else:
         def make_feed():
             return {k: tf.constant(v) for k, v in inputs.items()}
-    run = (lambda feed: function(**feed))
     if inputs_as == "flat":
-        from serving.servable import flat_runner
-        run = flat_runner(function) or run   # None where TensorFlow has no flat entry point
+        from serving.servable import signature_runner
+        run, _ = signature_runner(function)
+    else:
+        run = (lambda feed: function(**feed))
 
     def call():
         {k: v.numpy() for k, v in run(make_feed()).items()}

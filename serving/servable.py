@@ -40,26 +40,28 @@ class TensorSpec:
         return f"{self.key}: {tensors.dtype_name(self.dtype)} {shape}"
 
 
-def flat_runner(function):
-    """``feed dict -> outputs`` for a loaded signature function, skipping its Python argument binding.
+def signature_runner(function):
+    """``(run, flat)``: ``run(feed dict) -> outputs`` for a loaded signature function, and whether it
+    skips the function's Python argument binding.
 
     ``function(**feed)`` binds the keywords to the function's parameters and checks every tensor
     against its TensorSpec in Python: 0.6–1 ms per call on the 2-core hosts here, as much as a
     one-user ``retrieve`` itself (RESULTS.md, session 7). The server has already checked each
-    request against the SignatureDef (``Signature.validate``), so it runs the concrete function on
-    its inputs in ``function_type`` order through ``_call_flat``, the entry point ``__call__`` ends
-    in. That is a private TensorFlow method (TensorFlow is pinned); where a version lacks it, this
-    returns None and the public call is used. ``tests/test_serving.py`` checks both give the same.
+    request against the SignatureDef (``Signature.validate``), so ``run`` calls the concrete
+    function on its inputs in ``function_type`` order through ``_call_flat``, the entry point
+    ``__call__`` ends in. That is a private TensorFlow method (TensorFlow is pinned); where a
+    version lacks it, ``run`` is the public call and ``flat`` is False. ``tests/test_serving.py``
+    checks both give the same.
     """
     call_flat = getattr(function, "_call_flat", None)
     function_type = getattr(function, "function_type", None)
     if call_flat is None or function_type is None:
-        return None
+        return (lambda feed: function(**feed)), False
     keys = tuple(function_type.parameters)
 
     def run(feed):
         return call_flat([feed[key] for key in keys], function.captured_inputs)
-    return run
+    return run, True
 
 
 class Signature:
@@ -69,7 +71,7 @@ class Signature:
         self.name = name
         self.signature_def = signature_def
         self.function = function
-        self.flat_runner = flat_runner(function)
+        self.run_feed, self.runs_flat = signature_runner(function)
         self.method_name = signature_def.method_name
         self.inputs = {k: TensorSpec(k, v) for k, v in signature_def.inputs.items()}
         self.outputs = {k: TensorSpec(k, v) for k, v in signature_def.outputs.items()}
@@ -127,7 +129,7 @@ class Signature:
             else:
                 feed[key] = tf.constant(array)
         try:
-            result = self.flat_runner(feed) if self.flat_runner is not None else self.function(**feed)
+            result = self.run_feed(feed)
         except tf.errors.OpError as error:
             raise from_tf_error(error) from None
         except (TypeError, ValueError) as error:

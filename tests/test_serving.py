@@ -252,7 +252,7 @@ def test_rest_predict_row_and_columnar(toy_server):
 
 
 def test_signatures_run_on_flat_inputs_as_the_public_call_does(toy_versions):
-    """The server runs a signature through ``flat_runner`` (no Python argument binding): under the
+    """The server runs a signature on its flat inputs (no Python argument binding): under the
     pinned TensorFlow that is the path taken, and on every toy signature — two inputs in another
     order than the request's, strings, scalars — it gives what ``function(**feed)`` gives."""
     from serving.servable import Servable
@@ -270,7 +270,7 @@ def test_signatures_run_on_flat_inputs_as_the_public_call_does(toy_versions):
     assert set(requests) == set(servable.signatures)
     for name, inputs in requests.items():
         signature = servable.signatures[name]
-        assert signature.flat_runner is not None, name
+        assert signature.runs_flat, name
         served = signature.call(inputs)
         public = signature.function(**{k: tf.constant(v, dtype=tf.string if v.dtype == object else None)
                                        for k, v in inputs.items()})

@@ -298,9 +298,9 @@ def warmup_logs(model_name, features, serialized, candidates):
 
     # One request per user-group size of the XLA rank path (and all the examples), so that every
     # program `recommend` runs is compiled before the version is AVAILABLE.
-    from tfrec_kuai.export_rank import USER_GROUPS
+    from tfrec_kuai import export_rank
     count = len(features["user_id"])
-    for rows in sorted({g for g in USER_GROUPS if g <= count} | {count}):
+    for rows in sorted({g for g in export_rank.USER_GROUPS if g <= count} | {count}):
         head = {k: v[:rows] for k, v in features.items()}
         predict("recommend", user_inputs(head))
         predict("retrieve", user_inputs(head))
@@ -435,16 +435,21 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
 
 
 def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,
-           top_n=20, retrieve_k=100, warmup_examples=8, write_configs=True, log=None, xla=None):
+           top_n=20, retrieve_k=100, warmup_examples=None, write_configs=True, log=None, xla=None):
     """``tfrec-kuai export``: load both trained models, build the signatures, save one version.
 
     ``xla`` (None: on unless ``portable``): compile the rank path with XLA (``export_rank``). The
     portable export leaves it off by default because stock TF Serving runs XLA-compiled functions
     only when started with ``--xla_cpu_compilation_enabled``.
+
+    ``warmup_examples`` (None: the largest of ``export_rank.USER_GROUPS``, so that the warmup
+    requests reach every group size; 0: no warmup records).
     """
     xla = (not portable) if xla is None else bool(xla)
     import sys
-    from tfrec_kuai import training
+    from tfrec_kuai import export_rank, training
+    if warmup_examples is None:
+        warmup_examples = max(export_rank.USER_GROUPS)
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     implementation = "composite" if portable else "fused"
     log(f"[1/4] loading the ranking and retrieval models ({implementation} attention)")

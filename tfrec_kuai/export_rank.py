@@ -46,8 +46,9 @@ class _SharedHistoryView:
 
 
 # Users per XLA program call in the batched rank path, largest first and ending with 1, so that
-# any batch splits greedily (13 users: 8 + 4 + 1). One program per size and candidate bucket; a larger group amortises the
-# per-call cost over more users (8 users: 15.2 ms as one group, 16.7 ms as two of 4, RESULTS.md).
+# any batch splits greedily (13 users: 8 + 4 + 1). One program per size and candidate bucket; a
+# larger group amortises the per-call cost over more users (8 users: 15.2 ms as one group,
+# 16.7 ms as two of 4, RESULTS.md).
 USER_GROUPS = (8, 4, 1)
 
 

@@ -16,8 +16,9 @@ def add_arguments(parser):
     parser.add_argument("--version", type=int, default=None, help="default: one more than the newest version")
     parser.add_argument("--top_n", type=int, default=20, help="videos returned by recommend")
     parser.add_argument("--retrieve_k", type=int, default=100, help="candidates retrieved (and ranked) by recommend")
-    parser.add_argument("--warmup_examples", type=int, default=8,
-                        help="eval examples used for warmup requests (1, 4 and 8 of them: the XLA rank path's user groups)")
+    parser.add_argument("--warmup_examples", type=int, default=None,
+                        help="eval examples used for warmup requests (default: the XLA rank path's largest user "
+                             "group, 8, so requests of 1, 4 and 8 users compile every group; 0: none)")
 
 
 def run(args):
