@@ -225,6 +225,12 @@ def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir
         for name in E.RANK_OUTPUTS:
             assert served[name].shape == (users, candidates)
             np.testing.assert_allclose(served[name].numpy(), reference[name].numpy(), rtol=1e-4, atol=1e-5)
+    # One traced ranking function per group size (one in all without XLA), though verify, each
+    # request shape above and both ranking signatures call it: a trace goes through every Keras
+    # layer and takes seconds, and the SavedModel keeps one copy of each.
+    module.signatures()
+    assert len(module.rank_programs) == (len(export_rank.USER_GROUPS) if xla else 1)
+    assert [p.experimental_get_tracing_count() for p in module.rank_programs.values()] == [1] * len(module.rank_programs)
     user, cand = export_rank.sample_request(corpus, L, users=2, candidates=5, seed=3)
     user = {k: tf.constant(v) for k, v in user.items()}
     cand = {k: tf.constant(v) for k, v in cand.items()}

@@ -86,10 +86,13 @@ class ServingModule(tf.Module):
         # Rank with the user's history encoded once per request row when that provably gives the
         # model's own outputs (export_rank.verify); else one full model row per candidate.
         self.shared_history, self.rank_path_note = False, "per-candidate model call"
+        # The XLA rank path's per-group functions, traced once for verify, rank and recommend.
+        object.__setattr__(self, "rank_programs", {})
         if shared_history:
             from tfrec_kuai import export_rank
             self.shared_history, self.rank_path_note = export_rank.verify(
-                ranking_model, self._rank_rows_plain, corpus, history_length, RANK_OUTPUTS, self.xla)
+                ranking_model, self._rank_rows_plain, corpus, history_length, RANK_OUTPUTS, self.xla,
+                programs=self.rank_programs)
         # Non-trainable variables (not constants): they live in variables/, not in the graph proto.
         self.corpus = {name: tf.Variable(np.asarray(corpus[name]), trainable=False, name=f"corpus_{name}")
                        for name in CANDIDATE_FEATURES}
@@ -99,18 +102,24 @@ class ServingModule(tf.Module):
         # No AutoGraph: nothing here (or in the models) has data-dependent Python control flow, and
         # AutoGraph's source rewriting costs seconds per trace on a small CPU.
         function = lambda f, spec: tf.function(f, input_signature=spec, autograph=False)  # noqa: E731
-        self.rank = function(self._rank, [{**user, **candidate_specs()}])
-        self.retrieve = function(self._retrieve, [user])
-        self.recommend = function(self._recommend, [user])
-        self.classify_examples = function(self._classify_examples, examples)
-        self.score_examples = function(self._score_examples, examples)
+        # Exported as signatures only. A tf.function *attribute* of a saved object is traced once
+        # more by tf.saved_model.save (in its saving context) to serialize it as a method: seconds
+        # per rank path, for methods no server calls. A plain dict set this way is not tracked.
+        object.__setattr__(self, "functions", {
+            "rank": function(self._rank, [{**user, **candidate_specs()}]),
+            "retrieve": function(self._retrieve, [user]),
+            "recommend": function(self._recommend, [user]),
+            "examples": function(self._classify_examples, examples),
+            "examples_score": function(self._score_examples, examples),
+        })
 
     # -- signatures ------------------------------------------------------------------------------
     def _rank_rows(self, user, candidates):
         """Rank ``[B, C]`` candidates for ``B`` users -> {output: ``[B, C]``}."""
         if self.shared_history:
             from tfrec_kuai import export_rank
-            return export_rank.rank_shared_history(self.ranking, user, candidates, RANK_OUTPUTS, self.xla)
+            return export_rank.rank_shared_history(self.ranking, user, candidates, RANK_OUTPUTS, self.xla,
+                                                   self.rank_programs)
         return self._rank_rows_plain(user, candidates)
 
     def _rank_rows_plain(self, user, candidates):
@@ -171,15 +180,8 @@ class ServingModule(tf.Module):
         return {"outputs": self.ranking(self._parse(serialized), training=False)["score"]}
 
     def signatures(self):
-        recommend = self.recommend.get_concrete_function()
-        return {
-            "serving_default": recommend,
-            "recommend": recommend,
-            "rank": self.rank.get_concrete_function(),
-            "retrieve": self.retrieve.get_concrete_function(),
-            "examples": self.classify_examples.get_concrete_function(),
-            "examples_score": self.score_examples.get_concrete_function(),
-        }
+        concrete = {name: function.get_concrete_function() for name, function in self.functions.items()}
+        return {"serving_default": concrete["recommend"], **concrete}
 
 
 def _captured_state(models):

@@ -68,7 +68,7 @@ def bucket_size(n, steps_per_octave=8):
     return tf.cast((n + step - 1) // step * step, tf.int32)
 
 
-def rank_shared_history(model, user, candidates, output_names, xla=False):
+def rank_shared_history(model, user, candidates, output_names, xla=False, programs=None):
     """``[B, C]`` outputs for user rows ``user`` (``[B]``/``[B, L]``) and candidates ``[B, C]``.
 
     ``xla``: compile the history encoder (past the embedding lookups, which XLA cannot compile)
@@ -81,9 +81,15 @@ def rank_shared_history(model, user, candidates, output_names, xla=False):
     and candidate bucket, whatever the batch size.
     Needs XLA's CPU JIT where the SavedModel runs: TensorFlow itself, or TF Serving started with
     ``--xla_cpu_compilation_enabled``.
+
+    ``programs``: a dict the caller keeps, in which each group size's ranking function is traced
+    once and reused — by every signature that ranks (``rank``, ``recommend``) and by ``verify``.
+    Tracing one group through the model's Keras layers takes seconds; shared, the SavedModel also
+    holds one copy of each instead of one per signature.
     """
+    programs = {} if programs is None else programs
     if not xla:
-        return _rank_rows(model, user, candidates, output_names)
+        return _ranking_program(model, user, candidates, output_names, programs)(user, candidates)
     shape = tf.shape(candidates["video_id"])
     c = shape[1]
     pad = bucket_size(c) - c
@@ -92,21 +98,42 @@ def rank_shared_history(model, user, candidates, output_names, xla=False):
     parts, start = [], tf.constant(0)
     for group in USER_GROUPS:
         end = start + (shape[0] - start) // group * group
-        parts.append(_map_user_groups(model, {k: v[start:end] for k, v in user.items()},
+        rank_group = _ranking_program(model, user, candidates, output_names, programs, group)
+        parts.append(_map_user_groups(rank_group, {k: v[start:end] for k, v in user.items()},
                                       {k: v[start:end] for k, v in candidates.items()}, output_names, group))
         start = end
     return {name: tf.concat([part[name] for part in parts], 0)[:, :c] for name in output_names}
 
 
-def _map_user_groups(model, user, candidates, output_names, group):
-    """``_rank_rows`` with XLA on consecutive groups of ``group`` users (their number a multiple of it)."""
+def _ranking_program(model, user, candidates, output_names, programs, group=None):
+    """``_rank_rows`` as a ``tf.function`` traced once per ``programs``: for exactly ``group`` users
+    with the XLA parts, or (``None``) for any number of users without XLA.
+
+    Its input signature leaves the history and candidate lengths (and without a group, the batch)
+    open, so every caller's shapes (a signature's ``[None, L]``, verify's concrete ones) hit the
+    one trace.
+    """
+    def spec(t, open_dims):
+        return tf.TensorSpec([group] + [None] * open_dims, t.dtype)
+    user_spec = {k: spec(v, v.shape.rank - 1) for k, v in sorted(user.items())}
+    candidate_spec = {k: spec(v, 1) for k, v in sorted(candidates.items())}
+    key = (group, tuple(output_names), repr(user_spec), repr(candidate_spec))
+    if key not in programs:
+        programs[key] = tf.function(
+            lambda user, candidates: _rank_rows(model, user, candidates, output_names, jit_compile=group is not None),
+            input_signature=[user_spec, candidate_spec], autograph=False)
+    return programs[key]
+
+
+def _map_user_groups(rank_group, user, candidates, output_names, group):
+    """``rank_group`` on consecutive groups of ``group`` users (their number a multiple of it)."""
     shape = tf.shape(candidates["video_id"])
 
     def grouped(t):
         return tf.reshape(t, tf.concat([[-1, group], tf.shape(t)[1:]], 0))
 
     def run():
-        out = tf.map_fn(lambda row: _rank_rows(model, *row, output_names, jit_compile=True),
+        out = tf.map_fn(lambda row: rank_group(*row),
                         ({k: grouped(v) for k, v in user.items()}, {k: grouped(v) for k, v in candidates.items()}),
                         parallel_iterations=2,
                         fn_output_signature={name: tf.TensorSpec([group, None], tf.float32) for name in output_names})
@@ -159,12 +186,17 @@ def sample_request(corpus, history_length, users=3, candidates=7, seed=0):
     return user, cand
 
 
-def verify(model, plain_rank, corpus, history_length, output_names, xla=False, rtol=1e-4, atol=1e-5):
-    """(ok, message): does the shared-history path give the model's own outputs on a sample?"""
+def verify(model, plain_rank, corpus, history_length, output_names, xla=False, rtol=1e-4, atol=1e-5, programs=None):
+    """(ok, message): does the shared-history path give the model's own outputs on a sample?
+
+    ``programs``: as in ``rank_shared_history``; pass the export's, so the group functions checked
+    here are the ones the signatures call.
+    """
     user, cand = ({k: tf.constant(v) for k, v in part.items()} for part in sample_request(corpus, history_length))
     try:
         # Traced, as in the SavedModel (map_fn runs its iterations in parallel only in a graph).
-        traced = tf.function(lambda u, c: rank_shared_history(model, u, c, output_names, xla), autograph=False)
+        traced = tf.function(lambda u, c: rank_shared_history(model, u, c, output_names, xla, programs),
+                             autograph=False)
         fast = traced(user, cand)
         slow = plain_rank(user, cand)
     except Exception as error:  # the model's layers changed shape or name
