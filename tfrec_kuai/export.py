@@ -86,7 +86,8 @@ class ServingModule(tf.Module):
         # Rank with the user's history encoded once per request row when that provably gives the
         # model's own outputs (export_rank.verify); else one full model row per candidate.
         self.shared_history, self.rank_path_note = False, "per-candidate model call"
-        # The XLA rank path's per-group functions, traced once for verify, rank and recommend.
+        # The rank path's functions (one per user group with XLA, one without), each traced once
+        # and shared by verify, rank and recommend (export_rank.rank_shared_history).
         object.__setattr__(self, "rank_programs", {})
         if shared_history:
             from tfrec_kuai import export_rank
