@@ -12,7 +12,7 @@ median latency of each and their ratio.
 
 ``--baseline`` adds a third column: the ``rank`` signature of another export version directory
 (e.g. the same models exported by an earlier commit, kept aside), timed in the same interleaved
-rounds, and its ratio to this code's XLA-on export.
+rounds, and its ratio to this code's XLA-on export (``--baseline_of off``: to the XLA-off one).
 
 The two exports stay under ``--work_dir`` (``export_xla_on/``, ``export_xla_off/``), so the
 server benchmark can be pointed at either: ``bench_serving.py --export_base DIR --examples DIR``.
@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--batches", default="1,4,8,16", help="users per call")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per export and batch size")
     p.add_argument("--baseline", help="an export version directory to time alongside (same models, other code)")
+    p.add_argument("--baseline_of", choices=("on", "off"), default="on",
+                   help="which of this code's exports the baseline is compared with (an XLA-off baseline: off)")
     return p.parse_args(argv)
 
 
@@ -66,7 +68,7 @@ def main(argv=None):
     if args.baseline:
         paths["baseline"] = args.baseline
     functions = {name: tf.saved_model.load(path).signatures["rank"] for name, path in paths.items()}
-    baseline_header = f" {'baseline ms':>12} {'base/on':>8}" if args.baseline else ""
+    baseline_header = f" {'baseline ms':>12} {'base/' + args.baseline_of:>8}" if args.baseline else ""
     print(f"{'users':>5} {'XLA off ms':>11} {'XLA on ms':>10} {'off/on':>7}{baseline_header}")
     for users in (int(b) for b in args.batches.split(",")):
         feed = {k: tf.constant(np.concatenate([v] * users, 0)) for k, v in request.items()}
@@ -81,7 +83,8 @@ def main(argv=None):
                 times[name].append(time.perf_counter() - start)
         median = {name: 1000 * float(np.median(t)) for name, t in times.items()}
         off, on = median["off"], median["on"]
-        baseline = f" {median['baseline']:>12.2f} {median['baseline'] / on:>7.2f}x" if args.baseline else ""
+        baseline = (f" {median['baseline']:>12.2f} {median['baseline'] / median[args.baseline_of]:>7.2f}x"
+                    if args.baseline else "")
         print(f"{users:>5} {off:>11.2f} {on:>10.2f} {off / on:>6.2f}x{baseline}", flush=True)
     return 0
 
