@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 
 all: test
 
-$(VENV)/.deps: requirements.txt
+$(VENV)/.deps: requirements.txt tools/install_system_packages.sh
+	tools/install_system_packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install -r requirements.txt

@@ -6,6 +6,7 @@ TensorFlow it will be loaded into) and places the op library and the pybind11 mo
 ``tfrec_kuai`` package.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,15 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def grpc_cpp_installed():
+    """Whether gRPC C++ (Debian's libgrpc++-dev) is here, for the server's C++ gRPC transport.
+
+    Optional: without it the server runs on gRPC Python (``serving/native_grpc.py``).
+    ``make install`` installs it where it can (``tools/install_system_packages.sh``).
+    """
+    return bool(shutil.which("pkg-config")) and subprocess.call(["pkg-config", "--exists", "grpc++"]) == 0
 
 
 class CMakeExtension(Extension):
@@ -39,6 +49,8 @@ class CMakeBuild(build_ext):
             f"-DTFREC_KUAI_NATIVE_OUTPUT={outputs['tfrec_kuai._native']}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
+        # Always given, so a build directory configured with gRPC C++ forgets it once it is gone.
+        configure.append(f"-DTFREC_KUAI_GRPC_TRANSPORT_OUTPUT={outputs.get('serving._grpc_transport', '')}")
         subprocess.check_call(configure)
         subprocess.check_call(["cmake", "--build", build_dir, "-j", str(os.cpu_count() or 2)])
         # setuptools expects a file at every extension path.
@@ -54,7 +66,8 @@ setup(
                                     "serving", "serving.*"]),
     package_data={"tfrec_kuai": ["data/*", "data/**/*", "configs/*"], "serving": ["configs/*"]},
     include_package_data=True,
-    ext_modules=[CMakeExtension("tfrec_kuai._fwa_ops"), CMakeExtension("tfrec_kuai._native")],
+    ext_modules=[CMakeExtension("tfrec_kuai._fwa_ops"), CMakeExtension("tfrec_kuai._native")]
+    + ([CMakeExtension("serving._grpc_transport")] if grpc_cpp_installed() else []),
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=[

@@ -51,6 +51,9 @@ def build_parser():
     p.add_argument("--max_message_size_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest gRPC message / REST body accepted (RESOURCE_EXHAUSTED / 413 beyond)")
     p.add_argument("--grpc_max_threads", type=int, default=64, help="concurrent gRPC requests in flight")
+    p.add_argument("--grpc_transport", choices=("auto", "native", "python"), default="auto",
+                   help="who does the RPC work: gRPC C++ (native, where it was built), gRPC Python, or "
+                        "native when available (auto); the same servicers answer either way")
     p.add_argument("--ssl_config_file", default="",
                    help="text-format SSLConfig (server_key, server_cert, custom_ca, client_verify) for gRPC TLS")
     p.add_argument("--op_library", action="append", default=[],
@@ -97,14 +100,42 @@ def model_server_config(args):
     return config
 
 
-def _ssl_credentials(path):
+def _ssl_credentials(ssl):
     import grpc
-    from serving.ssl_config import read_ssl_config
-    ssl = read_ssl_config(path)
     return grpc.ssl_server_credentials(
         [(ssl.server_key.encode(), ssl.server_cert.encode())],
         root_certificates=ssl.custom_ca.encode() if ssl.custom_ca else None,
         require_client_auth=bool(ssl.client_verify))
+
+
+def _choose_transport(requested):
+    """``native`` / ``python`` for ``--grpc_transport``; ``auto`` is native where it was built."""
+    from serving import native_grpc
+    if requested == "native" and not native_grpc.available():
+        raise SystemExit(f"--grpc_transport=native: not built here ({native_grpc.IMPORT_ERROR}); "
+                         "install gRPC C++ (libgrpc++-dev) and rebuild, or use --grpc_transport=python")
+    if requested == "auto":
+        return "native" if native_grpc.available() else "python"
+    return requested
+
+
+def _python_grpc_server(address, prediction, model, args, ssl):
+    """A started gRPC Python server for the two servicers, and its port."""
+    import grpc
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+    options = [("grpc.max_receive_message_length", args.max_message_size_bytes),
+               ("grpc.max_send_message_length", args.max_message_size_bytes),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=args.grpc_max_threads, thread_name_prefix="grpc"),
+        options=options, maximum_concurrent_rpcs=None)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, server)
+    port = server.add_secure_port(address, _ssl_credentials(ssl)) if ssl is not None else server.add_insecure_port(address)
+    if not port:
+        raise SystemExit(f"cannot listen on {address}")
+    server.start()
+    return server, port
 
 
 class ModelServer:
@@ -114,17 +145,19 @@ class ModelServer:
         self.args = args
         self.manager = None
         self.grpc_server = None
+        self.grpc_transport = None  # "native" or "python" once started
         self.rest_server = None
         self.port = None
         self.rest_port = None
 
     def start(self):
-        import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
         from serving.batching import BatchingOptions
         from serving.grpc_service import ModelServicer, PredictionServicer
         from serving.manager import ModelManager
+        from serving.native_grpc import NativeGrpcServer
         from serving.rest import RestServer
+        from serving.ssl_config import read_ssl_config
 
         args = self.args
         import tensorflow as tf
@@ -144,23 +177,19 @@ class ModelServer:
         self.manager = ModelManager(model_server_config(args), args.file_system_poll_wait_seconds, batching,
                                     args.num_request_iterations_for_warmup, args.enable_model_warmup)
         self.manager.start()
-        options = [("grpc.max_receive_message_length", args.max_message_size_bytes),
-                   ("grpc.max_send_message_length", args.max_message_size_bytes),
-                   ("grpc.so_reuseport", 0)]
-        self.grpc_server = grpc.server(
-            concurrent.futures.ThreadPoolExecutor(max_workers=args.grpc_max_threads, thread_name_prefix="grpc"),
-            options=options, maximum_concurrent_rpcs=None)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager), self.grpc_server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self.grpc_server)
+        prediction, model = PredictionServicer(self.manager), ModelServicer(self.manager)
+        ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         address = f"{args.host}:{args.port}"
-        if args.ssl_config_file:
-            self.port = self.grpc_server.add_secure_port(address, _ssl_credentials(args.ssl_config_file))
+        self.grpc_transport = _choose_transport(args.grpc_transport)
+        if self.grpc_transport == "native":
+            services = [(prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"], prediction),
+                        (model_service_pb2.DESCRIPTOR.services_by_name["ModelService"], model)]
+            self.grpc_server = NativeGrpcServer(address, services, args.max_message_size_bytes,
+                                                args.grpc_max_threads, ssl)
+            self.port = self.grpc_server.start()
         else:
-            self.port = self.grpc_server.add_insecure_port(address)
-        if not self.port:
-            raise SystemExit(f"cannot listen on {address}")
-        self.grpc_server.start()
+            self.grpc_server, self.port = _python_grpc_server(address, prediction, model, args, ssl)
+        log.info("gRPC (%s transport) on %s:%s", self.grpc_transport, args.host, self.port)
         if args.rest_api_port:  # -1: any free port (printed at startup)
             self.rest_server = RestServer(self.manager, args.host, max(0, args.rest_api_port),
                                           args.max_message_size_bytes).start()
@@ -171,7 +200,9 @@ class ModelServer:
         if self.rest_server is not None:
             self.rest_server.stop()
         if self.grpc_server is not None:
-            self.grpc_server.stop(grace=1).wait()
+            stopped = self.grpc_server.stop(1.0)
+            if stopped is not None:  # gRPC Python: an event set once the calls in flight are done
+                stopped.wait()
         if self.manager is not None:
             self.manager.stop()
 

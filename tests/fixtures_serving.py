@@ -12,6 +12,7 @@ import socket
 import pytest
 
 import tfrec_kuai  # noqa: F401
+from tests.native_required import missing_native
 
 TOY_MODEL_NAME = "toy"
 
@@ -112,12 +113,26 @@ def toy_base(toy_versions, tmp_path_factory):
     return base
 
 
-@pytest.fixture(scope="session")
-def toy_server(toy_base):
-    """An in-process server (gRPC + REST on free loopback ports) serving the toy model, no batching."""
+GRPC_TRANSPORTS = ("native", "python")
+
+
+def require_transport(transport):
+    """Fail (or skip where native parts may be missing) when ``transport`` is not built here."""
+    from serving import native_grpc
+    if transport == "native" and not native_grpc.available():
+        missing_native(f"the gRPC C++ transport ({native_grpc.IMPORT_ERROR})")
+    return transport
+
+
+@pytest.fixture(scope="session", params=GRPC_TRANSPORTS)
+def toy_server(request, toy_base):
+    """An in-process server (gRPC + REST on free loopback ports) serving the toy model, no batching,
+    once on each gRPC transport: every gRPC test runs against both."""
     from serving.server import start_in_process
     server = start_in_process(port=0, rest_api_port=-1, model_name=TOY_MODEL_NAME, model_base_path=toy_base,
-                              file_system_poll_wait_seconds=0, max_message_size_bytes=1 << 20)
+                              file_system_poll_wait_seconds=0, max_message_size_bytes=1 << 20,
+                              grpc_transport=require_transport(request.param))
+    assert server.grpc_transport == request.param
     yield server
     server.stop()
 

@@ -211,6 +211,39 @@ def test_malformed_tensor_proto_and_status_of_unknown_model(toy_stubs):
     good_predict(stub)
 
 
+def test_unknown_method_and_unparsable_request_then_good_one(toy_server, toy_stubs):
+    """What the transport itself answers (gRPC Python's codes on both transports): a method no
+    service has is UNIMPLEMENTED, bytes that are no PredictRequest are INTERNAL."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{toy_server.port}")
+    try:
+        unknown = channel.unary_unary("/tensorflow.serving.PredictionService/Nope")
+        with pytest.raises(grpc.RpcError) as info:
+            unknown(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as info:
+            predict(b"\xff\xff\xff", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        raw = predict(predict_request(x=X, ids=IDS).SerializeToString(), timeout=10)
+        np.testing.assert_allclose(tf.make_ndarray(predict_pb2.PredictResponse.FromString(raw).outputs["y"]), [15.0, 5.0])
+    finally:
+        channel.close()
+    good_predict(toy_stubs[0])
+
+
+def test_auto_transport_is_native_where_built():
+    """``--grpc_transport=auto`` (the default) takes the C++ transport wherever it was built, and
+    it is built wherever gRPC C++ is installed (``make install`` installs it on Debian)."""
+    import shutil
+    import subprocess
+    from serving import native_grpc
+    from serving.server import _choose_transport
+    if shutil.which("pkg-config") and subprocess.call(["pkg-config", "--exists", "grpc++"]) == 0:
+        assert native_grpc.available(), native_grpc.IMPORT_ERROR
+    assert _choose_transport("auto") == ("native" if native_grpc.available() else "python")
+    assert _choose_transport("python") == "python"
+
+
 TENSOR_CASES = [np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(6, dtype=np.int64).reshape(2, 3).T,
                 np.array(3.5), np.zeros((0, 4), np.int32), np.array([True, False]), np.arange(4, dtype=np.float16),
                 np.arange(3, dtype=">f4"), np.array([[b"a", b"bc"]], dtype=object)]

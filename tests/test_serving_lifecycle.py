@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.server import start_in_process
-from tests.fixtures_serving import TOY_MODEL_NAME, publish_version
+from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, publish_version, require_transport
 from tests.test_serving import predict_request
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -249,13 +249,15 @@ def _self_signed(tmp_path):
     return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def test_tls(tmp_path, base):
+@pytest.mark.parametrize("transport", GRPC_TRANSPORTS)
+def test_tls(tmp_path, base, transport):
     from serving.ssl_config import SSLConfig
     key_pem, cert_pem = _self_signed(tmp_path)
     ssl_file = tmp_path / "ssl.config"
     ssl_file.write_text(text_format.MessageToString(SSLConfig(server_key=key_pem, server_cert=cert_pem)))
     server = start_in_process(port=0, model_name=TOY_MODEL_NAME, model_base_path=base,
-                              file_system_poll_wait_seconds=0, ssl_config_file=str(ssl_file))
+                              file_system_poll_wait_seconds=0, ssl_config_file=str(ssl_file),
+                              grpc_transport=require_transport(transport))
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert_pem.encode())
         channel = grpc.secure_channel(f"127.0.0.1:{server.port}", credentials,
