@@ -59,7 +59,9 @@ def parse_args(argv=None):
                         "shape with the default model)")
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--signatures", default="recommend,rank")
-    p.add_argument("--transports", default="grpc,rest")
+    p.add_argument("--transports", default="grpc,rest",
+                   help="grpc: the server's default gRPC transport (C++ where built); grpc-py: the same server "
+                        "on gRPC Python (--grpc_transport=python), to compare the two; rest")
     p.add_argument("--batching", default="off,on")
     p.add_argument("--rounds", type=int, default=3, help="times each cell is measured (medians are reported)")
     p.add_argument("--inprocess_inputs", default="numpy,flat,tensors",
@@ -131,6 +133,10 @@ def make_requests(examples, candidates):
     rows = np.arange(candidates) % len(corpus["video_id"])
     return {"recommend": E.user_inputs(features),
             "rank": E.rank_inputs(features, {k: v[rows] for k, v in corpus.items()})}
+
+
+# The server (its --grpc_transport) each client transport is measured against.
+SERVER_OF_TRANSPORT = {"grpc": "auto", "rest": "auto", "grpc-py": "python"}
 
 
 class Server:
@@ -358,13 +364,20 @@ def main(argv=None):
     servers = {}
     rows = []
     try:
-        for batching in args.batching.split(","):  # both stay up: rounds alternate between them
+        transports = args.transports.split(",")
+        unknown = set(transports) - set(SERVER_OF_TRANSPORT)
+        if unknown:
+            raise SystemExit(f"--transports: unknown {sorted(unknown)}; choose from {sorted(SERVER_OF_TRANSPORT)}")
+        for batching in args.batching.split(","):  # all stay up: rounds alternate between them
             options = BatchingOptions(max_batch_size=args.max_batch_size,
                                       batch_timeout_micros=args.batch_timeout_micros, max_enqueued_batches=100,
                                       num_batch_threads=args.num_batch_threads,
                                       allowed_batch_sizes=[int(x) for x in args.allowed_batch_sizes.split(",") if x])
-            servers[batching] = Server(base, args.model_name, options if batching == "on" else None, args.work_dir,
-                                       thread_flags, os.path.join(args.work_dir, f"server_batching_{batching}.log"))
+            for grpc_transport in sorted({SERVER_OF_TRANSPORT[t] for t in transports}):
+                servers[batching, grpc_transport] = Server(
+                    base, args.model_name, options if batching == "on" else None, args.work_dir,
+                    thread_flags + [f"--grpc_transport={grpc_transport}"],
+                    os.path.join(args.work_dir, f"server_batching_{batching}_{grpc_transport}.log"))
         cells = []  # (mode, transport, batching, signature, clients, make_call, server pid or None)
         for signature in signatures:
             for clients in levels:
@@ -373,10 +386,11 @@ def main(argv=None):
                                   lambda signature=signature, inputs_as=inputs_as: inprocess_caller(
                                       loaded, signature, requests[signature], inputs_as),
                                   None))
-                for batching, server in servers.items():
-                    for transport in args.transports.split(","):
-                        maker = grpc_caller if transport == "grpc" else rest_caller
-                        port = server.ports["gRPC" if transport == "grpc" else "REST"]
+                for batching in args.batching.split(","):
+                    for transport in transports:
+                        server = servers[batching, SERVER_OF_TRANSPORT[transport]]
+                        maker = rest_caller if transport == "rest" else grpc_caller
+                        port = server.ports["REST" if transport == "rest" else "gRPC"]
                         cells.append(("server", transport, batching, signature, clients,
                                       lambda maker=maker, port=port, signature=signature: maker(
                                           port, args.model_name, signature, requests[signature]),

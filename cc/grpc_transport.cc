@@ -112,10 +112,16 @@ class Transport {
   const py::object& handler() const { return handler_; }
 
  private:
+  // One Python thread state per serving thread, made once and kept: entering Python per call is
+  // then a GIL acquire, not a thread state built and torn down (with its thread-locals) per call.
   void Serve() {
+    PyGILState_STATE outer = PyGILState_Ensure();
+    PyThreadState* state = PyEval_SaveThread();
     void* tag = nullptr;
     bool ok = false;
     while (queue_->Next(&tag, &ok)) static_cast<Call*>(tag)->Proceed(ok);
+    PyEval_RestoreThread(state);
+    PyGILState_Release(outer);
   }
 
   std::string address_;
@@ -172,7 +178,7 @@ void Call::Answer() {
   int code = static_cast<int>(grpc::StatusCode::INTERNAL);
   std::string details, response;
   {
-    py::gil_scoped_acquire gil;
+    py::gil_scoped_acquire gil;  // this thread's own state (Transport::Serve)
     try {
       py::tuple answer = transport_->handler()(py::str(context_.method()), py::bytes(body));
       code = answer[0].cast<int>();
