@@ -1,6 +1,8 @@
 // The server's gRPC transport in C++: gRPC C++'s async generic service accepts every call,
-// reads its one request message and hands (method, request bytes) to a single Python function,
-// which answers (status code, details, response bytes).
+// reads its one request message and hands (method, request bytes, responder) to a single Python
+// function, which answers (status code, details, response bytes) at once, or returns None and
+// answers later through ``responder.respond(...)`` from any thread (a batch thread, once the
+// batch has run).
 //
 // Why: with gRPC Python every request costs the server ≈ 0.5 ms of interpreter time before any
 // of our code runs (its poller, its thread pool hand-off, its Cython call objects), all of it
@@ -17,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -27,6 +30,7 @@ namespace py = pybind11;
 namespace {
 
 class Transport;
+constexpr int kInternal = static_cast<int>(grpc::StatusCode::INTERNAL);
 
 // One RPC: accepted, its request read, answered, then deleted (the completion-queue tag is
 // the object itself, as in gRPC's async examples).
@@ -34,6 +38,9 @@ class Call {
  public:
   explicit Call(Transport* transport);
   void Proceed(bool ok);
+  // Sends the answer (code 0: ``response`` as the message; else the status alone). Any thread;
+  // the call is deleted once gRPC is done with it, so nothing may touch it afterwards.
+  void Respond(int code, const std::string& details, const std::string& response);
 
  private:
   enum class State { kAccepting, kReading, kAnswering };
@@ -98,7 +105,11 @@ class Transport {
     stopping_ = true;
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::microseconds(static_cast<int64_t>(grace_seconds * 1e6));
-    server_->Shutdown(deadline);
+    server_->Shutdown(deadline);  // deferred answers still go out until the deadline
+    {
+      std::lock_guard<std::mutex> lock(answer_mutex_);
+      closed_ = true;
+    }
     queue_->Shutdown();
     for (auto& thread : threads_) thread.join();
     threads_.clear();
@@ -107,6 +118,10 @@ class Transport {
   }
 
   bool stopping() const { return stopping_; }
+  // Held while an answer is handed to gRPC, and by Shutdown while it closes the queue: an answer
+  // that comes after the queue is shut down must not start a gRPC operation.
+  std::mutex& answer_mutex() { return answer_mutex_; }
+  bool closed() const { return closed_; }
   grpc::AsyncGenericService* service() { return &service_; }
   grpc::ServerCompletionQueue* queue() { return queue_.get(); }
   const py::object& handler() const { return handler_; }
@@ -133,6 +148,8 @@ class Transport {
   bool client_verify_;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
+  std::mutex answer_mutex_;
+  bool closed_ = false;
   grpc::AsyncGenericService service_;
   std::unique_ptr<grpc::ServerCompletionQueue> queue_;
   std::unique_ptr<grpc::Server> server_;
@@ -157,7 +174,7 @@ void Call::Proceed(bool ok) {
     case State::kReading:
       state_ = State::kAnswering;
       if (!ok) {  // the client closed its side without a request message
-        stream_.Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request message"), this);
+        Respond(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT), "no request message", "");
         return;
       }
       Answer();
@@ -168,28 +185,39 @@ void Call::Proceed(bool ok) {
   }
 }
 
-void Call::Answer() {
-  std::vector<grpc::Slice> slices;
-  std::string body;
-  if (request_.Dump(&slices).ok()) {
-    body.reserve(request_.Length());
-    for (const auto& slice : slices) body.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+// The Python side's handle on a call it answers later. Answering twice is an error; a responder
+// dropped without an answer answers INTERNAL, so a call is never left hanging.
+class Responder {
+ public:
+  explicit Responder(Call* call) : call_(call) {}
+  Responder(Responder&& other) noexcept : call_(other.call_.exchange(nullptr)) {}
+  Responder(const Responder&) = delete;
+  Responder& operator=(const Responder&) = delete;
+  ~Responder() {
+    if (Call* call = call_.exchange(nullptr)) call->Respond(kInternal, "the call was dropped unanswered", "");
   }
-  int code = static_cast<int>(grpc::StatusCode::INTERNAL);
-  std::string details, response;
-  {
-    py::gil_scoped_acquire gil;  // this thread's own state (Transport::Serve)
-    try {
-      py::tuple answer = transport_->handler()(py::str(context_.method()), py::bytes(body));
-      code = answer[0].cast<int>();
-      details = answer[1].cast<std::string>();
-      response = answer[2].cast<std::string>();
-    } catch (py::error_already_set& error) {  // the handler itself broke: report, keep serving
-      details = std::string("transport handler failed: ") + error.what();
-    } catch (std::exception& error) {
-      details = std::string("transport handler failed: ") + error.what();
-    }
+
+  bool armed() const { return call_.load() != nullptr; }
+
+  // Called without the GIL (see the binding): the exchange makes a second answer, even a
+  // concurrent one, an error instead of a second operation on the call.
+  void Respond(int code, const std::string& details, const std::string& response) {
+    Call* call = call_.exchange(nullptr);
+    if (call == nullptr) throw std::runtime_error("this call was already answered");
+    call->Respond(code, details, response);
   }
+
+ private:
+  std::atomic<Call*> call_;
+};
+
+void Call::Respond(int code, const std::string& details, const std::string& response) {
+  std::lock_guard<std::mutex> lock(transport_->answer_mutex());
+  // After shutdown the queue takes no more operations; gRPC already cancelled the call. The
+  // object is left alone rather than deleted under gRPC's feet (only at shutdown, only for an
+  // answer later than the grace period).
+  if (transport_->closed()) return;
+  state_ = State::kAnswering;
   if (code != 0) {
     stream_.Finish(grpc::Status(static_cast<grpc::StatusCode>(code), details), this);
     return;
@@ -199,16 +227,45 @@ void Call::Answer() {
   stream_.WriteAndFinish(response_, grpc::WriteOptions(), grpc::Status::OK, this);
 }
 
+void Call::Answer() {
+  std::vector<grpc::Slice> slices;
+  std::string body;
+  if (request_.Dump(&slices).ok()) {
+    body.reserve(request_.Length());
+    for (const auto& slice : slices) body.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  const std::string method = context_.method();
+  py::gil_scoped_acquire gil;  // this thread's own state (Transport::Serve)
+  py::object responder = py::cast(Responder(this));
+  Responder& handle = responder.cast<Responder&>();
+  // From here on `this` may be deleted as soon as an answer is handed to gRPC: only `handle`.
+  try {
+    py::object answer = transport_->handler()(py::str(method), py::bytes(body), responder);
+    if (answer.is_none()) return;  // answered, or to be answered, through the responder
+    py::tuple fields = answer.cast<py::tuple>();
+    handle.Respond(fields[0].cast<int>(), fields[1].cast<std::string>(), fields[2].cast<std::string>());
+  } catch (py::error_already_set& error) {  // the handler itself broke: report, keep serving
+    if (handle.armed()) handle.Respond(kInternal, std::string("transport handler failed: ") + error.what(), "");
+  } catch (std::exception& error) {
+    if (handle.armed()) handle.Respond(kInternal, std::string("transport handler failed: ") + error.what(), "");
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_grpc_transport, m) {
   m.doc() = "gRPC C++ transport for serving/: every call's (method, request bytes) to one Python handler";
+  py::class_<Responder>(m, "Responder", "Answers one call later, from any thread; once.")
+      .def("respond", &Responder::Respond, py::arg("code"), py::arg("details"), py::arg("response"),
+           py::call_guard<py::gil_scoped_release>(),  // the arguments are copied first, with the GIL
+           "code 0: send ``response`` (bytes); else the status ``code`` with ``details``.");
   py::class_<Transport>(m, "Transport")
       .def(py::init<std::string, int, py::object, int, bool, std::string, std::string, std::string, bool>(),
            py::arg("address"), py::arg("max_message_bytes"), py::arg("handler"), py::arg("threads"),
            py::arg("tls") = false, py::arg("server_key") = "", py::arg("server_cert") = "",
            py::arg("custom_ca") = "", py::arg("client_verify") = false,
-           "handler(method: str, request: bytes) -> (code: int, details: str, response: bytes)")
+           "handler(method: str, request: bytes, responder: Responder) -> (code: int, details: str, "
+           "response: bytes), or None when it answers through the responder")
       .def("start", &Transport::Start, "Bind and serve; returns the port.")
       .def("shutdown", &Transport::Shutdown, py::arg("grace_seconds") = 1.0,
            py::call_guard<py::gil_scoped_release>(), "Stop accepting, finish calls in flight, join the threads.");

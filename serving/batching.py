@@ -110,17 +110,15 @@ class BatchingOptions:
 
 
 class _Task:
-    __slots__ = ("inputs", "size", "key", "enqueued", "done", "outputs", "error")
+    __slots__ = ("inputs", "size", "key", "enqueued", "done")
 
-    def __init__(self, inputs):
+    def __init__(self, inputs, done):
         self.inputs = inputs
         self.size = next(iter(inputs.values())).shape[0]
         # Requests merge only when every input agrees on dtype and the non-batch dimensions.
         self.key = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
         self.enqueued = time.monotonic()
-        self.done = threading.Event()
-        self.outputs = None
-        self.error = None
+        self.done = done
 
 
 class Batcher:
@@ -140,17 +138,18 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, inputs):
-        """Run ``inputs`` (already validated) as part of a batch; blocks until its rows are back."""
-        task = _Task(inputs)
+    def submit_async(self, inputs, done):
+        """Queue ``inputs`` (already validated) to run as part of a batch; ``done(outputs, error)``
+        is called once with its rows or a ServingError, from the batch thread — so no thread has to
+        wait for the batch (the C++ gRPC transport answers the call from there). A request refused
+        at the door (too large, queue full) raises here instead."""
+        task = _Task(inputs, done)
         if task.size > self.options.max_batch_size:
             raise invalid_argument(
                 f"Task size {task.size} is larger than maximum input batch size {self.options.max_batch_size}")
         with self._cond:
-            if self._closed:  # an old version being unloaded: serve the straggler directly
-                closed = True
-            else:
-                closed = False
+            closed = self._closed
+            if not closed:
                 limit = self.options.max_enqueued_batches * self.options.max_batch_size
                 if self._queued_rows + task.size > limit:
                     raise ServingError(grpc.StatusCode.UNAVAILABLE,
@@ -158,12 +157,22 @@ class Batcher:
                 self._queue.append(task)
                 self._queued_rows += task.size
                 self._cond.notify()
-        if closed:
-            return self._run(inputs)
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        return task.outputs
+        if closed:  # an old version being unloaded: serve the straggler directly
+            done(self._run(inputs), None)
+
+    def submit(self, inputs):
+        """``submit_async``, blocking until the request's rows are back (or raising its error)."""
+        finished, result = threading.Event(), []
+
+        def done(outputs, error):
+            result.append((outputs, error))
+            finished.set()
+        self.submit_async(inputs, done)
+        finished.wait()
+        outputs, error = result[0]
+        if error is not None:
+            raise error
+        return outputs
 
     def _take_batch(self):
         """Wait for a first task, then gather compatible tasks until full or the timeout passes."""
@@ -199,18 +208,21 @@ class Batcher:
             batch = self._take_batch()
             if batch is None:
                 return
+            error = None
             try:
-                self._execute(batch)
-            except ServingError as error:
-                for task in batch:
-                    task.error = error
-            except Exception as error:  # never let one bad batch kill the worker thread
-                for task in batch:
-                    task.error = ServingError(grpc.StatusCode.INTERNAL, f"batch failed: {error}")
-            for task in batch:
-                task.done.set()
+                outputs = self._execute(batch)
+            except ServingError as failure:
+                error = failure
+            except Exception as failure:  # never let one bad batch kill the worker thread
+                error = ServingError(grpc.StatusCode.INTERNAL, f"batch failed: {failure}")
+            for i, task in enumerate(batch):
+                try:
+                    task.done(None if error else outputs[i], error)
+                except Exception:  # one caller's completion must not cost the others theirs
+                    log.exception("%s: completing a request failed", self.name)
 
     def _execute(self, batch):
+        """Run the merged batch; each task's rows of the outputs, in batch order."""
         rows = sum(task.size for task in batch)
         padded = self._padded_size(rows)
         if len(batch) == 1 and padded == rows:
@@ -228,10 +240,11 @@ class Batcher:
             raise ServingError(grpc.StatusCode.INTERNAL,
                                f"batched outputs {bad} do not have the batch's {padded} rows in dimension 0")
         self._histogram[rows] += 1
-        offset = 0
+        per_task, offset = [], 0
         for task in batch:
-            task.outputs = {k: v[offset:offset + task.size] for k, v in outputs.items()}
+            per_task.append({k: v[offset:offset + task.size] for k, v in outputs.items()})
             offset += task.size
+        return per_task
 
     def stats(self):
         """{'calls': n, 'requests_rows': n, 'max_batch': n, 'histogram': {size: calls}}."""

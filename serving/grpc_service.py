@@ -37,6 +37,15 @@ def _fill_spec(out_spec, servable, signature_name):
         out_spec.signature_name = signature_name
 
 
+def status_of(error, where):
+    """(grpc.StatusCode, message) a failed call answers with: a ServingError's own code, INTERNAL
+    (logged, with the exception's type) for anything unexpected — the server keeps serving."""
+    if isinstance(error, ServingError):
+        return error.code, error.message
+    log.error("%s failed", where, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+
+
 def _guarded(method):
     """Map ServingError (and surprises) onto gRPC status codes."""
 
@@ -44,26 +53,61 @@ def _guarded(method):
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
-        except ServingError as error:
-            context.abort(error.code, error.message)
-        except Exception as error:  # keep serving; tell the client what broke
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+        except Exception as error:
+            context.abort(*status_of(error, method.__name__))
 
     return wrapper
 
 
-def predict(manager, request):
-    """PredictRequest -> PredictResponse (shared by gRPC and the warmup replay)."""
+def _predict_inputs(manager, request):
+    """(servable, NumPy inputs) a PredictRequest names."""
     name, version, label = _spec(request.model_spec)
     servable = manager.get_servable(name, version, label)
-    inputs = {key: tensors.to_numpy(proto) for key, proto in request.inputs.items()}
-    signature_name, outputs = servable.run(request.model_spec.signature_name, inputs, list(request.output_filter))
+    return servable, {key: tensors.to_numpy(proto) for key, proto in request.inputs.items()}
+
+
+def _predict_response(servable, signature_name, outputs):
     response = predict_pb2.PredictResponse()
     _fill_spec(response.model_spec, servable, signature_name)
     for key, value in outputs.items():
         tensors.to_proto(value, response.outputs[key])
     return response
+
+
+def predict(manager, request):
+    """PredictRequest -> PredictResponse (gRPC Python and the warmup replay: the caller's thread
+    waits for a batched signature's batch)."""
+    servable, inputs = _predict_inputs(manager, request)
+    signature_name, outputs = servable.run(request.model_spec.signature_name, inputs, list(request.output_filter))
+    return _predict_response(servable, signature_name, outputs)
+
+
+def predict_deferred(manager, request, done):
+    """``predict`` answering through ``done(response, error)``: for a batched signature, from the
+    batch thread as soon as the batch has run (the C++ transport sends it from there, and no
+    thread waits per request); otherwise before returning. Every failure, before the batch or in
+    it, reaches ``done`` as ``error``; ``done`` is called exactly once."""
+    answered = []
+
+    def answer(response, error):
+        answered.append(True)
+        done(response, error)
+
+    def finish(signature_name, outputs, error):
+        if error is None:
+            try:
+                outputs = _predict_response(servable, signature_name, outputs)
+            except Exception as failure:
+                error = failure
+        answer(None if error is not None else outputs, error)
+
+    try:
+        servable, inputs = _predict_inputs(manager, request)
+        servable.run_async(request.model_spec.signature_name, inputs, list(request.output_filter), finish)
+    except Exception as error:
+        if answered:  # ``done`` itself failed: not a second answer
+            raise
+        answer(None, error)
 
 
 def model_status(manager, model_spec):
@@ -104,6 +148,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_guarded
     def Predict(self, request, context):
         return predict(self.manager, request)
+
+    def PredictDeferred(self, request, done):
+        """Predict for a transport that can answer later (``native_grpc``): ``done(response, error)``."""
+        predict_deferred(self.manager, request, done)
 
     @_guarded
     def Classify(self, request, context):

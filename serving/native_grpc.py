@@ -1,12 +1,13 @@
 """The gRPC C++ transport (``cc/grpc_transport.cc``) behind the same servicers as gRPC Python.
 
 The C++ side does the RPC work — accepting, HTTP/2, TLS, the message size limits — without the
-GIL and calls ``Dispatcher.__call__(method, request_bytes)`` once per call. The dispatcher parses
-the request with the official ``tensorflow-serving-api`` message class of that method, runs the
-servicer method gRPC Python would run (``grpc_service.PredictionServicer`` /
-``ModelServicer``) and returns ``(code, details, response_bytes)``. So both transports answer
-every request, good or bad, with the same code; only the per-call cost differs
-(benchmarks/RESULTS.md, session 9).
+GIL and calls ``Dispatcher.__call__(method, request_bytes, responder)`` once per call. The
+dispatcher parses the request with the official ``tensorflow-serving-api`` message class of that
+method, runs the servicer method gRPC Python would run (``grpc_service.PredictionServicer`` /
+``ModelServicer``) and returns ``(code, details, response_bytes)``; ``Predict`` instead answers
+later through the responder, from the batch thread when the signature is batched, so no thread
+sits waiting for a batch. Both transports answer every request, good or bad, with the same
+code; only the per-call cost differs (benchmarks/RESULTS.md, session 9).
 """
 import os
 import sys
@@ -14,6 +15,8 @@ import sys
 import grpc
 from google.protobuf import message as protobuf_message
 from google.protobuf import message_factory
+
+from serving.grpc_service import status_of
 
 
 
@@ -60,10 +63,13 @@ class _Context:
 
 
 class Dispatcher:
-    """``(method, request bytes) -> (code, details, response bytes)`` over gRPC servicers.
+    """``(method, request bytes, responder) -> (code, details, response bytes)`` over gRPC servicers.
 
     ``servicers``: ``(service descriptor, servicer)`` pairs; every method of each service is routed
-    to the servicer's method of that name with the service's request message class.
+    to the servicer's method of that name with the service's request message class. Where the
+    servicer also has ``<Method>Deferred(request, done)`` (``Predict``), that runs instead and the
+    call returns None: the answer goes out through ``responder.respond(code, details, bytes)`` when
+    ``done`` is called — from the batch thread for a batched signature.
     """
 
     def __init__(self, servicers):
@@ -71,17 +77,27 @@ class Dispatcher:
         for service, servicer in servicers:
             for method in service.methods:
                 request_class = message_factory.GetMessageClass(method.input_type)
-                self.routes[f"/{service.full_name}/{method.name}"] = (request_class, getattr(servicer, method.name))
+                self.routes[f"/{service.full_name}/{method.name}"] = (
+                    request_class, getattr(servicer, method.name), getattr(servicer, f"{method.name}Deferred", None))
 
-    def __call__(self, method, body):
+    def __call__(self, method, body, responder):
         route = self.routes.get(method)
         if route is None:
             return grpc.StatusCode.UNIMPLEMENTED.value[0], f"Method not found: {method}", b""
-        request_class, handler = route
+        request_class, handler, deferred = route
         try:
             request = request_class.FromString(body)
         except protobuf_message.DecodeError as error:
             return grpc.StatusCode.INTERNAL.value[0], f"cannot parse the {request_class.__name__}: {error}", b""
+        if deferred is not None:
+            def done(response, error):
+                if error is not None:
+                    code, details = status_of(error, method)
+                    responder.respond(code.value[0], details, b"")
+                else:
+                    responder.respond(_OK, "", response.SerializeToString())
+            deferred(request, done)
+            return None
         try:
             response = handler(request, _Context())
         except _Aborted as aborted:

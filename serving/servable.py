@@ -190,13 +190,31 @@ class Servable:
 
         Returns (resolved signature name, outputs) with outputs filtered by ``output_filter``.
         """
+        signature, batcher = self._checked(signature_name, inputs, output_filter)
+        outputs = batcher.submit(inputs) if batcher is not None else signature.call(inputs)
+        return signature.name, _filtered(outputs, output_filter)
+
+    def run_async(self, signature_name, inputs, output_filter, done):
+        """``run``, answering through ``done(signature name, outputs, error)``.
+
+        A batched signature calls ``done`` from its batch thread once the batch has run, so no
+        thread waits for the batch; any other runs before this returns. A request that does not
+        fit the signature (or that the batcher refuses) raises ServingError here, as ``run`` does.
+        """
+        signature, batcher = self._checked(signature_name, inputs, output_filter)
+        if batcher is None:
+            done(signature.name, _filtered(signature.call(inputs), output_filter), None)
+            return
+
+        def finish(outputs, error):
+            done(signature.name, None if error is not None else _filtered(outputs, output_filter), error)
+        batcher.submit_async(inputs, finish)
+
+    def _checked(self, signature_name, inputs, output_filter):
+        """(signature, its batcher or None) for a request, after checking the request fits it."""
         signature = self.signature(signature_name)
         signature.validate(inputs, output_filter)
-        batcher = self._batchers.get(signature.name)
-        outputs = batcher.submit(inputs) if batcher is not None else signature.call(inputs)
-        if output_filter:
-            outputs = {k: outputs[k] for k in output_filter}
-        return signature.name, outputs
+        return signature, self._batchers.get(signature.name)
 
     def batch_stats(self):
         """Per-signature batch-size histograms (how well dynamic batching is working)."""
@@ -207,6 +225,10 @@ class Servable:
         run unbatched."""
         for batcher in self._batchers.values():
             batcher.close()
+
+
+def _filtered(outputs, output_filter):
+    return {k: outputs[k] for k in output_filter} if output_filter else outputs
 
 
 def version_is_ready(path):
