@@ -315,3 +315,40 @@ def test_batching_options_text_round_trip():
                               num_batch_threads=3, allowed_batch_sizes=(2, 8), pad_variable_length_inputs=True)
     again = BatchingOptions.from_text(options.to_text())
     assert repr(again) == repr(options) and again.pad_variable_length_inputs
+
+
+def test_batcher_answers_each_request_once_even_when_one_completion_fails():
+    """``submit_async`` calls each request's ``done`` once from the batch thread; a completion that
+    raises costs no other request its answer, and the batcher keeps running."""
+    from serving.batching import Batcher, BatchingOptions
+    calls, answers = [], {}
+    everyone = threading.Event()
+
+    def run(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    def done_for(i):
+        def done(outputs, error):
+            answers.setdefault(i, []).append((outputs, error))
+            if len(answers) == 4:
+                everyone.set()
+            if i == 1:
+                raise RuntimeError("this caller's completion is broken")
+        return done
+
+    batcher = Batcher(run, BatchingOptions(max_batch_size=4, batch_timeout_micros=300_000, num_batch_threads=1))
+    try:
+        for i in range(4):
+            batcher.submit_async({"x": np.array([i])}, done_for(i))
+        assert everyone.wait(30)
+        assert calls == [4]  # one merged call
+        for i in range(4):
+            [(outputs, error)] = answers[i]
+            assert error is None and outputs["y"].tolist() == [2 * i]
+        with pytest.raises(Exception) as info:  # refused at the door: raised, not passed to done
+            batcher.submit_async({"x": np.zeros(5)}, done_for(9))
+        assert "larger than maximum" in str(info.value) and 9 not in answers
+        assert batcher.submit({"x": np.array([7])})["y"].tolist() == [14]
+    finally:
+        batcher.close()
