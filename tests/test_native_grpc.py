@@ -63,7 +63,7 @@ def test_answers_now_or_later_from_another_thread(transport_server):
 
 
 def test_broken_handlers_and_responders_answer_internal_and_the_server_keeps_serving(transport_server):
-    second_answer = []
+    second_answer, tried_twice = [], threading.Event()
 
     def handler(method, body, responder):
         if method == "/t.S/Raise":
@@ -76,6 +76,7 @@ def test_broken_handlers_and_responders_answer_internal_and_the_server_keeps_ser
                 responder.respond(0, "", b"second")
             except RuntimeError as error:
                 second_answer.append(str(error))
+            tried_twice.set()  # the client may have its answer before this line runs
             return None
         if method == "/t.S/BadTuple":
             return "not a tuple"
@@ -90,6 +91,7 @@ def test_broken_handlers_and_responders_answer_internal_and_the_server_keeps_ser
         assert fragment in info.value.details(), (method, info.value.details())
         assert call("/t.S/Ok") == b"ok"
     assert call("/t.S/Twice") == b"first"
+    assert tried_twice.wait(10)
     assert second_answer == ["this call was already answered"]
 
 
