@@ -94,12 +94,13 @@ def predict_deferred(manager, request, done):
         done(response, error)
 
     def finish(signature_name, outputs, error):
+        response = None
         if error is None:
             try:
-                outputs = _predict_response(servable, signature_name, outputs)
+                response = _predict_response(servable, signature_name, outputs)
             except Exception as failure:
                 error = failure
-        answer(None if error is not None else outputs, error)
+        answer(response, error)
 
     try:
         servable, inputs = _predict_inputs(manager, request)

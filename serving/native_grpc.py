@@ -19,7 +19,6 @@ from google.protobuf import message_factory
 from serving.grpc_service import status_of
 
 
-
 def _import_transport():
     """Import the module with ``RTLD_DEEPBIND``: gRPC C++ and the system OpenSSL it links must bind
     to each other. TensorFlow loads ``libtensorflow_framework.so.2``, which exports BoringSSL's

@@ -50,7 +50,9 @@ def build_parser():
     p.add_argument("--num_request_iterations_for_warmup", type=int, default=1)
     p.add_argument("--max_message_size_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest gRPC message / REST body accepted (RESOURCE_EXHAUSTED / 413 beyond)")
-    p.add_argument("--grpc_max_threads", type=int, default=64, help="concurrent gRPC requests in flight")
+    p.add_argument("--grpc_max_threads", type=int, default=64,
+                   help="threads serving gRPC calls (gRPC Python: calls in flight; the C++ transport: calls "
+                        "being handled, not those waiting for their batch)")
     p.add_argument("--grpc_transport", choices=("auto", "native", "python"), default="auto",
                    help="who does the RPC work: gRPC C++ (native, where it was built), gRPC Python, or "
                         "native when available (auto); the same servicers answer either way")
