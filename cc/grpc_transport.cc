@@ -118,8 +118,8 @@ class Transport {
   }
 
   bool stopping() const { return stopping_; }
-  // Held while an answer is handed to gRPC, and by Shutdown while it closes the queue: an answer
-  // that comes after the queue is shut down must not start a gRPC operation.
+  // Held while an accept or an answer is handed to gRPC, and by Shutdown while it closes the
+  // queue: nothing may start a gRPC operation once the queue is shut down.
   std::mutex& answer_mutex() { return answer_mutex_; }
   bool closed() const { return closed_; }
   grpc::AsyncGenericService* service() { return &service_; }
@@ -162,8 +162,10 @@ Call::Call(Transport* transport) : transport_(transport) {
 
 void Call::Proceed(bool ok) {
   switch (state_) {
-    case State::kAccepting:
-      if (!ok) {  // the server is shutting down: this accept will never be used
+    case State::kAccepting: {
+      // Under the answer mutex, so no operation starts once Shutdown has closed the queue.
+      std::lock_guard<std::mutex> lock(transport_->answer_mutex());
+      if (!ok || transport_->closed()) {  // shutting down: this accept will never be used
         delete this;
         return;
       }
@@ -171,6 +173,7 @@ void Call::Proceed(bool ok) {
       state_ = State::kReading;
       stream_.Read(&request_, this);
       return;
+    }
     case State::kReading:
       state_ = State::kAnswering;
       if (!ok) {  // the client closed its side without a request message
