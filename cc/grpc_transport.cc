@@ -220,8 +220,7 @@ void Call::Respond(int code, const std::string& details, const std::string& resp
   // object is left alone rather than deleted under gRPC's feet (only at shutdown, only for an
   // answer later than the grace period).
   if (transport_->closed()) return;
-  state_ = State::kAnswering;
-  if (code != 0) {
+  if (code != 0) {  // (state_ is already kAnswering: set before the handler ran)
     stream_.Finish(grpc::Status(static_cast<grpc::StatusCode>(code), details), this);
     return;
   }

@@ -202,9 +202,7 @@ class ModelServer:
         if self.rest_server is not None:
             self.rest_server.stop()
         if self.grpc_server is not None:
-            stopped = self.grpc_server.stop(1.0)
-            if stopped is not None:  # gRPC Python: an event set once the calls in flight are done
-                stopped.wait()
+            self.grpc_server.stop(1.0).wait()
         if self.manager is not None:
             self.manager.stop()
 

@@ -24,6 +24,7 @@ def transport_server():
 
         def call(method, body=b"", timeout=10):
             return channel.unary_unary(method)(body, timeout=timeout)
+        call.transport = transport
         return call
 
     yield start
@@ -104,23 +105,20 @@ def test_message_size_limit(transport_server):
     assert call("/t.S/Echo", b"y") == bytes(1)
 
 
-def test_shutdown_with_a_call_still_unanswered():
+def test_shutdown_with_a_call_still_unanswered(transport_server):
     """The client of a call that was never answered gets an error at shutdown (after the grace
     period), and an answer that comes after the shutdown does nothing."""
-    require_transport("native")
-    from serving import native_grpc
     held, outcome = [], []
 
     def handler(method, body, responder):
         held.append(responder)
         return None
 
-    transport = native_grpc._grpc_transport.Transport("127.0.0.1:0", 1 << 16, handler, 2)
-    channel = grpc.insecure_channel(f"127.0.0.1:{transport.start()}")
+    call = transport_server(handler, threads=2)
 
     def client():
         try:
-            channel.unary_unary("/t.S/Hold")(b"", timeout=30)
+            call("/t.S/Hold", timeout=30)
             outcome.append("answered")
         except grpc.RpcError as error:
             outcome.append(error.code())
@@ -128,8 +126,7 @@ def test_shutdown_with_a_call_still_unanswered():
     thread.start()
     while not held:
         thread.join(0.01)
-    transport.shutdown(0.2)
+    call.transport.shutdown(0.2)  # the fixture's shutdown afterwards is a no-op
     thread.join(30)
     assert outcome and outcome[0] != "answered"
     held[0].respond(0, "", b"too late")  # the queue is closed: ignored, no crash
-    channel.close()
