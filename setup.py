@@ -17,7 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def grpc_cpp_installed():
-    """Whether gRPC C++ (Debian's libgrpc++-dev) is here, for the server's C++ gRPC transport.
+    """Whether gRPC C++ (Debian's libgrpc++-dev) is here, for the server's C++ gRPC transport (and
+    the benchmarks' C++ load generator).
 
     Optional: without it the server runs on gRPC Python (``serving/native_grpc.py``).
     ``make install`` installs it where it can (``tools/install_system_packages.sh``).
@@ -51,6 +52,7 @@ class CMakeBuild(build_ext):
         ]
         # Always given, so a build directory configured with gRPC C++ forgets it once it is gone.
         configure.append(f"-DTFREC_KUAI_GRPC_TRANSPORT_OUTPUT={outputs.get('serving._grpc_transport', '')}")
+        configure.append(f"-DTFREC_KUAI_GRPC_LOAD_OUTPUT={outputs.get('serving._grpc_load', '')}")
         subprocess.check_call(configure)
         subprocess.check_call(["cmake", "--build", build_dir, "-j", str(os.cpu_count() or 2)])
         # setuptools expects a file at every extension path.
@@ -67,7 +69,8 @@ setup(
     package_data={"tfrec_kuai": ["data/*", "data/**/*", "configs/*"], "serving": ["configs/*"]},
     include_package_data=True,
     ext_modules=[CMakeExtension("tfrec_kuai._fwa_ops"), CMakeExtension("tfrec_kuai._native")]
-    + ([CMakeExtension("serving._grpc_transport")] if grpc_cpp_installed() else []),
+    + ([CMakeExtension("serving._grpc_transport"), CMakeExtension("serving._grpc_load")]
+       if grpc_cpp_installed() else []),
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=[

@@ -4,7 +4,8 @@ Exports the benchmark's (untrained, default-size) models twice — ``--xla on`` 
 both fused — then calls each ``rank`` signature in-process on the same requests (1 user x
 ``--candidates`` videos, repeated to batches of ``--batches`` users, as a batching server would
 merge them), alternating between the two so that both see the same machine load. Prints the
-median latency of each and their ratio.
+median latency of each and their ratio, and the XLA-on call's 99th percentile (the floor under a
+batching server's p99 at that batch size: the model's own tail on this host).
 
     .venv/bin/python benchmarks/bench_rank_path.py                 # builds the models if needed
     .venv/bin/python benchmarks/bench_rank_path.py --repeats 40 --batches 1,4,8,16
@@ -69,7 +70,7 @@ def main(argv=None):
         paths["baseline"] = args.baseline
     functions = {name: tf.saved_model.load(path).signatures["rank"] for name, path in paths.items()}
     baseline_header = f" {'baseline ms':>12} {'base/' + args.baseline_of:>8}" if args.baseline else ""
-    print(f"{'users':>5} {'XLA off ms':>11} {'XLA on ms':>10} {'off/on':>7}{baseline_header}")
+    print(f"{'users':>5} {'XLA off ms':>11} {'XLA on ms':>10} {'off/on':>7} {'on p99 ms':>10}{baseline_header}")
     for users in (int(b) for b in args.batches.split(",")):
         feed = {k: tf.constant(np.concatenate([v] * users, 0)) for k, v in request.items()}
         for function in functions.values():      # compile / warm up outside the timing
@@ -83,9 +84,10 @@ def main(argv=None):
                 times[name].append(time.perf_counter() - start)
         median = {name: 1000 * float(np.median(t)) for name, t in times.items()}
         off, on = median["off"], median["on"]
+        on_p99 = 1000 * float(np.percentile(times["on"], 99))  # the tail a batching server's latency starts from
         baseline = (f" {median['baseline']:>12.2f} {median['baseline'] / median[args.baseline_of]:>7.2f}x"
                     if args.baseline else "")
-        print(f"{users:>5} {off:>11.2f} {on:>10.2f} {off / on:>6.2f}x{baseline}", flush=True)
+        print(f"{users:>5} {off:>11.2f} {on:>10.2f} {off / on:>6.2f}x {on_p99:>10.2f}{baseline}", flush=True)
     return 0
 
 

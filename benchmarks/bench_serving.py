@@ -61,7 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--signatures", default="recommend,rank")
     p.add_argument("--transports", default="grpc,rest",
                    help="grpc: the server's default gRPC transport (C++ where built); grpc-py: the same server "
-                        "on gRPC Python (--grpc_transport=python), to compare the two; rest")
+                        "on gRPC Python (--grpc_transport=python), to compare the two; rest. Their clients are "
+                        "threads of this process on gRPC Python's stubs or http.client. grpc-cc-load: the "
+                        "default transport again, loaded by the C++ load generator (serving._grpc_load) instead, "
+                        "so that less of the shared cores goes to the clients")
     p.add_argument("--batching", default="off,on")
     p.add_argument("--rounds", type=int, default=3, help="times each cell is measured (medians are reported)")
     p.add_argument("--inprocess_inputs", default="numpy,flat,tensors",
@@ -72,6 +75,10 @@ def parse_args(argv=None):
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="TensorFlow's intra-op pool, in-process and in the server (0: TensorFlow's default)")
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="likewise, the inter-op pool")
+    p.add_argument("--grpc_max_threads", type=int, default=128,
+                   help="the server's --grpc_max_threads (at least the clients, so none waits for a thread)")
+    p.add_argument("--server_args", default="",
+                   help="more server flags, space-separated (e.g. --server_args=--max_concurrent_model_runs=0)")
     p.add_argument("--max_batch_size", type=int, default=32)
     p.add_argument("--num_batch_threads", type=int, default=1,
                    help="batches run at once with batching on (1: one batch uses every core through the "
@@ -136,7 +143,7 @@ def make_requests(examples, candidates):
 
 
 # The server (its --grpc_transport) each client transport is measured against.
-SERVER_OF_TRANSPORT = {"grpc": "auto", "rest": "auto", "grpc-py": "python"}
+SERVER_OF_TRANSPORT = {"grpc": "auto", "rest": "auto", "grpc-py": "python", "grpc-cc-load": "auto"}
 
 
 class Server:
@@ -148,7 +155,7 @@ class Server:
         its log goes (batch sizes are logged at shutdown), else nowhere."""
         args = [sys.executable, "-m", "serving.server", "--port=0", "--rest_api_port=-1",
                 f"--model_name={model_name}", f"--model_base_path={os.path.join(base, model_name)}",
-                "--file_system_poll_wait_seconds=0", "--grpc_max_threads=128", *extra_args]
+                "--file_system_poll_wait_seconds=0", *extra_args]
         if batching is not None:
             params = os.path.join(work_dir, "batching_parameters.txt")
             with open(params, "w") as f:
@@ -173,15 +180,22 @@ class Server:
 
 
 # -- clients -------------------------------------------------------------------------------------
-def grpc_caller(port, model_name, signature, inputs):
-    import grpc
+def predict_request(model_name, signature, inputs):
+    """The PredictRequest every gRPC client sends, made with the official classes."""
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature
     for key, value in inputs.items():
         request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def grpc_caller(port, model_name, signature, inputs):
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    request = predict_request(model_name, signature, inputs)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
@@ -267,8 +281,53 @@ def closed_loop(make_call, clients, seconds, warmup, cpu_of=()):
                     first_error.append(f"{type(error).__name__}: {str(error)[:200]}")
                 continue
             if t0 >= window[0]:
-                latencies[i].append(time.perf_counter() - t0)
+                latencies[i].append((time.perf_counter() - t0) * 1000)
 
+    def load():
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [x for per in latencies for x in per], errors[0], first_error[0] if first_error else ""
+
+    return measure(load, window, clients, seconds, cpu_of)
+
+
+def threaded_load(make_call):
+    """A cell's load: ``load(clients, seconds, warmup, cpu_of)`` is ``closed_loop`` over
+    ``make_call``; ``load.first_call()`` makes one call alone."""
+    def load(clients, seconds, warmup, cpu_of=()):
+        return closed_loop(make_call, clients, seconds, warmup, cpu_of)
+    load.first_call = lambda: make_call()()
+    return load
+
+
+def native_load(port, model_name, signature, inputs):
+    """``threaded_load`` with the C++ load generator (``serving._grpc_load``) as the clients: the same
+    closed loop and the same PredictRequest bytes (made by the official classes), every client's
+    calls driven by one C++ thread, so the load takes far less of the 2 cores than gRPC Python's
+    client does (RESULTS.md, session 10)."""
+    from serving.native_grpc import load_generator
+    generator = load_generator()
+    request = predict_request(model_name, signature, inputs).SerializeToString()
+    method = "/tensorflow.serving.PredictionService/Predict"
+
+    def load(clients, seconds, warmup, cpu_of=()):
+        start = time.perf_counter()
+        window = (start + warmup, start + warmup + seconds)
+
+        def run():
+            result = generator.closed_loop(f"127.0.0.1:{port}", method, request, clients, warmup, seconds)
+            return result["latencies_ms"], result["errors"], result["first_error"][:200]
+        return measure(run, window, clients, seconds, cpu_of)
+    load.first_call = lambda: load(1, 0.0, 0.0)
+    return load
+
+
+def measure(load, window, clients, seconds, cpu_of=()):
+    """Run ``load() -> (latencies ms of the calls started in ``window``, errors, first error)`` while
+    sampling the CPU of ``cpu_of`` at the window's edges; the cell's numbers."""
     cpu = []  # CPU seconds per process in ``cpu_of``, at the window's start and end
 
     def sample_cpu():
@@ -276,19 +335,18 @@ def closed_loop(make_call, clients, seconds, warmup, cpu_of=()):
             time.sleep(max(0.0, edge - time.perf_counter()))
             cpu.append({pid: process_cpu_seconds(pid) for pid in cpu_of})
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    sampler = threading.Thread(target=sample_cpu)
     if cpu_of:
-        threads.append(threading.Thread(target=sample_cpu))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    all_latencies = np.array([x for per in latencies for x in per]) * 1000
-    extra = {"first_error": first_error[0]} if first_error else {}
+        sampler.start()
+    latencies, errors, first_error = load()
+    if cpu_of:
+        sampler.join()
+    all_latencies = np.array(latencies)
+    extra = {"first_error": first_error} if first_error else {}
     for pid in cpu_of:
         key = "cpu_ms_per_request" if pid is None else "server_cpu_ms_per_request"
         extra[key] = round((cpu[1][pid] - cpu[0][pid]) * 1000 / max(all_latencies.size, 1), 2)
-    return {**extra, "clients": clients, "requests": int(all_latencies.size), "errors": errors[0],
+    return {**extra, "clients": clients, "requests": int(all_latencies.size), "errors": errors,
             "qps": round(all_latencies.size / seconds, 1) if seconds else None,
             "min_ms": round(float(all_latencies.min()), 2) if all_latencies.size else None,
             "p50_ms": round(float(np.percentile(all_latencies, 50)), 2) if all_latencies.size else None,
@@ -359,8 +417,9 @@ def main(argv=None):
     model_base = os.path.join(base, args.model_name)
     version = max(int(v) for v in os.listdir(model_base) if v.isdigit())
     loaded = tf.saved_model.load(os.path.join(model_base, str(version)))
-    thread_flags = [f"--tensorflow_intra_op_parallelism={args.tensorflow_intra_op_parallelism}",
-                    f"--tensorflow_inter_op_parallelism={args.tensorflow_inter_op_parallelism}"]
+    thread_flags = [f"--grpc_max_threads={args.grpc_max_threads}",
+                    f"--tensorflow_intra_op_parallelism={args.tensorflow_intra_op_parallelism}",
+                    f"--tensorflow_inter_op_parallelism={args.tensorflow_inter_op_parallelism}", *args.server_args.split()]
     servers = {}
     rows = []
     try:
@@ -378,31 +437,32 @@ def main(argv=None):
                     base, args.model_name, options if batching == "on" else None, args.work_dir,
                     thread_flags + [f"--grpc_transport={grpc_transport}"],
                     os.path.join(args.work_dir, f"server_batching_{batching}_{grpc_transport}.log"))
-        cells = []  # (mode, transport, batching, signature, clients, make_call, server pid or None)
+        cells = []  # (mode, transport, batching, signature, clients, load, server pid or None)
         for signature in signatures:
             for clients in levels:
                 for inputs_as in baselines:  # shown in the transport column
-                    cells.append(("in-process", inputs_as, "-", signature, clients,
-                                  lambda signature=signature, inputs_as=inputs_as: inprocess_caller(
-                                      loaded, signature, requests[signature], inputs_as),
-                                  None))
+                    make_call = (lambda signature=signature, inputs_as=inputs_as: inprocess_caller(
+                        loaded, signature, requests[signature], inputs_as))
+                    cells.append(("in-process", inputs_as, "-", signature, clients, threaded_load(make_call), None))
                 for batching in args.batching.split(","):
                     for transport in transports:
                         server = servers[batching, SERVER_OF_TRANSPORT[transport]]
-                        maker = rest_caller if transport == "rest" else grpc_caller
                         port = server.ports["REST" if transport == "rest" else "gRPC"]
-                        cells.append(("server", transport, batching, signature, clients,
-                                      lambda maker=maker, port=port, signature=signature: maker(
-                                          port, args.model_name, signature, requests[signature]),
-                                      server.process.pid))
-        for mode, transport, batching, signature, clients, make_call, pid in cells:  # unmeasured
-            make_call()()  # one call alone first: XLA compiles the request's shapes once, not per thread
-            closed_loop(make_call, clients, 0.0, args.warmup_seconds)
+                        if transport == "grpc-cc-load":
+                            load = native_load(port, args.model_name, signature, requests[signature])
+                        else:
+                            maker = rest_caller if transport == "rest" else grpc_caller
+                            load = threaded_load(lambda maker=maker, port=port, signature=signature: maker(
+                                port, args.model_name, signature, requests[signature]))
+                        cells.append(("server", transport, batching, signature, clients, load, server.process.pid))
+        for mode, transport, batching, signature, clients, load, pid in cells:  # unmeasured
+            load.first_call()  # one call alone first: XLA compiles the request's shapes once, not per thread
+            load(clients, 0.0, args.warmup_seconds)
         for round_index in range(args.rounds):
-            for mode, transport, batching, signature, clients, make_call, pid in cells:
+            for mode, transport, batching, signature, clients, load, pid in cells:
                 cpu_of = (None,) if pid is None else (None, pid)
                 row = dict(round=round_index, mode=mode, transport=transport, batching=batching, signature=signature,
-                           **closed_loop(make_call, clients, args.seconds, 0.5, cpu_of=cpu_of))
+                           **load(clients, args.seconds, 0.5, cpu_of=cpu_of))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:

@@ -57,12 +57,16 @@ def _ready_marker(path):
 class ModelManager:
     """Owns every model's versions; thread-safe lookups, one background poller."""
 
-    def __init__(self, config, poll_seconds=1.0, batching_options=None, warmup_iterations=1, enable_warmup=True):
+    def __init__(self, config, poll_seconds=1.0, batching_options=None, warmup_iterations=1, enable_warmup=True,
+                 run_gate=None):
+        """``run_gate``: the ``serving.admission.FairGate`` that bounds unbatched model runs across all
+        the servables (None: unbounded)."""
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._models = {}
         self.poll_seconds = poll_seconds
         self.batching_options = batching_options
+        self.run_gate = run_gate
         self.warmup_iterations = warmup_iterations
         self.enable_warmup = enable_warmup
         self._stop = threading.Event()
@@ -182,7 +186,7 @@ class ModelManager:
         started = time.monotonic()
         servable = None
         try:
-            servable = Servable(name, version, path, self.batching_options)
+            servable = Servable(name, version, path, self.batching_options, self.run_gate)
             if self.enable_warmup:
                 try:
                     record.warmup_requests = run_warmup(servable, self.warmup_iterations)

@@ -9,6 +9,7 @@ later through the responder, from the batch thread when the signature is batched
 sits waiting for a batch. Both transports answer every request, good or bad, with the same
 code; only the per-call cost differs (benchmarks/RESULTS.md, session 9).
 """
+import importlib
 import os
 import sys
 import threading
@@ -20,27 +21,34 @@ from google.protobuf import message_factory
 from serving.grpc_service import status_of
 
 
-def _import_transport():
-    """Import the module with ``RTLD_DEEPBIND``: gRPC C++ and the system OpenSSL it links must bind
-    to each other. TensorFlow loads ``libtensorflow_framework.so.2``, which exports BoringSSL's
+def _import_native(name):
+    """Import ``serving.<name>`` with ``RTLD_DEEPBIND``: gRPC C++ and the system OpenSSL it links must
+    bind to each other. TensorFlow loads ``libtensorflow_framework.so.2``, which exports BoringSSL's
     ``SSL_*`` / ``EVP_*`` symbols, into the global scope; without deep binding gRPC's TLS calls
     would land in BoringSSL with OpenSSL's structures and crash."""
     flags = sys.getdlopenflags()
     sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
     try:
-        from serving import _grpc_transport as module
+        return importlib.import_module(f"serving.{name}")
     finally:
         sys.setdlopenflags(flags)
-    return module
 
 
 try:
-    _grpc_transport = _import_transport()
+    _grpc_transport = _import_native("_grpc_transport")
 except ImportError as _error:  # built only where gRPC C++ (libgrpc++-dev) was found
     _grpc_transport = None
     IMPORT_ERROR = _error
 else:
     IMPORT_ERROR = None
+
+
+def load_generator():
+    """``serving._grpc_load``, the C++ closed-loop client of ``benchmarks/bench_serving.py``
+    (``closed_loop(target, method, request_bytes, clients, warmup_seconds, seconds)``); built, like
+    the transport, only where gRPC C++ is installed (ImportError otherwise)."""
+    return _import_native("_grpc_load")
+
 
 _OK = grpc.StatusCode.OK.value[0]
 

@@ -14,6 +14,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.core.framework import types_pb2
 
 from serving import tensors
+from serving.admission import FairGate
 from serving.errors import ServingError, from_tf_error, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -157,7 +158,10 @@ def _read_signature_defs(path):
 class Servable:
     """A loaded SavedModel version. Thread-safe: signatures are called concurrently."""
 
-    def __init__(self, name, version, path, batching_options=None):
+    def __init__(self, name, version, path, batching_options=None, run_gate=None):
+        """``run_gate``: a ``serving.admission.FairGate`` every unbatched run of this servable holds
+        while the model runs (shared by the manager's servables: they share the cores); None: no
+        limit."""
         self.name = name
         self.version = int(version)
         self.path = path
@@ -169,6 +173,7 @@ class Servable:
         }
         self.signature_def_map = {key: signature_defs[key] for key in self.signatures}
         self._batchers = {}
+        self._run_gate = run_gate if run_gate is not None else FairGate(0)
         self._lock = threading.Lock()
         if batching_options is not None:
             from serving.batching import Batcher
@@ -191,7 +196,7 @@ class Servable:
         Returns (resolved signature name, outputs) with outputs filtered by ``output_filter``.
         """
         signature, batcher = self._checked(signature_name, inputs, output_filter)
-        outputs = batcher.submit(inputs) if batcher is not None else signature.call(inputs)
+        outputs = batcher.submit(inputs) if batcher is not None else self._call_unbatched(signature, inputs)
         return signature.name, _filtered(outputs, output_filter)
 
     def run_async(self, signature_name, inputs, output_filter, done):
@@ -203,12 +208,17 @@ class Servable:
         """
         signature, batcher = self._checked(signature_name, inputs, output_filter)
         if batcher is None:
-            done(signature.name, _filtered(signature.call(inputs), output_filter), None)
+            done(signature.name, _filtered(self._call_unbatched(signature, inputs), output_filter), None)
             return
 
         def finish(outputs, error):
             done(signature.name, None if error is not None else _filtered(outputs, output_filter), error)
         batcher.submit_async(inputs, finish)
+
+    def _call_unbatched(self, signature, inputs):
+        """The model run of one request on this thread, inside the run gate (fair and bounded)."""
+        with self._run_gate:
+            return signature.call(inputs)
 
     def _checked(self, signature_name, inputs, output_filter):
         """(signature, its batcher or None) for a request, after checking the request fits it."""

@@ -53,6 +53,10 @@ def build_parser():
     p.add_argument("--grpc_max_threads", type=int, default=64,
                    help="threads serving gRPC calls (gRPC Python: calls in flight; the C++ transport: calls "
                         "being handled, not those waiting for their batch)")
+    p.add_argument("--max_concurrent_model_runs", type=int, default=4 * (os.cpu_count() or 1),
+                   help="unbatched model runs at once, across models and transports; the others wait, first "
+                        "come first served (default: 4 x the cores, TF Serving's default number of request "
+                        "threads; 0: no limit). Batched signatures are bounded by num_batch_threads instead")
     p.add_argument("--grpc_transport", choices=("auto", "native", "python"), default="auto",
                    help="who does the RPC work: gRPC C++ (native, where it was built), gRPC Python, or "
                         "native when available (auto); the same servicers answer either way")
@@ -154,6 +158,7 @@ class ModelServer:
 
     def start(self):
         from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
+        from serving.admission import FairGate
         from serving.batching import BatchingOptions
         from serving.grpc_service import ModelServicer, PredictionServicer
         from serving.manager import ModelManager
@@ -177,7 +182,8 @@ class ModelServer:
                         if args.batching_parameters_file else BatchingOptions())
             log.info("dynamic batching on: %s", batching)
         self.manager = ModelManager(model_server_config(args), args.file_system_poll_wait_seconds, batching,
-                                    args.num_request_iterations_for_warmup, args.enable_model_warmup)
+                                    args.num_request_iterations_for_warmup, args.enable_model_warmup,
+                                    FairGate(args.max_concurrent_model_runs))
         self.manager.start()
         prediction, model = PredictionServicer(self.manager), ModelServicer(self.manager)
         ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None

@@ -2,6 +2,7 @@
 gRPC Python clients on loopback. The TF Serving APIs over it are tested in test_serving.py (every
 gRPC test there runs on both transports)."""
 import threading
+import time
 
 import grpc
 import pytest
@@ -24,7 +25,7 @@ def transport_server():
 
         def call(method, body=b"", timeout=10):
             return channel.unary_unary(method)(body, timeout=timeout)
-        call.transport = transport
+        call.transport, call.port = transport, port
         return call
 
     yield start
@@ -130,3 +131,42 @@ def test_shutdown_with_a_call_still_unanswered(transport_server):
     thread.join(30)
     assert outcome and outcome[0] != "answered"
     held[0].respond(0, "", b"too late")  # the queue is closed: ignored, no crash
+
+
+def test_load_generator_keeps_its_clients_in_flight_and_counts_errors(transport_server):
+    """``serving._grpc_load`` (bench_serving.py's C++ clients) against the transport: every client has
+    one call in flight at a time, latencies come from the measured window only, failures are counted."""
+    from serving.native_grpc import load_generator
+    generator = load_generator()
+    in_flight, most_in_flight, bodies, lock = [0], [0], set(), threading.Lock()
+
+    def handler(method, body, responder):
+        if method == "/t.S/Fail":
+            return grpc.StatusCode.UNAVAILABLE.value[0], "not now", b""
+        with lock:
+            in_flight[0] += 1
+            most_in_flight[0] = max(most_in_flight[0], in_flight[0])
+            bodies.add(body)
+
+        def answer():
+            time.sleep(0.01)  # every call takes ≥ 10 ms, so 4 clients make ≤ 400 calls per second
+            with lock:
+                in_flight[0] -= 1
+            responder.respond(0, "", b"ok")
+        threading.Thread(target=answer).start()
+        return None
+
+    call = transport_server(handler, threads=2)
+    target = f"127.0.0.1:{call.port}"
+    result = generator.closed_loop(target, "/t.S/Echo", b"request", 4, 0.2, 0.5)
+    latencies = result["latencies_ms"]
+    assert result["errors"] == 0 and result["first_error"] == ""
+    assert most_in_flight[0] == 4 and bodies == {b"request"}
+    assert 40 <= len(latencies) <= 4 * 0.5 / 0.01 + 4  # the window's calls only, not the warmup's
+    assert min(latencies) >= 10.0
+
+    failed = generator.closed_loop(target, "/t.S/Fail", b"", 2, 0.0, 0.2)
+    assert failed["latencies_ms"] == [] and failed["errors"] >= 2
+    assert failed["first_error"] == f"code {grpc.StatusCode.UNAVAILABLE.value[0]}: not now"
+    with pytest.raises(ValueError):
+        generator.closed_loop(target, "/t.S/Echo", b"", 0, 0.0, 0.1)
