@@ -40,6 +40,7 @@ sys.path.insert(0, REPO)
 import tfrec_kuai  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
+from serving.admission import FairGate  # noqa: E402
 from serving.batching import BatchingOptions  # noqa: E402
 
 
@@ -71,7 +72,11 @@ def parse_args(argv=None):
                    help="in-process baselines, comma-separated; the first is the one ratios use. numpy: each "
                         "call makes its input tensors from NumPy (as the server does) and calls the signature "
                         "as users do; flat: the same, run as the server runs it (no Python argument binding); "
-                        "tensors: the same pre-built tensors every call (a best case)")
+                        "tensors: the same pre-built tensors every call (a best case); numpy-fair: numpy, at "
+                        "most --inprocess_max_concurrent_runs calls at once, first come first served (the "
+                        "server's unbatched runs are bounded so by --max_concurrent_model_runs)")
+    p.add_argument("--inprocess_max_concurrent_runs", type=int, default=4 * (os.cpu_count() or 1),
+                   help="the numpy-fair baseline's bound (default: the server's default)")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="TensorFlow's intra-op pool, in-process and in the server (0: TensorFlow's default)")
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="likewise, the inter-op pool")
@@ -226,16 +231,21 @@ def rest_caller(port, model_name, signature, inputs):
     return call
 
 
-def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
+def inprocess_caller(loaded, signature, inputs, inputs_as="numpy", gate=None):
     """A call of the signature in this process. ``inputs_as="numpy"``: each call makes its input
     tensors from the NumPy arrays, as any caller with a new request does (and the server does),
     and calls the signature as users do, ``function(**tensors)``; ``"flat"``: the same inputs, run
     the way the server runs a signature (``serving.servable.signature_runner``, no Python argument
     binding); ``"tensors"``: the same pre-built tensors every call, a best case that no caller with
-    new data gets (≈ 1.4 ms faster per ``rank`` call here, RESULTS.md)."""
+    new data gets (≈ 1.4 ms faster per ``rank`` call here, RESULTS.md); ``"numpy-fair"``: ``numpy``
+    with the calls of all the cell's threads passing through ``gate`` (a
+    ``serving.admission.FairGate``), bounded and first come first served as the server's unbatched
+    runs are, so that under a backlog the ratio compares overheads, not scheduling policies."""
+    import contextlib
     import tensorflow as tf
-    if inputs_as not in ("numpy", "flat", "tensors"):
-        raise ValueError(f"in-process inputs: numpy, flat or tensors, not {inputs_as!r}")
+    if inputs_as not in ("numpy", "flat", "tensors", "numpy-fair"):
+        raise ValueError(f"in-process inputs: numpy, flat, tensors or numpy-fair, not {inputs_as!r}")
+    gate = gate if inputs_as == "numpy-fair" else contextlib.nullcontext()
     function = loaded.signatures[signature]
     if inputs_as == "tensors":
         feed = {k: tf.constant(v) for k, v in inputs.items()}
@@ -252,7 +262,8 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy"):
         run = (lambda feed: function(**feed))
 
     def call():
-        {k: v.numpy() for k, v in run(make_feed()).items()}
+        with gate:
+            {k: v.numpy() for k, v in run(make_feed()).items()}
     return call
 
 
@@ -441,8 +452,9 @@ def main(argv=None):
         for signature in signatures:
             for clients in levels:
                 for inputs_as in baselines:  # shown in the transport column
-                    make_call = (lambda signature=signature, inputs_as=inputs_as: inprocess_caller(
-                        loaded, signature, requests[signature], inputs_as))
+                    gate = FairGate(args.inprocess_max_concurrent_runs)  # one per cell: its threads share it
+                    make_call = (lambda signature=signature, inputs_as=inputs_as, gate=gate: inprocess_caller(
+                        loaded, signature, requests[signature], inputs_as, gate))
                     cells.append(("in-process", inputs_as, "-", signature, clients, threaded_load(make_call), None))
                 for batching in args.batching.split(","):
                     for transport in transports:
