@@ -332,7 +332,11 @@ def native_load(port, model_name, signature, inputs):
             result = generator.closed_loop(f"127.0.0.1:{port}", method, request, clients, warmup, seconds)
             return result["latencies_ms"], result["errors"], result["first_error"][:200]
         return measure(run, window, clients, seconds, cpu_of)
-    load.first_call = lambda: load(1, 0.0, 0.0)
+    def first_call():  # raises, as the other clients' first call does, when it is not answered
+        result = load(1, 0.0, 0.0)
+        if result["errors"]:
+            raise RuntimeError(f"the first call failed: {result.get('first_error', '')}")
+    load.first_call = first_call
     return load
 
 
