@@ -40,7 +40,7 @@ sys.path.insert(0, REPO)
 import tfrec_kuai  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
-from serving.admission import FairGate  # noqa: E402
+from serving.admission import DEFAULT_SLOTS, FairGate  # noqa: E402
 from serving.batching import BatchingOptions  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def parse_args(argv=None):
                         "tensors: the same pre-built tensors every call (a best case); numpy-fair: numpy, at "
                         "most --inprocess_max_concurrent_runs calls at once, first come first served (the "
                         "server's unbatched runs are bounded so by --max_concurrent_model_runs)")
-    p.add_argument("--inprocess_max_concurrent_runs", type=int, default=4 * (os.cpu_count() or 1),
+    p.add_argument("--inprocess_max_concurrent_runs", type=int, default=DEFAULT_SLOTS,
                    help="the numpy-fair baseline's bound (default: the server's default)")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="TensorFlow's intra-op pool, in-process and in the server (0: TensorFlow's default)")
@@ -350,11 +350,11 @@ def measure(load, window, clients, seconds, cpu_of=()):
             time.sleep(max(0.0, edge - time.perf_counter()))
             cpu.append({pid: process_cpu_seconds(pid) for pid in cpu_of})
 
-    sampler = threading.Thread(target=sample_cpu)
-    if cpu_of:
+    sampler = threading.Thread(target=sample_cpu) if cpu_of else None
+    if sampler:
         sampler.start()
     latencies, errors, first_error = load()
-    if cpu_of:
+    if sampler:
         sampler.join()
     all_latencies = np.array(latencies)
     extra = {"first_error": first_error} if first_error else {}

@@ -10,7 +10,11 @@ bounds the same thing through its request threads (``--grpc_max_threads``, ``--r
 on model runs, and the waiting is first come, first served, for every transport alike.
 """
 import collections
+import os
 import threading
+
+# TF Serving's default number of request threads (4 × the cores): the server's default bound.
+DEFAULT_SLOTS = 4 * (os.cpu_count() or 1)
 
 
 class FairGate:

@@ -19,6 +19,7 @@ import sys
 import threading
 
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+from serving import admission
 
 log = logging.getLogger("serving.server")
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
@@ -53,7 +54,7 @@ def build_parser():
     p.add_argument("--grpc_max_threads", type=int, default=64,
                    help="threads serving gRPC calls (gRPC Python: calls in flight; the C++ transport: calls "
                         "being handled, not those waiting for their batch)")
-    p.add_argument("--max_concurrent_model_runs", type=int, default=4 * (os.cpu_count() or 1),
+    p.add_argument("--max_concurrent_model_runs", type=int, default=admission.DEFAULT_SLOTS,
                    help="unbatched model runs at once, across models and transports; the others wait, first "
                         "come first served (default: 4 x the cores, TF Serving's default number of request "
                         "threads; 0: no limit). Batched signatures are bounded by num_batch_threads instead")
@@ -158,7 +159,6 @@ class ModelServer:
 
     def start(self):
         from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
-        from serving.admission import FairGate
         from serving.batching import BatchingOptions
         from serving.grpc_service import ModelServicer, PredictionServicer
         from serving.manager import ModelManager
@@ -183,7 +183,7 @@ class ModelServer:
             log.info("dynamic batching on: %s", batching)
         self.manager = ModelManager(model_server_config(args), args.file_system_poll_wait_seconds, batching,
                                     args.num_request_iterations_for_warmup, args.enable_model_warmup,
-                                    FairGate(args.max_concurrent_model_runs))
+                                    admission.FairGate(args.max_concurrent_model_runs))
         self.manager.start()
         prediction, model = PredictionServicer(self.manager), ModelServicer(self.manager)
         ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
