@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -97,6 +98,11 @@ def parse_args(argv=None):
 
 
 # -- setup ---------------------------------------------------------------------------------------
+# The exports the benchmarks make under their work folder from its models (this script's and
+# bench_rank_path.py's): stale once a model is rebuilt.
+EXPORT_DIRS = ("export", "export_xla_on", "export_xla_off")
+
+
 def build_models(work_dir, impressions, history_length=50):
     """Simulated log -> Beam examples -> default-size (untrained: the cost of a request does not
     depend on the weights) ranking and retrieval models, each reused when already there.
@@ -117,8 +123,15 @@ def build_models(work_dir, impressions, history_length=50):
     dirs = []
     for stage in ("ranking", "retrieval"):
         model_dir = os.path.join(work_dir, stage)
+        config = load_config(stage=stage).override("model", history_length=history_length, stage=stage)
+        if os.path.isdir(model_dir) and training.load_config_from_model_dir(model_dir).model != config.model:
+            # Built by an earlier default (say, another expert width): timing it would measure a
+            # model the code no longer builds. Rebuild it, and drop the exports made from it.
+            print(f"{model_dir} was built with another model config than today's default: rebuilding it "
+                  f"and removing {', '.join(EXPORT_DIRS)}", flush=True)
+            for name in (stage,) + EXPORT_DIRS:
+                shutil.rmtree(os.path.join(work_dir, name), ignore_errors=True)
         if not os.path.isdir(model_dir):
-            config = load_config(stage=stage).override("model", history_length=history_length, stage=stage)
             training.save_model_dir(training.build_model(config, vocabularies), config, model_dir)
         dirs.append(model_dir)
     return dirs[0], dirs[1], examples
