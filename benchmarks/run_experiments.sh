@@ -11,6 +11,9 @@
 #        docs/experiments.md's table was made with 200)
 #        RETRIEVAL_VARIANTS="full"  SEEDS="0"  (each seed in OUT_DIR/seed_<n>/; the table averages them)
 #        SIM_ARGS=  (more `tfrec-kuai simulate` flags for a new LOG, e.g. "--author_affinity 1.0")
+#        CONFIG=    (a ranking config file for `tfrec-kuai train --config`, e.g. another expert width;
+#                    default: the packaged tfrec_kuai/configs/ranking.json)
+#        VARIANTS="" or RETRIEVAL_VARIANTS="": none (only make the log and the examples)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -21,10 +24,11 @@ EXAMPLES=${EXAMPLES:-/work/data/sim1m_examples_L$HISTORY_LENGTH}
 EPOCHS=${EPOCHS:-1}
 BATCH=${BATCH:-512}
 MAX_TRAIN=${MAX_TRAIN:-}
-VARIANTS=${VARIANTS:-"full no_history no_feedback no_context shared_bottom"}
+VARIANTS=${VARIANTS-"full no_history no_feedback no_context shared_bottom"}   # set but empty: none
 RETRIEVAL_VARIANTS=${RETRIEVAL_VARIANTS-full}   # set but empty: no retrieval
 SEEDS=${SEEDS:-0}
 SIM_ARGS=${SIM_ARGS:-}
+CONFIG=${CONFIG:-}
 mkdir -p "$OUT"
 
 if [ ! -f "$LOG/ground_truth.csv" ]; then
@@ -39,13 +43,15 @@ fi
 
 extra=()
 [ -n "$MAX_TRAIN" ] && extra+=(--max_train_examples "$MAX_TRAIN")
+ranking_extra=("${extra[@]}")
+[ -n "$CONFIG" ] && ranking_extra+=(--config "$CONFIG")
 for seed in $SEEDS; do
   RUN="$OUT/seed_$seed"
   mkdir -p "$RUN"
   for v in $VARIANTS; do
     start=$(date +%s)
     $PY -m tfrec_kuai.cli train --examples "$EXAMPLES" --model_dir "$RUN/ranking_$v" --stage ranking \
-      --variant "$v" --epochs "$EPOCHS" --batch_size "$BATCH" --seed "$seed" --restart --verbose 2 "${extra[@]}"
+      --variant "$v" --epochs "$EPOCHS" --batch_size "$BATCH" --seed "$seed" --restart --verbose 2 "${ranking_extra[@]}"
     $PY -m tfrec_kuai.cli evaluate --examples "$EXAMPLES" --model_dir "$RUN/ranking_$v" \
       --output "$RUN/eval_ranking_$v" --ground_truth "$LOG/ground_truth.csv"
     echo "seed $seed ranking $v: $(( $(date +%s) - start )) s" | tee -a "$OUT/timings.txt"
