@@ -34,8 +34,11 @@ import bench_serving  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work_dir", default="/tmp/tfrec_kuai_bench_serving_L50",
-                   help="bench_serving.py's work folder (models and examples are built there if missing)")
+    p.add_argument("--work_dir", default=None,
+                   help="bench_serving.py's work folder (models and examples are built there if missing); "
+                        "default /tmp/tfrec_kuai_bench_serving_L50[_<ranking config name>]")
+    p.add_argument("--ranking_config", default=None,
+                   help="a ranking config file for the built model (another size), as bench_serving.py takes")
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--batches", default="1,4,8,16", help="users per call")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per export and batch size")
@@ -45,10 +48,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def exports(work_dir):
+def exports(work_dir, ranking_config=None):
     """{'on': version dir, 'off': version dir}, exported from the benchmark's models if missing."""
     from tfrec_kuai import export
-    ranking_dir, retrieval_dir, examples = bench_serving.build_models(work_dir, 30000)
+    ranking_dir, retrieval_dir, examples = bench_serving.build_models(work_dir, 30000, ranking_config=ranking_config)
     out = {}
     for xla in ("on", "off"):
         base = os.path.join(work_dir, f"export_xla_{xla}")
@@ -61,7 +64,8 @@ def exports(work_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    paths = exports(args.work_dir)
+    args.work_dir = args.work_dir or bench_serving.default_work_dir(50, args.ranking_config)
+    paths = exports(args.work_dir, args.ranking_config)
     import tensorflow as tf
     from tfrec_kuai import ops
     ops.load_op_library()

@@ -49,7 +49,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--export_base", default=None, help="folder with <model_name>/<version>/ (default: build one)")
     p.add_argument("--examples", default=None, help="examples folder for requests (default: the built one)")
-    p.add_argument("--work_dir", default=None, help="default /tmp/tfrec_kuai_bench_serving_L<history_length>")
+    p.add_argument("--work_dir", default=None,
+                   help="default /tmp/tfrec_kuai_bench_serving_L<history_length>[_<ranking config name>]")
+    p.add_argument("--ranking_config", default=None,
+                   help="a ranking config file (as `tfrec-kuai train --config` takes) for the built ranking "
+                        "model, to time another size (e.g. benchmarks/configs/ranking_experts32.json); default: "
+                        "the packaged default")
     p.add_argument("--history_length", type=int, default=50,
                    help="history events per request of the built model (the cost of a request grows with it)")
     p.add_argument("--model_name", default="kuai")
@@ -103,7 +108,13 @@ def parse_args(argv=None):
 EXPORT_DIRS = ("export", "export_xla_on", "export_xla_off")
 
 
-def build_models(work_dir, impressions, history_length=50):
+def default_work_dir(history_length, ranking_config=None):
+    """The benchmarks' work folder: one per history length and ranking config file."""
+    suffix = f"_{os.path.splitext(os.path.basename(ranking_config))[0]}" if ranking_config else ""
+    return f"/tmp/tfrec_kuai_bench_serving_L{history_length}{suffix}"
+
+
+def build_models(work_dir, impressions, history_length=50, ranking_config=None):
     """Simulated log -> Beam examples -> default-size (untrained: the cost of a request does not
     depend on the weights) ranking and retrieval models, each reused when already there.
     Returns (ranking_dir, retrieval_dir, examples)."""
@@ -123,11 +134,12 @@ def build_models(work_dir, impressions, history_length=50):
     dirs = []
     for stage in ("ranking", "retrieval"):
         model_dir = os.path.join(work_dir, stage)
-        config = load_config(stage=stage).override("model", history_length=history_length, stage=stage)
+        config = load_config(ranking_config if stage == "ranking" else None, stage=stage).override(
+            "model", history_length=history_length, stage=stage)
         if os.path.isdir(model_dir) and training.load_config_from_model_dir(model_dir).model != config.model:
-            # Built by an earlier default (say, another expert width): timing it would measure a
-            # model the code no longer builds. Rebuild it, and drop the exports made from it.
-            print(f"{model_dir} was built with another model config than today's default: rebuilding it "
+            # Built by an earlier default or another config file (say, another expert width): timing
+            # it would measure another model. Rebuild it, and drop the exports made from it.
+            print(f"{model_dir} was built with another model config than the one asked for: rebuilding it "
                   f"and removing {', '.join(EXPORT_DIRS)}", flush=True)
             for name in (stage,) + EXPORT_DIRS:
                 shutil.rmtree(os.path.join(work_dir, name), ignore_errors=True)
@@ -137,12 +149,12 @@ def build_models(work_dir, impressions, history_length=50):
     return dirs[0], dirs[1], examples
 
 
-def build_export(work_dir, impressions, model_name, history_length=50):
+def build_export(work_dir, impressions, model_name, history_length=50, ranking_config=None):
     """``build_models``, then their fused export (reused when there). Returns (base, examples)."""
     from tfrec_kuai import export
     base = os.path.join(work_dir, "export")
     model_base = os.path.join(base, model_name)
-    ranking_dir, retrieval_dir, examples = build_models(work_dir, impressions, history_length)
+    ranking_dir, retrieval_dir, examples = build_models(work_dir, impressions, history_length, ranking_config)
     if not (os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base))):
         export.export(ranking_dir, retrieval_dir, examples, base, model_name=model_name)
     return base, examples
@@ -422,7 +434,7 @@ def summarize(rows, baseline="numpy"):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.work_dir = args.work_dir or f"/tmp/tfrec_kuai_bench_serving_L{args.history_length}"
+    args.work_dir = args.work_dir or default_work_dir(args.history_length, args.ranking_config)
     os.makedirs(args.work_dir, exist_ok=True)
     import tensorflow as tf
     if args.tensorflow_intra_op_parallelism:  # before TensorFlow runs anything here
@@ -434,7 +446,8 @@ def main(argv=None):
         if not examples:
             raise SystemExit("--export_base needs --examples (for realistic requests)")
     else:
-        base, examples = build_export(args.work_dir, args.impressions, args.model_name, args.history_length)
+        base, examples = build_export(args.work_dir, args.impressions, args.model_name, args.history_length,
+                                      args.ranking_config)
     requests = make_requests(examples, args.candidates)
     signatures = args.signatures.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
