@@ -116,8 +116,9 @@ def default_work_dir(history_length, ranking_config=None):
 
 def build_models(work_dir, impressions, history_length=50, ranking_config=None):
     """Simulated log -> Beam examples -> default-size (untrained: the cost of a request does not
-    depend on the weights) ranking and retrieval models, each reused when already there.
-    Returns (ranking_dir, retrieval_dir, examples)."""
+    depend on the weights) ranking and retrieval models, each reused when already there and built
+    with the config asked for. ``ranking_config``: a ranking config file instead of the packaged
+    default (another size). Returns (ranking_dir, retrieval_dir, examples)."""
     from tfrec_kuai import training
     from tfrec_kuai.config import load_config
     from tfrec_kuai.simulator import SimParams, simulate
