@@ -461,7 +461,8 @@ def main(argv=None):
     loaded = tf.saved_model.load(os.path.join(model_base, str(version)))
     thread_flags = [f"--grpc_max_threads={args.grpc_max_threads}",
                     f"--tensorflow_intra_op_parallelism={args.tensorflow_intra_op_parallelism}",
-                    f"--tensorflow_inter_op_parallelism={args.tensorflow_inter_op_parallelism}", *args.server_args.split()]
+                    f"--tensorflow_inter_op_parallelism={args.tensorflow_inter_op_parallelism}",
+                    *args.server_args.split()]
     servers = {}
     rows = []
     try:

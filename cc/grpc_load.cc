@@ -25,6 +25,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Python's float seconds as a duration the clocks accept.
+std::chrono::microseconds Seconds(double seconds) {
+  return std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
+}
+
 // One client: its own channel, as each Python client in the benchmark has, and its call in flight.
 struct Client {
   std::shared_ptr<grpc::Channel> channel;
@@ -45,7 +50,7 @@ struct LoadResult {
 void StartCall(Client& client, const std::string& method, const grpc::ByteBuffer& request,
                grpc::CompletionQueue* queue, double timeout_seconds) {
   client.context = std::make_unique<grpc::ClientContext>();
-  client.context->set_deadline(std::chrono::system_clock::now() + std::chrono::microseconds(static_cast<int64_t>(timeout_seconds * 1e6)));
+  client.context->set_deadline(std::chrono::system_clock::now() + Seconds(timeout_seconds));
   client.response.Clear();
   client.start = Clock::now();
   client.reader = client.stub->PrepareUnaryCall(client.context.get(), method, request, queue);
@@ -66,8 +71,8 @@ LoadResult ClosedLoop(const std::string& target, const std::string& method, cons
   grpc::CompletionQueue queue;
   std::vector<Client> pool(clients);
   const auto begin = Clock::now();
-  const auto window_start = begin + std::chrono::microseconds(static_cast<int64_t>(warmup_seconds * 1e6));
-  const auto window_end = window_start + std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
+  const auto window_start = begin + Seconds(warmup_seconds);
+  const auto window_end = window_start + Seconds(seconds);
   for (auto& client : pool) {
     client.channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), arguments);
     client.stub = std::make_unique<grpc::GenericStub>(client.channel);
