@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Every core (pytest-xdist); a test module runs whole in one worker (tests/conftest.py).
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
 
 .PHONY: all install build test test-fast demo bench asan clean
 
@@ -22,11 +24,11 @@ install: $(VENV)/.deps
 build: install
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
 
 # Skips tests marked slow (the full suite, `make test`, runs them).
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS) tests
 
 demo: install
 	$(PY) -m tfrec_kuai.demo

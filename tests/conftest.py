@@ -3,9 +3,16 @@
 Each area keeps its (session-scoped, expensive) fixtures in ``tests/fixtures_<area>.py`` so that
 the TensorFlow import, the op build, the simulated log and the trained tiny models are made once
 per test session and shared.
+
+``make test`` runs the suite on every core (``pytest -n auto --dist loadfile``, pytest-xdist):
+each worker process is its own test session, so a session fixture is built once per worker that
+needs it. A test module runs whole in one worker, and modules that share an expensive fixture are
+scheduled as one unit (``SHARED_FIXTURE_GROUPS``) so that it is not built twice.
 """
 import os
 import pathlib
+
+import pytest
 
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
@@ -17,3 +24,28 @@ pytest_plugins = [
     for name in ("fixtures_op", "fixtures_data", "fixtures_model", "fixtures_serving")
     if (_HERE / f"{name}.py").exists()
 ]
+
+# Modules that share an expensive session fixture (``kuai_exports``: two exports of trained models,
+# about 2 minutes on 2 cores) are one scheduling unit.
+SHARED_FIXTURE_GROUPS = {"test_export": "kuai_exports", "test_serving_export": "kuai_exports"}
+
+
+def scheduling_unit(nodeid):
+    """The unit a worker runs whole: the test's module, or its shared-fixture group."""
+    module = pathlib.Path(nodeid.split("::", 1)[0]).stem
+    return SHARED_FIXTURE_GROUPS.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)   # a pytest-xdist hook: absent when the suite runs without it
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the groups above (xdist's own ``loadgroup`` marks have no effect
+    with pytest 9, which no longer lets xdist rename the node ids it groups by)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            return scheduling_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
