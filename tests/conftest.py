@@ -25,9 +25,20 @@ pytest_plugins = [
     if (_HERE / f"{name}.py").exists()
 ]
 
+# Fixtures that take tens of seconds to build (trained models, exports): a test using one is slow
+# (``make test-fast`` leaves it out; ``make test`` and CI run it).
+SLOW_FIXTURES = {"kuai_exports", "export_model_dirs", "tiny_ranking_model_dir", "tiny_retrieval_model_dir"}
+
 # Modules that share an expensive session fixture (``kuai_exports``: two exports of trained models,
 # about 2 minutes on 2 cores) are one scheduling unit.
 SHARED_FIXTURE_GROUPS = {"test_export": "kuai_exports", "test_serving_export": "kuai_exports"}
+
+
+@pytest.hookimpl(tryfirst=True)   # before ``-m "not slow"`` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 def scheduling_unit(nodeid):

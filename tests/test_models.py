@@ -82,6 +82,7 @@ def test_variants_read_only_what_they_should(batch, variant, changed, sensitive)
         np.testing.assert_allclose(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["full", "shared_bottom"])
 def test_ranking_fit_reduces_loss(batch, variant):
     tf.keras.utils.set_random_seed(0)
@@ -153,6 +154,7 @@ def test_retrieval_towers_and_loss_matches_hand_computation(batch):
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_retrieval_hard_negatives_raise_the_loss_and_fit(batch):
     tf.keras.utils.set_random_seed(0)
     with_hard = RetrievalModel(small(stage="retrieval"), VOCABS)

@@ -19,6 +19,7 @@ def _weights(model_dir, stage="ranking"):
     return {w.name.split("/", 1)[1]: w.numpy() for w in model.weights}   # without the instance prefix
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_where_an_unbroken_run_ends(tiny_examples_dir, tmp_path):
     config = tiny_config("ranking", epochs=2, steps_per_epoch=4, backup_every_steps=2, validation="none")
     unbroken, resumed = str(tmp_path / "unbroken"), str(tmp_path / "resumed")
@@ -79,6 +80,7 @@ def test_training_stream_is_deterministic_and_skips(tiny_examples_dir):
     assert full[0] != full[3]                       # epoch 2 is reshuffled
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate(tiny_examples_dir, tiny_log_dir, tmp_path):
     from tfrec_kuai import cli
     config = tiny_config("ranking", "no_feedback", epochs=1, steps_per_epoch=2, validation="none")
