@@ -31,6 +31,9 @@ import numpy as np  # noqa: E402
 
 import bench_serving  # noqa: E402
 
+# The models this script times: bench_serving.py's default build (its work folder is named after them).
+HISTORY_LENGTH, IMPRESSIONS = 50, 30000
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,7 +54,8 @@ def parse_args(argv=None):
 def exports(work_dir, ranking_config=None):
     """{'on': version dir, 'off': version dir}, exported from the benchmark's models if missing."""
     from tfrec_kuai import export
-    ranking_dir, retrieval_dir, examples = bench_serving.build_models(work_dir, 30000, ranking_config=ranking_config)
+    ranking_dir, retrieval_dir, examples = bench_serving.build_models(work_dir, IMPRESSIONS, HISTORY_LENGTH,
+                                                                      ranking_config=ranking_config)
     out = {}
     for xla in ("on", "off"):
         base = os.path.join(work_dir, f"export_xla_{xla}")
@@ -64,7 +68,7 @@ def exports(work_dir, ranking_config=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.work_dir = args.work_dir or bench_serving.default_work_dir(50, args.ranking_config)
+    args.work_dir = args.work_dir or bench_serving.default_work_dir(HISTORY_LENGTH, args.ranking_config)
     paths = exports(args.work_dir, args.ranking_config)
     import tensorflow as tf
     from tfrec_kuai import ops
