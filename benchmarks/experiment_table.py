@@ -6,10 +6,13 @@
 With several seeds every cell is the mean ± the standard deviation over the seeds that have the
 variant, and the issue's two checks (full beats every variant; share of the no_feedback → oracle
 skip-AUC gap closed) are made on the means and reported for each seed too, so a win inside the
-seed-to-seed spread shows as one.
+seed-to-seed spread shows as one. With two or more seeds it also prints, for each variant, the
+paired differences ``full − variant`` (same seed, same data) with a 90 % Student-t interval: the
+test that says whether a difference of means is larger than the seed noise.
 """
 import glob
 import json
+import math
 import os
 import statistics
 import sys
@@ -19,6 +22,7 @@ COLUMNS = (("auc_skip", "skip AUC"), ("gauc_skip", "skip GAUC"), ("auc_long", "l
            ("xauc_watch", "watch-time XAUC"), ("mae_watch_s", "watch MAE (s)"), ("recall_at_50", "Recall@50"))
 ENGAGEMENT_COLUMNS = tuple((f"auc_{o}", f"{o} AUC") for o in ("like", "follow", "comment", "forward", "hate"))
 CHECKED = ("auc_skip", "xauc_watch")
+CONFIDENCE = 0.90
 
 
 def _read(path):
@@ -65,6 +69,69 @@ def _values(runs, variant, key):
     return [rows[variant][key] for _, rows, _ in runs if rows.get(variant, {}).get(key) is not None]
 
 
+def t_within(t, df):
+    """P(|T| ≤ t) for Student's t with ``df`` (a positive integer) degrees of freedom.
+
+    The closed forms of Abramowitz & Stegun 26.7.3 (odd df) and 26.7.4 (even df): exact, and no
+    SciPy, which the project does not otherwise need.
+    """
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:
+        term, total = math.cos(theta), 0.0
+        for k in range(1, (df - 1) // 2 + 1):   # cosθ, (2/3)cos³θ, (2·4)/(3·5)cos⁵θ, …
+            total += term
+            term *= c2 * (2 * k) / (2 * k + 1)
+        return 2.0 / math.pi * (theta + math.sin(theta) * total)
+    term, total = 1.0, 0.0
+    for k in range(1, df // 2 + 1):              # 1, (1/2)cos²θ, (1·3)/(2·4)cos⁴θ, …
+        total += term
+        term *= c2 * (2 * k - 1) / (2 * k)
+    return math.sin(theta) * total
+
+
+def t_quantile(confidence, df):
+    """The ``t`` with P(|T| ≤ t) = ``confidence``: the half-width factor of a two-sided interval."""
+    lo, hi = 0.0, 1.0
+    while t_within(hi, df) < confidence:
+        hi *= 2.0
+    for _ in range(100):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_within(mid, df) < confidence else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+def paired_difference(runs, variant, key, confidence=CONFIDENCE):
+    """``full − variant`` on ``key`` over the seeds that have both: (n, mean, sd, low, high).
+
+    Pairing by seed removes what the two runs of a seed share (the same data order, the same
+    initial embeddings), so the interval is the honest one for "is full better than variant".
+    None with fewer than two pairs.
+    """
+    diffs = [rows["full"][key] - rows[variant][key] for _, rows, _ in runs
+             if rows.get("full", {}).get(key) is not None and rows.get(variant, {}).get(key) is not None]
+    if len(diffs) < 2:
+        return None
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = t_quantile(confidence, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    return len(diffs), mean, sd, mean - half, mean + half
+
+
+def paired_lines(runs, variants):
+    """The paired-difference lines of the table, one per variant and checked metric."""
+    lines = []
+    for v in variants:
+        for key in CHECKED:
+            result = paired_difference(runs, v, key)
+            if result is None:
+                continue
+            n, mean, sd, low, high = result
+            verdict = "full better" if low > 0 else "full worse" if high < 0 else "not separated"
+            lines.append(f"- full − {v}, {key}: {mean:+.4f} (sd {sd:.4f}, n = {n}; "
+                         f"{CONFIDENCE:.0%} interval {low:+.4f} … {high:+.4f}): {verdict}")
+    return lines
+
+
 def _fmt(values):
     if not values:
         return "—"
@@ -94,6 +161,9 @@ def table(out_dir, columns=COLUMNS):
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if oracle:
         lines.append("| oracle (simulator truth) | " + " | ".join(_fmt([oracle[k]] if oracle.get(k) is not None else []) for k, _ in columns) + " |")
+    paired = paired_lines(runs, [v for v in present if v != "full"]) if n > 1 else []
+    if paired:
+        lines += ["", f"Paired differences (same seed), mean, sd and {CONFIDENCE:.0%} Student-t interval:"] + paired
     if not (oracle and "full" in mean and "no_feedback" in mean):
         return "\n".join(lines)
     lines.append("")
