@@ -35,6 +35,29 @@ def logit(p):
     return np.log(p / (1 - p))
 
 
+def validation_date(examples_dir):
+    """The last training day: held out from training (TrainConfig.validation), never the eval day."""
+    return sorted(data.load_metadata(examples_dir)["date_split"]["train_dates"])[-1]
+
+
+def validation_day_batches(examples_dir, rows, batch_size=2048):
+    """Batches (dicts of tensors, labels included) of the validation day's first ``rows`` rows or so."""
+    val_date, n = validation_date(examples_dir), 0
+    for b in data.make_dataset(examples_dir, "train", batch_size):
+        keep = b["date"].numpy() == val_date
+        if not keep.any():
+            continue
+        yield {k: tf.boolean_mask(v, keep) for k, v in b.items()}
+        n += int(keep.sum())
+        if n >= rows:
+            return
+
+
+def model_inputs(batch):
+    """The batch without its labels: what the model is called with."""
+    return {k: x for k, x in batch.items() if not k.startswith("label_")}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", required=True)
@@ -43,26 +66,16 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=25000)
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args(argv)
-    meta = data.load_metadata(args.examples)
-    val_date = sorted(meta["date_split"]["train_dates"])[-1]
     with open(os.path.join(args.log, "params.json")) as f:
         beh = behaviour.BehaviourParams(**json.load(f)["params"]["behaviour"])
     models = {v: training.load_ranking_model(os.path.join(args.experiments, f"ranking_{v}")) for v in args.variants}
     cols = {k: [] for k in ("user_id", "video_id", "time_ms", "duration_s", "label_skip")}
     preds = {v: [] for v in models}
-    n = 0
-    for b in data.make_dataset(args.examples, "train", 2048):
-        keep = b["date"].numpy() == val_date
-        if not keep.any():
-            continue
-        bb = {k: tf.boolean_mask(v, keep) for k, v in b.items()}
+    for bb in validation_day_batches(args.examples, args.rows):
         for k in cols:
             cols[k].append(bb[k].numpy())
         for v, m in models.items():
-            preds[v].append(m({k: x for k, x in bb.items() if not k.startswith("label_")})["p_skip"].numpy())
-        n += int(keep.sum())
-        if n >= args.rows:
-            break
+            preds[v].append(m(model_inputs(bb))["p_skip"].numpy())
     c = {k: np.concatenate(v) for k, v in cols.items()}
     P = {v: np.concatenate(x) for v, x in preds.items()}
     keys = list(zip(c["user_id"].tolist(), c["video_id"].tolist(), c["time_ms"].tolist()))
@@ -75,7 +88,7 @@ def main(argv=None):
     parts = {"duration": duration_part, "match": behaviour.skip_logit_static(beh, match, d) - duration_part}
     parts["streak"] = logit(p_true) - parts["duration"] - parts["match"]
     X = np.stack([parts["duration"], parts["match"], parts["streak"], np.ones(len(y))], 1)
-    print(f"validation day {val_date}, {len(y)} rows")
+    print(f"validation day {validation_date(args.examples)}, {len(y)} rows")
     print("| predictor | skip AUC | loading on duration | on match | on streak | R² |\n|---|---|---|---|---|---|")
     print(f"| oracle (true p_skip) | {E.auc(y, p_true):.4f} | 1 | 1 | 1 | 1 |")
     for name, part in parts.items():
