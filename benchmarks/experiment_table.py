@@ -104,8 +104,8 @@ def t_quantile(confidence, df):
 def paired_difference(runs, variant, key, confidence=CONFIDENCE):
     """``full − variant`` on ``key`` over the seeds that have both: (n, mean, sd, low, high).
 
-    Pairing by seed removes what the two runs of a seed share (the same data order, the same
-    initial embeddings), so the interval is the honest one for "is full better than variant".
+    Pairing by seed removes what the two runs of a seed share (the same shuffled data order), so
+    the interval is the honest one for "is full better than variant".
     None with fewer than two pairs.
     """
     diffs = [rows["full"][key] - rows[variant][key] for _, rows, _ in runs
