@@ -76,3 +76,17 @@ def test_two_workers_match_one_worker(distributed_setup):
     auc_multi = _auc_skip(examples, multi_dir, os.path.join(root, "eval_multi"))
     assert auc_single > 0.55 and auc_multi > 0.55, (auc_single, auc_multi)
     assert abs(auc_single - auc_multi) < 0.03, (auc_single, auc_multi)
+
+
+def test_multi_worker_strategy_gets_the_longer_heartbeat_timeout():
+    """The coordination service the strategy uses is the one configured with HEARTBEAT_TIMEOUT_S
+    (a one-worker cluster, in its own process: the service is configured once per process)."""
+    code = ("from tfrec_kuai import distribute\n"
+            "from tensorflow.python.eager import context\n"
+            "distribute.make_strategy('multi_worker')\n"
+            "c = context.context().config.experimental.coordination_config\n"
+            "print(c.service_type, c.heartbeat_timeout_in_ms, distribute.HEARTBEAT_TIMEOUT_S)\n")
+    cluster = {"cluster": {"worker": [f"127.0.0.1:{_free_ports(1)[0]}"]}, "task": {"type": "worker", "index": 0}}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TF_CONFIG=json.dumps(cluster)),
+                         capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    assert out[0] == "standalone" and int(out[1]) == int(out[2]) * 1000 == 60_000

@@ -22,6 +22,11 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 STRATEGIES = ("none", "mirrored", "multi_worker", "parameter_server")
+# How long the multi-worker coordination service waits for a worker's heartbeat before it declares
+# the worker dead and aborts every collective. TensorFlow's default, 10 s, is shorter than the
+# stalls of a loaded host (two workers and other jobs on 2 cores stalled past it in a test run
+# here), and a false death ends the whole run; a worker that truly died still ends it, later.
+HEARTBEAT_TIMEOUT_S = 60
 
 
 def tf_config():
@@ -42,11 +47,31 @@ def make_strategy(name):
     if not cluster:
         raise ValueError(f"--distribute {name} needs TF_CONFIG with a 'cluster' and this process's 'task'")
     if name == "multi_worker":
+        _configure_coordination_service(tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec())
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
         min_shard_bytes=256 << 10, max_shards=max(1, len(cluster.get("ps", []))))
     return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def _configure_coordination_service(cluster_spec):
+    """The coordination service MultiWorkerMirroredStrategy would configure, with a longer heartbeat.
+
+    The strategy sets the service up only when nothing did before it, with TensorFlow's default
+    timeouts and no public way to change them; this sets up the same service (standalone, led by
+    the same task, over the chief and worker jobs) with ``HEARTBEAT_TIMEOUT_S``.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+    if context.context().coordination_service is not None:
+        return
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+            for job in ("chief", "worker") if job in cluster_spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000)
 
 
 def is_chief():

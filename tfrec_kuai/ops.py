@@ -229,6 +229,12 @@ def _composite(query, keys, values, bias, gate, lengths, scale):
     (``_attend`` with one query row per history row; padding handled there)."""
     shape_checks = _runtime_shape_checks({"query": query, "keys": keys, "values": values, "bias": bias,
                                           "gate": gate, "lengths": lengths})
+    if shape_checks:
+        # Every input waits for the checks. Without the dependency the graph may run a transpose of
+        # a wrongly shaped input first, and which error is reported (the check's, naming the input,
+        # or the transpose's anonymous one) is a race. Fully static shapes add no checks, no ops.
+        with tf.control_dependencies(shape_checks):
+            query, keys, values, bias, gate = (tf.identity(t) for t in (query, keys, values, bias, gate))
     with tf.control_dependencies(shape_checks):
         num_positions = tf.shape(keys)[1]
     lengths = tf.cast(lengths, tf.int32)
