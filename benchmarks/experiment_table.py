@@ -161,7 +161,7 @@ def table(out_dir, columns=COLUMNS):
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if oracle:
         lines.append("| oracle (simulator truth) | " + " | ".join(_fmt([oracle[k]] if oracle.get(k) is not None else []) for k, _ in columns) + " |")
-    paired = paired_lines(runs, [v for v in present if v != "full"]) if n > 1 else []
+    paired = paired_lines(runs, [v for v in present if v != "full"])
     if paired:
         lines += ["", f"Paired differences (same seed), mean, sd and {CONFIDENCE:.0%} Student-t interval:"] + paired
     if not (oracle and "full" in mean and "no_feedback" in mean):

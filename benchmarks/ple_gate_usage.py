@@ -36,10 +36,9 @@ def gate_statistics(model, inputs):
     """Per level: ``{task: (own-expert weights [B], normalised entropies [B])}`` and the task outputs."""
     levels, x = [], model.features_vector(inputs)
     for level in model.bottom.cgc:
-        task_inputs = list(x[:-1]) if isinstance(x, list) else [x] * level.num_tasks
         stats = {}
-        for t, name in enumerate(TASK_GROUPS):
-            gate = level.task_gates[t](task_inputs[t]).numpy()
+        for name, gate in zip(TASK_GROUPS, level.task_gate_weights(x)):
+            gate = gate.numpy()
             entropy = -(gate * np.log(np.clip(gate, 1e-12, 1.0))).sum(1) / np.log(gate.shape[1])
             stats[name] = (gate[:, :level.num_task_experts].sum(1), entropy)
         levels.append(stats)
@@ -56,27 +55,18 @@ def main(argv=None):
     model = training.load_ranking_model(args.model_dir)
     if not isinstance(model.bottom, PLE):
         raise SystemExit(f"{args.model_dir} has no PLE experts (variant {model.model_config.variant})")
-    own = [{t: [] for t in TASK_GROUPS} for _ in model.bottom.cgc]
-    ent = [{t: [] for t in TASK_GROUPS} for _ in model.bottom.cgc]
-    reps = {t: [] for t in TASK_GROUPS}
-    for batch in validation_day_batches(args.examples, args.rows):
-        levels, outputs = gate_statistics(model, model_inputs(batch))
-        for i, stats in enumerate(levels):
-            for t, (w, h) in stats.items():
-                own[i][t].append(w)
-                ent[i][t].append(h)
-        for t, out in zip(TASK_GROUPS, outputs):
-            reps[t].append(out)
-    reps = {t: np.concatenate(v) for t, v in reps.items()}
+    batches = [gate_statistics(model, model_inputs(batch))
+               for batch in validation_day_batches(args.examples, args.rows)]
+    reps = {t: np.concatenate([outputs[j] for _, outputs in batches]) for j, t in enumerate(TASK_GROUPS)}
     print(f"{args.model_dir}: validation day {validation_date(args.examples)}, {len(reps['skip'])} rows")
     print("| level | task | weight on own experts | gate entropy / max | CKA with skip (last level) |")
     print("|---|---|---|---|---|")
-    last = len(own) - 1
-    for i in range(len(own)):
+    last = len(model.bottom.cgc) - 1
+    for i in range(last + 1):
         for t in TASK_GROUPS:
-            w, h = np.concatenate(own[i][t]), np.concatenate(ent[i][t])
+            own, entropy = (np.concatenate([levels[i][t][k] for levels, _ in batches]) for k in (0, 1))
             cka = f"{linear_cka(reps['skip'], reps[t]):.2f}" if i == last else ""
-            print(f"| {i} | {t} | {w.mean():.2f} | {h.mean():.2f} | {cka} |")
+            print(f"| {i} | {t} | {own.mean():.2f} | {entropy.mean():.2f} | {cka} |")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ def make_strategy(name):
     cluster = tf_config().get("cluster")
     if not cluster:
         raise ValueError(f"--distribute {name} needs TF_CONFIG with a 'cluster' and this process's 'task'")
-    if name == "multi_worker":
-        _configure_coordination_service(tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec())
-        return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if name == "multi_worker":
+        _configure_coordination_service(resolver.cluster_spec())
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
         min_shard_bytes=256 << 10, max_shards=max(1, len(cluster.get("ps", []))))
     return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)

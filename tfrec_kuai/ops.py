@@ -224,21 +224,28 @@ def _default_scale(query):
     return 1.0 / math.sqrt(d) if d > 0 else 1.0
 
 
+def _after(checks, *tensors):
+    """``tensors`` made to wait for ``checks`` (assertions), in graph mode.
+
+    Without the dependency the graph may run an op on a wrongly shaped input before the check, and
+    which error is reported (the check's, naming the input, or that op's anonymous one) is a race.
+    No checks (static shapes, or XLA, which drops assertions): the tensors as they are, no ops.
+    """
+    if not checks:
+        return tensors
+    with tf.control_dependencies(checks):
+        return tuple(tf.identity(t) for t in tensors)
+
+
 def _composite(query, keys, values, bias, gate, lengths, scale):
     """The same maths in plain TF ops: the portable (stock TF Serving) path and the reference
     (``_attend`` with one query row per history row; padding handled there)."""
     shape_checks = _runtime_shape_checks({"query": query, "keys": keys, "values": values, "bias": bias,
                                           "gate": gate, "lengths": lengths})
-    if shape_checks:
-        # Every input waits for the checks. Without the dependency the graph may run a transpose of
-        # a wrongly shaped input first, and which error is reported (the check's, naming the input,
-        # or the transpose's anonymous one) is a race. Fully static shapes add no checks, no ops.
-        with tf.control_dependencies(shape_checks):
-            query, keys, values, bias, gate = (tf.identity(t) for t in (query, keys, values, bias, gate))
-    with tf.control_dependencies(shape_checks):
-        num_positions = tf.shape(keys)[1]
+    query, keys, values, bias, gate, lengths = _after(shape_checks, query, keys, values, bias, gate, lengths)
+    num_positions = tf.shape(keys)[1]
     lengths = tf.cast(lengths, tf.int32)
-    with tf.control_dependencies(shape_checks + [
+    with tf.control_dependencies([
             tf.debugging.assert_non_negative(lengths, message="lengths must be >= 0"),
             tf.debugging.assert_less_equal(lengths, num_positions,
                                            message="lengths must be <= L (keys.shape[1])")]):
@@ -309,8 +316,8 @@ def shared_history_attention(query, keys, values, bias, gate, lengths, repeat, s
         # XLA drops Assert ops (with a warning); there the reshapes below fail on a mismatch instead.
         checks = [] if _in_xla_context() else [tf.debugging.assert_equal(
             tf.shape(query)[0], users * repeat, message="query rows must be keys' rows x repeat")]
-        with tf.control_dependencies(checks):
-            lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
+        query, bias, gate, lengths = _after(checks, query, bias, gate, lengths)
+        lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, num_positions)
         per_user = lambda t: tf.reshape(t, tf.concat([[users, repeat], tf.shape(t)[1:]], 0))  # noqa: E731
         out = _attend(per_user(query), keys, values, per_user(bias), per_user(gate),
                       tf.sequence_mask(lengths, num_positions), scale)

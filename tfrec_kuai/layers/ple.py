@@ -76,11 +76,20 @@ class CGCLayer(tf.keras.layers.Layer):
                 self.num_tasks * self.num_task_experts + self.num_shared_experts, activation="softmax",
                 name="shared_gate")
 
-    def call(self, inputs):
+    def split_inputs(self, inputs):
+        """``(task_inputs, shared_input)``: a list of ``T`` ``[B, F]`` tensors and one ``[B, F]``."""
         if isinstance(inputs, (list, tuple)):
-            task_inputs, shared_input = list(inputs[:-1]), inputs[-1]
-        else:
-            task_inputs, shared_input = [inputs] * self.num_tasks, inputs
+            return list(inputs[:-1]), inputs[-1]
+        return [inputs] * self.num_tasks, inputs
+
+    def task_gate_weights(self, inputs):
+        """Each task's gate, ``T`` tensors ``[B, E+S]`` (own experts first, then the shared ones):
+        what a trained model's expert use is read from (benchmarks/ple_gate_usage.py)."""
+        task_inputs, _ = self.split_inputs(inputs)
+        return [gate(x) for gate, x in zip(self.task_gates, task_inputs)]
+
+    def call(self, inputs):
+        task_inputs, shared_input = self.split_inputs(inputs)
         shared = self.shared_experts(shared_input)                          # [B, S, U]
         e = self.num_task_experts
         outputs, all_task_experts = [], []
