@@ -33,12 +33,22 @@ test-fast: install
 demo: install
 	$(PY) -m tfrec_kuai.demo
 
-# Each prints its table; results are recorded with their commands in benchmarks/RESULTS.md.
-bench: install
+# Each prints its table; the recorded figures and their exact commands are in benchmarks/RESULTS.md.
+# A run's own files go to $(BENCH_OUT) (git ignores it), never to a tracked file.
+BENCH_OUT ?= benchmarks/out
+bench: install $(BENCH_OUT)/examples/metadata.json
 	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_pipeline.py --impressions 1000000 --runs 3 --markdown
-	$(PY) benchmarks/bench_training.py
-	$(PY) benchmarks/bench_serving.py
+	$(PY) benchmarks/bench_training.py --examples $(BENCH_OUT)/examples --output $(BENCH_OUT)/bench_training.jsonl
+	$(PY) benchmarks/bench_serving.py --output $(BENCH_OUT)/results_serving.json
+
+# The training benchmark's examples: 200 k simulated impressions through the Beam job (L = 50).
+$(BENCH_OUT)/examples/metadata.json: | install
+	$(VENV)/bin/tfrec-kuai simulate --output $(BENCH_OUT)/log --impressions 200000 --seed 7
+	$(PY) -m beam_pipelines.build_examples --input '$(BENCH_OUT)/log/log_*.csv' \
+	    --video_features $(BENCH_OUT)/log/video_features_basic_sim.csv \
+	    --user_features $(BENCH_OUT)/log/user_features_sim.csv \
+	    --history_length 50 --eval_days 1 --output $(BENCH_OUT)/examples
 
 # The op tests against AddressSanitizer (+UBSan) builds of the native libraries.
 asan: install

@@ -98,7 +98,8 @@ def parse_args(argv=None):
     p.add_argument("--allowed_batch_sizes", default="",
                    help="comma-separated; a batch is padded up to the next (the last must be --max_batch_size)")
     p.add_argument("--impressions", type=int, default=30000, help="simulated log size when building")
-    p.add_argument("--output", default=os.path.join(HERE, "results_serving.json"))
+    p.add_argument("--output", default=os.path.join(HERE, "out", "results_serving.json"),
+                   help="JSON file of the run (default: benchmarks/out/, not tracked)")
     return p.parse_args(argv)
 
 
@@ -344,7 +345,7 @@ def native_load(port, model_name, signature, inputs):
     """``threaded_load`` with the C++ load generator (``serving._grpc_load``) as the clients: the same
     closed loop and the same PredictRequest bytes (made by the official classes), every client's
     calls driven by one C++ thread, so the load takes far less of the 2 cores than gRPC Python's
-    client does (RESULTS.md, session 10)."""
+    client does (RESULTS.md, "Serving", the load generator)."""
     from serving.native_grpc import load_generator
     generator = load_generator()
     request = predict_request(model_name, signature, inputs).SerializeToString()
@@ -513,6 +514,7 @@ def main(argv=None):
         for server in servers.values():
             server.stop()
     summary = summarize(rows, baseline=baselines[0])
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump({"command": " ".join([os.path.relpath(sys.executable, REPO), "benchmarks/bench_serving.py"]
                                        + (argv if argv is not None else sys.argv[1:])),

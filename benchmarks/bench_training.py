@@ -1,6 +1,9 @@
 """Training throughput: the full ranking model with fused vs composite attention, and the input alone.
 
-    .venv/bin/python benchmarks/bench_training.py --examples /work/data/sim1m_examples [--steps 60]
+    .venv/bin/python benchmarks/bench_training.py --examples DIR [--steps 60]
+
+``DIR`` is an examples folder of ``python -m beam_pipelines.build_examples``; ``make bench`` builds a
+small one (``benchmarks/out/examples``) first.
 
 All three measurements run in the same process on the same stream of batches:
 
@@ -10,7 +13,13 @@ All three measurements run in the same process on the same stream of batches:
 3. the same with ``"composite"``.
 
 The first ``--warmup`` steps of each fit (tracing, first-batch costs) are excluded. Results are
-printed as a Markdown table and appended to ``--output`` as JSON lines.
+printed as a Markdown table and appended to ``--output`` as JSON lines (by default
+``benchmarks/out/bench_training.jsonl``, which git ignores: a run's record, not a tracked file that
+every run rewrites).
+
+The fused fit always runs first in its process, and the first fit of a process is the slower one,
+so the fused / composite ratio this prints is biased by the order (benchmarks/RESULTS.md,
+"Training throughput"): read it as an upper bound, not as the op's gain.
 """
 import argparse
 import json
@@ -67,12 +76,13 @@ def fit_rate(examples_dir, config: Config, implementation, steps, warmup):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--examples", required=True)
+    p.add_argument("--examples", required=True, help="examples folder (python -m beam_pipelines.build_examples)")
     p.add_argument("--config", default=None)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_training.jsonl"))
+    p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "bench_training.jsonl"),
+                   help="JSON lines file a run appends its result to (default: benchmarks/out/, not tracked)")
     args = p.parse_args(argv)
     from tfrec_kuai import data
     config = load_config(args.config, "ranking").override("train", batch_size=args.batch_size)
@@ -88,6 +98,7 @@ def main(argv=None):
         print(f"| {name} | {rate:,.0f} |")
     if not ops.fused_available():
         print("\n(fused op library not available: composite only)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "a") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "batch_size": bs, "steps": args.steps,
                             "cpus": os.cpu_count(), "results": dict(rows)}) + "\n")
