@@ -5,9 +5,9 @@
 // Why: the benchmark's clients run on the same 2 cores as the server. A client on gRPC Python (the
 // official stubs) spends ≈ 0.3 ms of CPU per call under its own interpreter lock, so at 8 clients
 // the load generator itself spaces the requests of a batch ≈ 0.55 ms apart and takes CPU the
-// server's model needs (benchmarks/RESULTS.md, session 9). Real clients run on other machines;
-// this one costs the host a few tens of microseconds per call, so what it measures is closer to
-// the server alone. The request bytes are a serialized PredictRequest made by the official
+// server's model needs (benchmarks/RESULTS.md, "Where a batched rank cycle goes"). Real clients
+// run on other machines; this one costs the host a few tens of microseconds per call, so what it
+// measures is closer to the server alone. The request bytes are a serialized PredictRequest made by the official
 // ``tensorflow-serving-api`` classes; the answers are not parsed, only their status is checked.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>

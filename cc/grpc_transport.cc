@@ -7,8 +7,9 @@
 // Why: with gRPC Python every request costs the server ≈ 0.5 ms of interpreter time before any
 // of our code runs (its poller, its thread pool hand-off, its Cython call objects), all of it
 // under the GIL, so at 8 concurrent clients the requests of one batch queue behind each other
-// (benchmarks/RESULTS.md, session 7). Here the RPC work — HTTP/2, TLS, framing, the size limits —
-// runs without the GIL on these threads; Python is entered once per call, for the handler only.
+// (benchmarks/RESULTS.md, "Where a batched rank cycle goes"). Here the RPC work — HTTP/2, TLS,
+// framing, the size limits — runs without the GIL on these threads; Python is entered once per
+// call, for the handler only.
 // The protobuf parsing and everything after it stay in Python (serving/native_grpc.py), so both
 // transports run the same servicers.
 #include <grpcpp/generic/async_generic_service.h>
