@@ -59,11 +59,14 @@ def _guarded(method):
     return wrapper
 
 
-def _predict_inputs(manager, request):
-    """(servable, NumPy inputs) a PredictRequest names."""
+def _predict_inputs(manager, request, fill_limit_bytes=None):
+    """(servable, NumPy inputs) a PredictRequest names. The signature is looked up first, so a
+    request it does not fit (an unknown input, a shape it cannot take, a tensor declaring more
+    values than it carries) is refused before its tensors are decoded (``Signature.decode``)."""
     name, version, label = _spec(request.model_spec)
     servable = manager.get_servable(name, version, label)
-    return servable, {key: tensors.to_numpy(proto) for key, proto in request.inputs.items()}
+    signature = servable.signature(request.model_spec.signature_name)
+    return servable, signature.decode(request.inputs, fill_limit_bytes)
 
 
 def _predict_response(servable, signature_name, outputs):
@@ -74,15 +77,15 @@ def _predict_response(servable, signature_name, outputs):
     return response
 
 
-def predict(manager, request):
-    """PredictRequest -> PredictResponse (gRPC Python and the warmup replay: the caller's thread
-    waits for a batched signature's batch)."""
-    servable, inputs = _predict_inputs(manager, request)
+def predict(manager, request, fill_limit_bytes=None):
+    """PredictRequest -> PredictResponse (gRPC Python: the caller's thread waits for a batched
+    signature's batch). ``fill_limit_bytes``: see ``Signature.decode``."""
+    servable, inputs = _predict_inputs(manager, request, fill_limit_bytes)
     signature_name, outputs = servable.run(request.model_spec.signature_name, inputs, list(request.output_filter))
     return _predict_response(servable, signature_name, outputs)
 
 
-def predict_deferred(manager, request, done):
+def predict_deferred(manager, request, done, fill_limit_bytes=None):
     """``predict`` answering through ``done(response, error)``: for a batched signature, from the
     batch thread as soon as the batch has run (the C++ transport sends it from there, and no
     thread waits per request); otherwise before returning. Every failure, before the batch or in
@@ -103,7 +106,7 @@ def predict_deferred(manager, request, done):
         answer(response, error)
 
     try:
-        servable, inputs = _predict_inputs(manager, request)
+        servable, inputs = _predict_inputs(manager, request, fill_limit_bytes)
         servable.run_async(request.model_spec.signature_name, inputs, list(request.output_filter), finish)
     except Exception as error:
         if answered:  # ``done`` itself failed: not a second answer
@@ -143,16 +146,21 @@ def model_metadata(manager, request):
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager):
+    """PredictionService on either transport. ``max_message_bytes``: no request tensor may decode
+    to more than this (the largest request the transport accepts) from fewer values than its
+    shape declares."""
+
+    def __init__(self, manager, max_message_bytes=None):
         self.manager = manager
+        self.fill_limit_bytes = max_message_bytes
 
     @_guarded
     def Predict(self, request, context):
-        return predict(self.manager, request)
+        return predict(self.manager, request, self.fill_limit_bytes)
 
     def PredictDeferred(self, request, done):
         """Predict for a transport that can answer later (``native_grpc``): ``done(response, error)``."""
-        predict_deferred(self.manager, request, done)
+        predict_deferred(self.manager, request, done, self.fill_limit_bytes)
 
     @_guarded
     def Classify(self, request, context):
@@ -197,8 +205,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     @_guarded
     def HandleReloadConfigRequest(self, request, context):
+        """Adopt the config, or refuse it with its reason (the current config keeps serving)."""
+        try:
+            self.manager.reload_config(request.config)
+        except ServingError as error:
+            log.error("ReloadConfig failed: %s", error.message)
+            raise
         response = model_management_pb2.ReloadConfigResponse()
-        self.manager.set_config(request.config)
-        self.manager.poll_once()
         response.status.error_code = 0
         return response

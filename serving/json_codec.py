@@ -59,12 +59,31 @@ def to_array(value, spec, what):
         raw = np.asarray(value)
     except ValueError:
         raise invalid_argument(f"{what}: ragged nested lists") from None
+    want = np.dtype(np_type).kind
     if raw.dtype.kind not in "biuf":
         raise invalid_argument(f"{what}: expected {tensors.dtype_name(spec.dtype)} numbers, got JSON {raw.dtype.kind!r} values")
-    if np.dtype(np_type).kind in "iu" and raw.dtype.kind == "f":
-        if not np.all(np.isfinite(raw)) or not np.all(raw == np.floor(raw)):
+    if (raw.dtype.kind == "b") != (want == "b") and raw.size:
+        raise invalid_argument(f"{what}: expected {tensors.dtype_name(spec.dtype)}, got JSON "
+                               f"{'true/false' if raw.dtype.kind == 'b' else 'numbers'}")
+    if want in "iu" and raw.size:
+        if raw.dtype.kind == "f" and (not np.all(np.isfinite(raw)) or not np.all(raw == np.floor(raw))):
             raise invalid_argument(f"{what}: expected integers ({tensors.dtype_name(spec.dtype)}), got non-integral numbers")
+        _check_fits(raw, np_type, spec, what)
     return raw.astype(np_type)
+
+
+def _check_fits(raw, np_type, spec, what):
+    """INVALID_ARGUMENT for an integer outside ``np_type``'s range (``astype`` would wrap 2**63 to
+    INT64_MIN). Floats are compared with the exact powers of two that bound the range."""
+    info = np.iinfo(np_type)
+    if raw.dtype.kind == "f":
+        low, high = float(info.min), float(info.max + 1)  # exact in float64 for every width
+        fits = raw.min() >= low and raw.max() < high
+    else:
+        fits = int(raw.min()) >= info.min and int(raw.max()) <= info.max
+    if not fits:
+        raise invalid_argument(f"{what}: a value does not fit {tensors.dtype_name(spec.dtype)} "
+                               f"([{info.min}, {info.max}])")
 
 
 def predict_inputs(body, signature):

@@ -13,9 +13,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.core.framework import types_pb2
 
-from serving import tensors
+from serving import input_checks, tensors
 from serving.admission import FairGate
-from serving.errors import ServingError, from_tf_error, invalid_argument
+from serving.errors import ServingError, failed_precondition, from_tf_error, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -47,7 +47,7 @@ def signature_runner(function):
 
     ``function(**feed)`` binds the keywords to the function's parameters and checks every tensor
     against its TensorSpec in Python: 0.6–1 ms per call on the 2-core hosts here, as much as a
-    one-user ``retrieve`` itself (RESULTS.md, session 7). The server has already checked each
+    one-user ``retrieve`` itself (benchmarks/RESULTS.md). The server has already checked each
     request against the SignatureDef (``Signature.validate``), so ``run`` calls the concrete
     function on its inputs in ``function_type`` order through ``_call_flat``, the entry point
     ``__call__`` ends in. That is a private TensorFlow method (TensorFlow is pinned); where a
@@ -79,46 +79,81 @@ class Signature:
         # Only signatures whose every input and output has a free batch dimension can be batched.
         self.batchable = bool(self.inputs) and all(s.batched for s in self.inputs.values()) and all(
             s.batched for s in self.outputs.values())
+        self.value_rules = input_checks.value_rules(self.inputs)
 
-    def validate(self, inputs, output_filter=()):
-        """Raise INVALID_ARGUMENT unless ``inputs`` (name -> ndarray) fits this signature."""
-        unknown = sorted(set(inputs) - set(self.inputs))
+    def check_names(self, names):
+        """INVALID_ARGUMENT for an input name the signature lacks (checked first: nothing of such a
+        request is decoded) or an input it needs and the request lacks."""
+        unknown = sorted(set(names) - set(self.inputs))
         if unknown:
             raise invalid_argument(
                 f"input tensor alias not found in signature: {', '.join(unknown)}. Inputs expected to be in the "
                 f"set {{{', '.join(sorted(self.inputs))}}}.")
-        missing = sorted(set(self.inputs) - set(inputs))
+        missing = sorted(set(self.inputs) - set(names))
         if missing:
             raise invalid_argument(
                 f"Request inputs do not match required inputs for signature '{self.name}': missing "
                 f"{', '.join(missing)}")
+
+    def _check_dtype(self, key, dtype_enum):
+        spec = self.inputs[key]
+        if dtype_enum != spec.dtype:
+            raise invalid_argument(
+                f"input '{key}' of signature '{self.name}' expects {tensors.dtype_name(spec.dtype)} but "
+                f"{tensors.dtype_name(dtype_enum)} was provided")
+
+    def _check_shape(self, key, shape):
+        spec = self.inputs[key]
+        if spec.shape is not None and (len(shape) != len(spec.shape) or any(
+                want >= 0 and want != got for want, got in zip(spec.shape, shape))):
+            raise invalid_argument(
+                f"input '{key}' of signature '{self.name}' has shape {list(shape)}, expected "
+                f"{spec.describe().split(' ', 2)[2]}")
+
+    def decode(self, protos, fill_limit_bytes=None):
+        """TensorProtos (name -> proto) -> NumPy inputs, refusing what does not fit *before* the
+        values are decoded: unknown names first, then each tensor's dtype and declared shape
+        against the signature, and no tensor may fill more than ``fill_limit_bytes`` from fewer
+        values than its shape needs (``tensors.to_numpy``)."""
+        self.check_names(protos)
+        inputs = {}
+        for key, proto in protos.items():
+            self._check_dtype(key, proto.dtype)
+            self._check_shape(key, tensors.declared_shape(proto))
+            inputs[key] = tensors.to_numpy(proto, fill_limit_bytes, f"input '{key}'")
+        return inputs
+
+    def validate(self, inputs, output_filter=()):
+        """Raise INVALID_ARGUMENT unless ``inputs`` (name -> ndarray) fits this signature: names,
+        dtypes, shapes, one non-empty batch size, the output filter, and the values
+        (``serving.input_checks``: finite floats, §6 ranges)."""
+        self.check_names(inputs)
         batch_sizes = {}
         for key, array in inputs.items():
             spec = self.inputs[key]
             want_string = spec.dtype == types_pb2.DT_STRING
             is_string = array.dtype.kind in "OSU"
             if want_string != is_string or (not want_string and tensors.dtype_enum_of(array) != spec.dtype):
-                got = "DT_STRING" if is_string else tensors.dtype_name(tensors.dtype_enum_of(array))
-                raise invalid_argument(
-                    f"input '{key}' of signature '{self.name}' expects {tensors.dtype_name(spec.dtype)} but {got} "
-                    "was provided")
-            if spec.shape is not None:
-                if array.ndim != len(spec.shape) or any(
-                        want >= 0 and want != got for want, got in zip(spec.shape, array.shape)):
-                    raise invalid_argument(
-                        f"input '{key}' of signature '{self.name}' has shape {list(array.shape)}, expected "
-                        f"{spec.describe().split(' ', 2)[2]}")
-                if spec.batched:
-                    batch_sizes[key] = array.shape[0]
+                self._check_dtype(key, types_pb2.DT_STRING if is_string else tensors.dtype_enum_of(array))
+            self._check_shape(key, array.shape)
+            if spec.batched:
+                batch_sizes[key] = array.shape[0]
         if len(set(batch_sizes.values())) > 1:
             raise invalid_argument(
                 "inputs' batch sizes (dimension 0) differ: "
                 + ", ".join(f"{k}={v}" for k, v in sorted(batch_sizes.items())))
+        if batch_sizes and not next(iter(batch_sizes.values())):
+            raise invalid_argument(
+                f"empty batch: the inputs of signature '{self.name}' have 0 rows (dimension 0); send at least one")
+        if len(set(output_filter)) != len(output_filter):
+            twice = sorted({k for k in output_filter if list(output_filter).count(k) > 1})
+            raise invalid_argument(f"duplicate output tensor alias in output_filter: {', '.join(twice)}")
         unknown_outputs = sorted(set(output_filter) - set(self.outputs))
         if unknown_outputs:
             raise invalid_argument(
                 f"output tensor alias not found in signature: {', '.join(unknown_outputs)}. Outputs expected to be "
                 f"in the set {{{', '.join(sorted(self.outputs))}}}.")
+        input_checks.check_values(self.name, inputs, self.value_rules)
 
     def call(self, inputs):
         """Run the signature on validated NumPy inputs; returns name -> ndarray."""
@@ -186,7 +221,7 @@ class Servable:
         try:
             return self.signatures[name]
         except KeyError:
-            raise invalid_argument(
+            raise failed_precondition(
                 f"Serving signature key \"{name}\" not found in model '{self.name}' version {self.version}; "
                 f"it has {{{', '.join(sorted(self.signatures))}}}.") from None
 

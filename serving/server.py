@@ -51,6 +51,14 @@ def build_parser():
     p.add_argument("--num_request_iterations_for_warmup", type=int, default=1)
     p.add_argument("--max_message_size_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest gRPC message / REST body accepted (RESOURCE_EXHAUSTED / 413 beyond)")
+    p.add_argument("--rest_read_timeout_s", type=float, default=30.0,
+                   help="REST: how long a connection may wait for its next request, and how long one request's "
+                        "header and body may take to arrive in total (408 and the connection closed beyond)")
+    p.add_argument("--max_num_load_retries", type=int, default=5,
+                   help="times a version that failed to load is retried before it is given up (TF Serving's "
+                        "flag and default); a version whose files change later is tried again")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                   help="wait between load retries, microseconds (TF Serving's default: one minute)")
     p.add_argument("--grpc_max_threads", type=int, default=64,
                    help="threads serving gRPC calls (gRPC Python: calls in flight; the C++ transport: calls "
                         "being handled, not those waiting for their batch)")
@@ -160,6 +168,7 @@ class ModelServer:
     def start(self):
         from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
         from serving.batching import BatchingOptions
+        from serving.errors import ServingError
         from serving.grpc_service import ModelServicer, PredictionServicer
         from serving.manager import ModelManager
         from serving.native_grpc import NativeGrpcServer
@@ -183,9 +192,15 @@ class ModelServer:
             log.info("dynamic batching on: %s", batching)
         self.manager = ModelManager(model_server_config(args), args.file_system_poll_wait_seconds, batching,
                                     args.num_request_iterations_for_warmup, args.enable_model_warmup,
-                                    admission.FairGate(args.max_concurrent_model_runs))
+                                    admission.FairGate(args.max_concurrent_model_runs), args.max_num_load_retries,
+                                    args.load_retry_interval_micros / 1e6)
         self.manager.start()
-        prediction, model = PredictionServicer(self.manager), ModelServicer(self.manager)
+        try:
+            self.manager.check_labels()  # as TF Serving: a label must name an available version
+        except ServingError as error:
+            self.manager.stop()
+            raise SystemExit(f"--model_config_file: {error.message}") from None
+        prediction, model = PredictionServicer(self.manager, args.max_message_size_bytes), ModelServicer(self.manager)
         ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         address = f"{args.host}:{args.port}"
         self.grpc_transport = _choose_transport(args.grpc_transport)
@@ -200,7 +215,7 @@ class ModelServer:
         log.info("gRPC (%s transport) on %s:%s", self.grpc_transport, args.host, self.port)
         if args.rest_api_port:  # -1: any free port (printed at startup)
             self.rest_server = RestServer(self.manager, args.host, max(0, args.rest_api_port),
-                                          args.max_message_size_bytes).start()
+                                          args.max_message_size_bytes, args.rest_read_timeout_s).start()
             self.rest_port = self.rest_server.port
         return self
 
@@ -227,6 +242,10 @@ def main(argv=None):
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = ModelServer(args).start()
+    for name in server.manager.model_names():
+        versions = server.manager.available_versions(name)
+        print(f"model {name}: " + (f"serving versions {versions}" if versions else
+                                   f"NOTHING servable yet ({server.manager.health(name)})"), flush=True)
     print(f"gRPC listening on {args.host}:{server.port}", flush=True)
     if server.rest_port:
         print(f"REST listening on {args.host}:{server.rest_port}", flush=True)

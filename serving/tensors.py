@@ -54,15 +54,33 @@ def dtype_enum_of(array):
         raise invalid_argument(f"unsupported array dtype {array.dtype}") from None
 
 
-def to_numpy(proto):
-    """Decode a TensorProto; raises INVALID_ARGUMENT when its values do not fill its shape."""
+def declared_shape(proto):
+    """The dimensions a TensorProto declares; INVALID_ARGUMENT for a negative one."""
     dims = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise invalid_argument("tensor shape has a negative dimension")
+    return dims
+
+
+def to_numpy(proto, fill_limit_bytes=None, what="tensor"):
+    """Decode a TensorProto; raises INVALID_ARGUMENT when its values do not fill its shape.
+
+    TensorFlow lets one value (or none) stand for a whole shape; such a tensor is the only one
+    that decodes to more memory than the request carried, so with ``fill_limit_bytes`` a shape
+    that would fill more than that many bytes from fewer values is refused before anything is
+    allocated (a 1 KB request declaring ``[5e7]`` must not cost 400 MB).
+    """
+    dims = declared_shape(proto)
     size = math.prod(dims)  # not np.prod: ~40x slower on a short list, and this runs per input
     np_type, field = _DTYPES.get(proto.dtype, (None, None))
     if np_type is None:
         raise invalid_argument(f"unsupported tensor dtype {dtype_name(proto.dtype)}")
+    if fill_limit_bytes is not None and size * _ITEMSIZE[np_type] > fill_limit_bytes and not proto.tensor_content:
+        carried = len(getattr(proto, field))
+        if carried != size:
+            raise invalid_argument(
+                f"{what} declares shape {dims} ({size} values) but carries {carried}; filling it would take "
+                f"{size * _ITEMSIZE[np_type]} bytes, more than the {fill_limit_bytes}-byte message limit")
     if proto.dtype == types_pb2.DT_STRING:
         values = list(proto.string_val)
         array = np.empty(len(values), dtype=object)

@@ -9,7 +9,7 @@ import os
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving import inference, tensors
+from serving import inference
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
@@ -40,8 +40,8 @@ def run_warmup(servable, iterations=1):
             kind = log.WhichOneof("log_type")
             if kind == "predict_log":
                 request = log.predict_log.request
-                inputs = {k: tensors.to_numpy(v) for k, v in request.inputs.items()}
-                servable.run(request.model_spec.signature_name, inputs, list(request.output_filter))
+                signature = servable.signature(request.model_spec.signature_name)
+                servable.run(signature.name, signature.decode(request.inputs), list(request.output_filter))
             elif kind == "classify_log":
                 request = log.classify_log.request
                 inference.classify(servable, request.model_spec.signature_name, inference.serialize_input(request.input))

@@ -169,7 +169,8 @@ BAD_REQUESTS = {
     "unknown model": (lambda: predict_request(model="nope", x=X, ids=IDS), grpc.StatusCode.NOT_FOUND, "nope"),
     "unknown version": (lambda: predict_request(version=7, x=X, ids=IDS), grpc.StatusCode.NOT_FOUND, "7"),
     "unknown label": (lambda: predict_request(label="canary", x=X, ids=IDS), grpc.StatusCode.NOT_FOUND, "canary"),
-    "unknown signature": (lambda: predict_request("nosuch", x=X, ids=IDS), grpc.StatusCode.INVALID_ARGUMENT, "nosuch"),
+    "unknown signature": (lambda: predict_request("nosuch", x=X, ids=IDS), grpc.StatusCode.FAILED_PRECONDITION,
+                          "nosuch"),  # TF Serving's code
     "unknown input": (lambda: predict_request(x=X, ids=IDS, extra=IDS), grpc.StatusCode.INVALID_ARGUMENT, "extra"),
     "missing input": (lambda: predict_request(x=X), grpc.StatusCode.INVALID_ARGUMENT, "ids"),
     "wrong dtype": (lambda: predict_request(x=X.astype(np.float64), ids=IDS), grpc.StatusCode.INVALID_ARGUMENT,
@@ -352,7 +353,7 @@ REST_BAD = {
     "wrong shape": ("/v1/models/toy:predict", {"instances": [{"x": [1, 2], "ids": 1}]}, 400),
     "batch sizes differ": ("/v1/models/toy:predict", {"inputs": {"x": [[1, 2, 3]], "ids": [1, 2]}}, 400),
     "both formats": ("/v1/models/toy:predict", {"instances": [], "inputs": {}}, 400),
-    "bad path": ("/v1/models/toy:explode", {}, 404),
+    "bad path": ("/v1/models/toy:explode", {}, 400),  # TF Serving: "Malformed request", InvalidArgument
 }
 
 
