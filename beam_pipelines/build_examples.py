@@ -16,32 +16,51 @@ Shape of the job (element counts kept small, per-row Python work kept to parsing
    ``tf.train.Example`` encoder (``example_encoder.py``);
 4. per-range and per-bundle statistics are merged once into vocabularies, the corpus and
    ``metadata.json`` (``outputs.py``), which reconciles rows in = rows used + dead letters.
+
+Before any of that the launcher checks what it was given (``inputs.py``: every glob matches a
+file with rows, every header names the 19 columns; the side tables have their id columns; the
+flags are in range) and stops with one line naming the problem. The job writes a staging folder
+beside ``--output`` and swaps it in only when it succeeded with at least one train example
+(``output_folder.py``), so a failed run never touches an existing examples folder.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import shlex
+import os
 import sys
 
-import apache_beam as beam
-import numpy as np
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+if __name__ == "__main__" and "--verbose" not in sys.argv[1:]:
+    # Quiet TensorFlow's C++ start-up lines (oneDNN notices, cuInit on a machine without a GPU)
+    # before anything imports TensorFlow; a user's own setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from beam_pipelines import example_encoder, outputs, user_examples, validation
-from beam_pipelines.side_tables import UserTable, VideoTable
-from tfrec_kuai.schema import COLUMN_INDEX, example_feature_spec
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shlex  # noqa: E402
+
+import apache_beam as beam  # noqa: E402
+import numpy as np  # noqa: E402
+from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
+from apache_beam.metrics import Metrics  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from beam_pipelines import InputError, example_encoder, inputs, output_folder, outputs, user_examples, validation  # noqa: E402,E501
+from beam_pipelines.side_tables import UserTable, VideoTable  # noqa: E402
+from tfrec_kuai.schema import COLUMN_INDEX, example_feature_spec  # noqa: E402
 
 NAMESPACE = "build_examples"
-_COMPRESSED = (".gz", ".gzip", ".bz2", ".zst", ".zstd", ".deflate", ".lzma", ".xz")
+PROG = "build_examples"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are :class:`InputError` (one line from ``main``, an exception from ``run``)."""
+
+    def error(self, message):
+        raise InputError(f"{message} (see --help)")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m beam_pipelines.build_examples", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m beam_pipelines.build_examples", description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, action="append",
                         help="glob of KuaiRand-format log CSVs (plain or gzip); repeat or comma-separate")
     parser.add_argument("--output", required=True, help="examples folder (local path or gs://...)")
@@ -55,52 +74,41 @@ def parse_args(argv):
     parser.add_argument("--read_range_mb", type=float, default=16.0,
                         help="uncompressed inputs are read in ranges of this size, in parallel")
     parser.add_argument("--encode_batch", type=int, default=4096, help="examples serialised per batch")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --output folder (it is swapped, never mixed with the new run)")
+    parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's C++ start-up messages")
     args, beam_args = parser.parse_known_args(argv)
     args.input = [p for item in args.input for p in item.split(",") if p]
-    if args.history_length < 1:
-        parser.error("--history_length must be >= 1")
+    for flag, ok, rule in (("history_length", args.history_length >= 1, ">= 1"),
+                           ("eval_days", args.eval_days >= 0, ">= 0"),
+                           ("vocab_min_count", args.vocab_min_count >= 1, ">= 1"),
+                           ("read_range_mb", args.read_range_mb > 0, "> 0"),
+                           ("encode_batch", args.encode_batch >= 1, ">= 1")):
+        if not ok:
+            parser.error(f"--{flag} must be {rule}, got {getattr(args, flag)}")
+    if not args.input:
+        parser.error("--input is empty")
+    unknown = unknown_beam_flags(beam_args)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither a flag of this job nor a Beam "
+                     "pipeline option)")
     return args, beam_args
 
 
-# --- 1-2: read ranges, validate lines ---------------------------------------------------------
-def split_ranges(metadata, range_bytes):
-    path, size = metadata.path, metadata.size_in_bytes
-    if path.lower().endswith(_COMPRESSED) or size <= range_bytes:
-        return [(path, 0, None)]
-    return [(path, start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
+def unknown_beam_flags(beam_args):
+    """The arguments no Beam ``PipelineOptions`` class knows (Beam itself would only log and drop them)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {}
+    for cls in PipelineOptions.__subclasses__():
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001  (how PipelineOptions.get_all_options collects them)
+    _, unknown = parser.parse_known_args(beam_args)
+    return unknown
 
 
-def read_range_lines(path, start, end, block=8 << 20):
-    """``(byte offset, line bytes)`` of every line that *starts* in ``[start, end)``.
-
-    ``end=None`` reads to the end (compressed files, whose offsets are in decompressed bytes).
-    A range other than the first begins after the first newline at or after ``start - 1``, so
-    every line belongs to exactly one range.
-    """
-    from apache_beam.io.filesystems import FileSystems
-    compression = CompressionTypes.AUTO if end is None else CompressionTypes.UNCOMPRESSED
-    with FileSystems.open(path, compression_type=compression) as f:
-        pos = 0
-        if start > 0:
-            f.seek(start - 1)
-            pos = start - 1 + len(f.readline())
-        carry = b""
-        while True:
-            data = f.read(block)
-            buf = carry + data
-            lines = buf.split(b"\n")
-            carry = lines.pop() if data else b""
-            if not data and not carry and lines and lines[-1] == b"":
-                lines.pop()
-            for line in lines:
-                if end is not None and pos >= end:
-                    return
-                yield pos, line
-                pos += len(line) + 1
-            if not data:
-                return
-
-
+# --- 1-2: read ranges (inputs.py), validate lines ---------------------------------------------
 class ParseRangeFn(beam.DoFn):
     """Validates every line of a byte range; emits per-user row arrays, dead letters, stats."""
 
@@ -115,24 +123,27 @@ class ParseRangeFn(beam.DoFn):
         self.rows_in = Metrics.counter(NAMESPACE, "rows_in")
 
     def process(self, item, block_lines=200_000):
-        path, start, end = item
+        info, start, end = item
         offsets, lines = [], []
-        first = True
-        for offset, line in read_range_lines(path, start, end):
-            if first and start == 0 and line.lstrip(b"\xef\xbb\xbf").startswith(validation.HEADER_PREFIX):
+        first = start == 0
+        for offset, line in inputs.read_range_lines(info, start, end):
+            if first:
                 first = False
-                continue  # the file's header row
-            first = False
+                if info.has_header:
+                    continue  # the file's header row (read by the launcher: info.order)
+                if line.startswith(b"\xef\xbb\xbf"):
+                    line, offset = line[3:], offset + 3
             offsets.append(offset)
             lines.append(line)
             if len(lines) >= block_lines:
-                yield from self._emit(path, offsets, lines)
+                yield from self._emit(info, offsets, lines)
                 offsets, lines = [], []
         if lines:
-            yield from self._emit(path, offsets, lines)
+            yield from self._emit(info, offsets, lines)
 
-    def _emit(self, path, offsets, lines):
-        values, kept, rejects = validation.validate_lines(lines, self.video_table, self.user_table)
+    def _emit(self, info, offsets, lines):
+        path = info.path
+        values, kept, rejects = validation.validate_lines(lines, self.video_table, self.user_table, info.order)
         logging.info("validated %d rows of %s from byte %d: %d rejected", len(lines), path, offsets[0], len(rejects))
         dead = {}
         for index, reason in rejects:
@@ -141,7 +152,7 @@ class ParseRangeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead", dead_letter_json(reason, f"{path}:{offsets[index]}",
                                                                     lines[index]))
         self.rows_in.inc(len(lines))
-        dates = np.unique(values[:, COLUMN_INDEX["date"]], return_counts=True)
+        dates = np.unique(user_examples.split_date(values[:, COLUMN_INDEX["time_ms"]]), return_counts=True)
         yield beam.pvalue.TaggedOutput("stats", {"input": len(lines), "dead": dead,
                                                  "dates": dict(zip(dates[0].tolist(), dates[1].tolist()))})
         if not len(values):
@@ -180,6 +191,7 @@ class UserExamplesFn(beam.DoFn):
         self.user_table = UserTable.load(self.user_features) if self.user_features else None
         self.written, self.next_log = 0, 100_000
         self.dup_counter = Metrics.counter(NAMESPACE, "dead_letter_duplicate_event")
+        self.picture_counter = Metrics.counter(NAMESPACE, "history_only_picture_post")
         self.examples_counter = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in ("train", "eval")}
 
     def start_bundle(self):
@@ -224,6 +236,10 @@ class UserExamplesFn(beam.DoFn):
                        "eval": user_examples.split_stats(cols, is_eval)},
             "ids": user_examples.id_counts(cols, ~is_eval),
             "video_duration_ms": user_examples.max_duration(np.concatenate([r for r, _ in rows]))})
+        pictures, picture_ids = user_examples.history_only(rows, self.video_table, self.eval_dates)
+        if pictures:
+            self.picture_counter.inc(pictures)
+            outputs.merge_stats(self.stats, {"history_only": {"picture_post": pictures}, "ids": picture_ids})
         records = example_encoder.encode_examples({k: cols[k] for k in self.spec}, self.spec)
         self.written += len(records)
         if self.written >= self.next_log:
@@ -254,18 +270,40 @@ class CorpusFn(beam.DoFn):
 
 
 # --- the pipeline -----------------------------------------------------------------------------
-def build(pipeline, args, command, options_dict):
-    user_spec, user_codes = [], {}
-    if args.user_features:
-        table = UserTable.load(args.user_features)
-        user_spec, user_codes = table.feature_spec, table.codes
+def load_side_tables(args):
+    """``(video table or None, user table or None)``, loaded once here so that a bad table stops the
+    job before it starts (the workers load them again in ``setup``)."""
+    from apache_beam.io.filesystems import FileSystems
+    tables = []
+    for flag, cls in (("video_features", VideoTable), ("user_features", UserTable)):
+        path = getattr(args, flag)
+        if path is None:
+            tables.append(None)
+            continue
+        if not FileSystems.exists(path):
+            raise InputError(f"--{flag} {path!r}: no such file")
+        tables.append(cls.load(path))
+    return tuple(tables)
+
+
+def side_information(video_table, user_table):
+    """``metadata.json``'s ``side_information``: what each side table gave, null when it was absent."""
+    return {"video_features": video_table.summary() if video_table is not None else None,
+            "user_features": user_table.summary() if user_table is not None else None}
+
+
+def build(pipeline, args, command, options_dict, files=None, out=None, tables=None, empty_inputs=()):
+    """The job's transforms on ``pipeline``, writing to ``out`` (the staging folder ``run`` swaps in)."""
+    if files is None:
+        files, empty_inputs = inputs.resolve(args.input)
+    video_table, user_table = load_side_tables(args) if tables is None else tables
+    user_spec, user_codes = (user_table.feature_spec, user_table.codes) if user_table is not None else ([], {})
     spec = example_feature_spec(args.history_length, user_spec)
-    out = args.output.rstrip("/")
+    out = (out or args.output).rstrip("/")
+    range_bytes = int(args.read_range_mb * (1 << 20))
 
     ranges = (pipeline
-              | "Globs" >> beam.Create(args.input)
-              | "Match" >> fileio.MatchAll()
-              | "Ranges" >> beam.FlatMap(split_ranges, int(args.read_range_mb * (1 << 20)))
+              | "Ranges" >> beam.Create([r for f in files for r in inputs.split_ranges(f, range_bytes)])
               | "SpreadRanges" >> beam.Reshuffle())
     parsed = ranges | "Validate" >> beam.ParDo(ParseRangeFn(args.video_features, args.user_features)).with_outputs(
         "dead", "stats", main="rows")
@@ -290,32 +328,63 @@ def build(pipeline, args, command, options_dict):
      | "WriteCorpus" >> beam.io.WriteToTFRecord(f"{out}/corpus/part", file_name_suffix=".tfrecord.gz",
                                                compression_type=CompressionTypes.GZIP))
     meta_kwargs = dict(spec=spec, history_length=args.history_length, user_features=user_spec,
-                       user_codes=user_codes, eval_days=args.eval_days, command=command, options=options_dict)
+                       user_codes=user_codes, eval_days=args.eval_days, command=command, options=options_dict,
+                       side_information=side_information(video_table, user_table),
+                       inputs={"files": [f.path for f in files], "empty_files": list(empty_inputs)})
     stats | "Metadata" >> beam.Map(outputs.write_summary, out, args.video_features, meta_kwargs,
                                    args.vocab_min_count)
     return pipeline
 
 
 def run(argv=None, return_result=False):
-    """Build and run the job; returns the metadata dict written (and the PipelineResult)."""
+    """Check the inputs, build and run the job, swap its output in; returns the metadata dict written
+    (and the PipelineResult). Bad inputs raise :class:`InputError` before ``--output`` is touched."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parse_args(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         # Beam's default would try to download the Prism runner first; the DirectRunner is local.
         beam_args = ["--runner=DirectRunner"] + beam_args
+    files, empty_inputs = inputs.resolve(args.input)
+    tables = load_side_tables(args)
+    staging = output_folder.prepare(args.output, args.overwrite)
     options = PipelineOptions(beam_args)
     command = "python -m beam_pipelines.build_examples " + " ".join(shlex.quote(a) for a in argv)
     options_dict = {k: v for k, v in options.get_all_options(drop_default=True).items()
                     if isinstance(v, (str, int, float, bool, list))}
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, args, command, options_dict)
-    result = pipeline.run()
-    result.wait_until_finish()
-    from apache_beam.io.filesystems import FileSystems
-    with FileSystems.open(f"{args.output.rstrip('/')}/metadata.json") as f:
-        meta = json.loads(f.read().decode("utf-8"))
-    logging.info("examples: %s", meta["rows"])
+    try:
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline, args, command, options_dict, files, staging, tables, empty_inputs)
+        result = pipeline.run()
+        result.wait_until_finish()
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.open(f"{staging}/metadata.json") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except Exception as e:
+        output_folder.discard(staging)
+        cause = _input_error(e)
+        if cause is not None:
+            raise InputError(cause) from e
+        raise
+    rows = meta["rows"]
+    if rows["train_examples"] == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in rows["dead_letter_by_reason"].items()) or "none"
+        raise InputError(f"no train example: of {rows['input']} rows, {rows['dead_letter']} were rejected "
+                         f"({reasons}) and {rows['history_only']} are history only; --output {args.output!r} is "
+                         f"left as it was, this run's folder (dead letters included) is {staging!r}")
+    output_folder.publish(staging, args.output)
+    logging.info("examples: %s", rows)
     return (meta, result) if return_result else meta
+
+
+def _input_error(exc):
+    """The message of an :class:`InputError` raised inside the pipeline (a runner wraps worker errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, InputError):
+            return str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def counters(result):
@@ -328,9 +397,14 @@ def counters(result):
     return out
 
 
-def main():
+def main(argv=None):
+    """The command: a bad input prints ``build_examples: error: ...`` (one line) and exits 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    meta = run()
+    try:
+        meta = run(argv)
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(meta["rows"], indent=2))
     return 0
 

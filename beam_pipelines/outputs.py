@@ -96,9 +96,14 @@ def corpus_spec():
 
 
 def build_metadata(stats, *, spec, history_length, user_features, user_codes, vocab_sizes, vocab_min_count,
-                   eval_days, corpus_videos, corpus_missing, command, options):
-    """The ``metadata.json`` dict (layout: docs/INTERFACES.md)."""
+                   eval_days, corpus_videos, corpus_missing, command, options, side_information=None, inputs=None):
+    """The ``metadata.json`` dict (layout: docs/INTERFACES.md).
+
+    ``rows.input = rows.used + rows.dead_letter``, where ``used`` = train + eval examples + the
+    history-only rows (picture posts: in histories, not targets).
+    """
     dead = {k: int(v) for k, v in sorted(stats.get("dead", {}).items())}
+    history_only = {k: int(v) for k, v in sorted(stats.get("history_only", {}).items())}
     splits = stats.get("splits", {})
     train_n = int(splits.get("train", {}).get("examples", 0))
     eval_n = int(splits.get("eval", {}).get("examples", 0))
@@ -117,13 +122,17 @@ def build_metadata(stats, *, spec, history_length, user_features, user_codes, vo
         "user_feature_codes": user_codes,
         "vocab_sizes": vocab_sizes,
         "vocab_min_count": vocab_min_count,
-        "rows": {"input": int(stats.get("input", 0)), "used": train_n + eval_n, "dead_letter": sum(dead.values()),
-                 "dead_letter_by_reason": dead, "train_examples": train_n, "eval_examples": eval_n,
+        "rows": {"input": int(stats.get("input", 0)), "used": train_n + eval_n + sum(history_only.values()),
+                 "dead_letter": sum(dead.values()), "dead_letter_by_reason": dead,
+                 "train_examples": train_n, "eval_examples": eval_n,
+                 "history_only": sum(history_only.values()), "history_only_by_reason": history_only,
                  "corpus_videos": corpus_videos, "corpus_videos_without_duration": corpus_missing},
         "label_rates": rates,
         "date_split": {"train_dates": [d for d in dates if d not in eval_dates], "eval_dates": eval_dates,
                        "eval_days": eval_days},
         "corpus_features": {name: {"dtype": dtype, "shape": []} for name, dtype in CORPUS_FEATURES.items()},
+        "side_information": side_information or {"video_features": None, "user_features": None},
+        "inputs": inputs or {},
         "command": command,
         "pipeline_options": options,
     }

@@ -11,13 +11,26 @@ its name): integral numbers -> int64,
 other numbers -> float32, text (``user_active_degree``, the ``*_range`` buckets) -> int64 codes
 in sorted order of the distinct strings (the codes are recorded in ``metadata.json``); empty
 cells -> -1.
+
+KuaiRand writes ``-124`` for a missing value: a cell holding it is read as empty (author -1, tag
+-1, duration NaN, user column -1), never as a value. The first line must be the header; a table
+without one (or without its id column) is an :class:`InputError` naming the file and the column.
+Rows that cannot be used are not dropped silently: a row with the wrong number of fields or an id
+that is not a number is a ``broken_row``, a second row of an id a ``duplicate_row`` (the first is
+kept); both are counted in :attr:`problems`, logged, and recorded in ``metadata.json``
+(``side_information``).
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 
 import numpy as np
+
+from beam_pipelines import InputError
+
+MISSING_CODES = ("-124", "-124.0")  # KuaiRand's missing value
 
 
 def _open_text(path):
@@ -33,39 +46,97 @@ def _is_number(text):
     return True
 
 
+def _cell(text):
+    """A side-table cell, stripped, with KuaiRand's missing code read as empty."""
+    text = text.strip()
+    return "" if text in MISSING_CODES else text
+
+
+def _header(path, reader, required, kind):
+    """``{column name: position}`` of a side table's header; InputError when a required column is absent."""
+    try:
+        header = next(reader, None)
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a CSV {kind} table ({e})") from None
+    if header is None:
+        raise InputError(f"{path}: the {kind} table is empty (it needs a header line naming {', '.join(required)})")
+    col = {}
+    for i, name in enumerate(header):
+        col.setdefault(name.strip().lstrip("\ufeff").strip(), i)
+    missing = [c for c in required if c not in col]
+    if missing:
+        raise InputError(f"{path}: the {kind} table has no column {', '.join(repr(m) for m in missing)} "
+                         f"(its first line must be the header; it reads {', '.join(list(col)[:6])})")
+    return col, len(header)
+
+
+def _rows(path, reader, width, id_col, problems):
+    """``(id, row)`` of each usable row; broken and duplicate rows counted in ``problems``."""
+    seen = set()
+    try:
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue  # a blank line
+            cell = _cell(row[id_col]) if len(row) == width else ""
+            try:
+                ident = int(float(cell))
+            except ValueError:
+                problems["broken_row"] += 1
+                continue
+            if ident in seen:
+                problems["duplicate_row"] += 1
+                continue
+            seen.add(ident)
+            yield ident, row
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: unreadable after {len(seen)} rows ({e})") from None
+
+
+def _report(path, kind, problems):
+    if any(problems.values()):
+        logging.warning("%s table %s: %s", kind, path, ", ".join(f"{v} {k}(s) skipped" for k, v in problems.items() if v))
+
+
 class VideoTable:
     """Sorted video ids with author, first tag and duration, looked up with ``searchsorted``."""
 
-    def __init__(self, video_id, author_id, tag, duration_ms, skipped_rows=0):
+    def __init__(self, video_id, author_id, tag, duration_ms, problems=None, path=None):
         order = np.argsort(video_id, kind="stable")
         self.video_id = np.asarray(video_id, np.int64)[order]
         self.author_id = np.asarray(author_id, np.int64)[order]
         self.tag = np.asarray(tag, np.int64)[order]
         self.duration_ms = np.asarray(duration_ms, np.float64)[order]
-        self.skipped_rows = skipped_rows
+        self.problems = dict(problems or {"broken_row": 0, "duplicate_row": 0})
+        self.path = path
+
+    @property
+    def skipped_rows(self):
+        return sum(self.problems.values())
 
     @classmethod
     def load(cls, path):
+        problems = {"broken_row": 0, "duplicate_row": 0}
         with _open_text(path) as f:
             reader = csv.reader(f)
-            header = next(reader)
-            col = {name.strip(): i for i, name in enumerate(header)}
+            col, width = _header(path, reader, ("video_id", "author_id"), "video")
             vid, author, tag, dur = [], [], [], []
-            skipped = 0
-            for row in reader:
-                try:
-                    v = int(float(row[col["video_id"]]))
-                    a = int(float(row[col["author_id"]])) if row[col["author_id"]].strip() else -1
-                except (ValueError, IndexError):
-                    skipped += 1  # a broken side-table row cannot be joined to anything
-                    continue
-                tags = [t for t in row[col["tag"]].split(",") if t.strip()] if "tag" in col else []
-                d = row[col["video_duration"]].strip() if "video_duration" in col else ""
+            for v, row in _rows(path, reader, width, col["video_id"], problems):
+                a = _cell(row[col["author_id"]])
+                tags = [t for t in (_cell(t) for t in row[col["tag"]].split(",")) if t] if "tag" in col else []
+                d = _cell(row[col["video_duration"]]) if "video_duration" in col else ""
                 vid.append(v)
-                author.append(a)
+                author.append(int(float(a)) if a and _is_number(a) else -1)
                 tag.append(int(float(tags[0])) if tags and _is_number(tags[0]) else -1)
                 dur.append(float(d) if d and _is_number(d) else np.nan)
-        return cls(vid, author, tag, dur, skipped)
+        _report(path, "video", problems)
+        return cls(vid, author, tag, dur, problems, path)
+
+    def summary(self):
+        """What ``metadata.json`` records of the table (``side_information.video_features``)."""
+        return {"path": self.path, "videos": int(len(self.video_id)),
+                "videos_without_duration": int(np.isnan(self.duration_ms).sum()),
+                "videos_without_author": int((self.author_id < 0).sum()),
+                "rows_skipped": dict(self.problems)}
 
     def index(self, video_ids):
         """Positions of ``video_ids`` in the table and whether each was found."""
@@ -86,12 +157,14 @@ class VideoTable:
 class UserTable:
     """User side-table columns as ``user_<column>`` arrays aligned with sorted user ids."""
 
-    def __init__(self, user_id, columns, dtypes, codes):
+    def __init__(self, user_id, columns, dtypes, codes, problems=None, path=None):
         order = np.argsort(user_id, kind="stable")
         self.user_id = np.asarray(user_id, np.int64)[order]
         self.columns = {k: np.asarray(v)[order] for k, v in columns.items()}
         self.dtypes = dtypes          # {user_<col>: "int64" | "float32"}
         self.codes = codes            # {user_<col>: [strings in code order]} for text columns
+        self.problems = dict(problems or {"broken_row": 0, "duplicate_row": 0})
+        self.path = path
 
     @property
     def feature_spec(self):
@@ -99,23 +172,22 @@ class UserTable:
 
     @classmethod
     def load(cls, path):
+        problems = {"broken_row": 0, "duplicate_row": 0}
         with _open_text(path) as f:
             reader = csv.reader(f)
-            header = [h.strip() for h in next(reader)]
-            rows = [r for r in reader if len(r) == len(header)]
-        uid_col = header.index("user_id")
-        ids, keep = [], []
-        for r in rows:
-            try:
-                ids.append(int(float(r[uid_col])))
-                keep.append(r)
-            except ValueError:
-                continue
+            col, width = _header(path, reader, ("user_id",), "user")
+            header = sorted(col, key=col.get)
+            pairs = list(_rows(path, reader, width, col["user_id"], problems))
+        _report(path, "user", problems)
+        uid_col = col["user_id"]
+        ids = [i for i, _ in pairs]
+        keep = [r for _, r in pairs]
         columns, dtypes, codes = {}, {}, {}
-        for c, name in enumerate(header):
+        for name in header:
+            c = col[name]
             if c == uid_col:
                 continue
-            raw = [r[c].strip() for r in keep]
+            raw = [_cell(r[c]) for r in keep]
             present = [x for x in raw if x]
             feature = name if name.startswith("user_") else f"user_{name}"
             if all(_is_number(x) for x in present):
@@ -133,7 +205,12 @@ class UserTable:
                 columns[feature] = np.array([index[x] if x else -1 for x in raw], np.int64)
                 dtypes[feature] = "int64"
                 codes[feature] = vocab
-        return cls(ids, columns, dtypes, codes)
+        return cls(ids, columns, dtypes, codes, problems, path)
+
+    def summary(self):
+        """What ``metadata.json`` records of the table (``side_information.user_features``)."""
+        return {"path": self.path, "users": int(len(self.user_id)), "features": [n for n, _ in self.feature_spec],
+                "rows_skipped": dict(self.problems)}
 
     def contains(self, user_ids):
         user_ids = np.asarray(user_ids, np.int64)

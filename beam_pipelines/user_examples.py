@@ -4,15 +4,30 @@ One sort per user (by time, then video id, then where the row was read), duplica
 ``user_id, video_id, time_ms`` dropped after the first, labels and feedback bits vectorised, and
 the history windows from the native builder over the sorted events. Pure NumPy, no Beam: the
 DoFn in ``build_examples.py`` wraps it and the tests call it directly.
+
+Split: a row is in the eval split when the Beijing date of its ``time_ms`` is an eval date, the
+same clock that orders the histories, so every eval target is later than every train target
+(the logged ``date`` can be an hour ahead: 23:09 is logged as hour 0 of the next date). The
+``date`` feature keeps the logged value.
+
+Picture posts (``duration_ms = 0``) are history events, not targets: the §4 labels that need a
+duration (skip, valid, long, complete, watch ratio) are undefined for them, so their feedback
+bits carry only the flags (like ... hate), with play time and a zero duration.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from tfrec_kuai import history
-from tfrec_kuai.schema import BINARY_LABELS, COLUMN_INDEX, LABEL_NAMES, compute_labels, feedback_bits
+from tfrec_kuai.schema import BINARY_LABELS, COLUMN_INDEX, LABEL_NAMES, compute_labels, feedback_bits, local_calendar
 
 C = COLUMN_INDEX
+DURATION_LABELS = ("skip", "valid", "long", "complete", "watch_ratio")
+
+
+def split_date(time_ms):
+    """The date a row is split by: the Beijing date of its ``time_ms`` (YYYYMMDD)."""
+    return local_calendar(time_ms)[0]
 
 
 def sort_and_dedup(values, tiebreak):
@@ -38,7 +53,8 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
 
     ``user_rows``: list of [n_i, 19] int64 arrays, one per user, each sorted by time and
     deduplicated — or ``(rows, context)`` pairs from :func:`slices`, whose first ``context`` rows
-    only feed the windows of the rest and yield no example. Everything but the history windows is
+    only feed the windows of the rest and yield no example; picture posts (duration 0) feed the
+    windows and yield no example either. Everything but the history windows is
     vectorised over the whole batch (a handful of NumPy calls per batch instead of per user); the
     windows are built per item, since a window must never cross users.
     Returns ``(columns keyed by the §6 names, is_eval [N])``.
@@ -57,6 +73,10 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
     duration = values[:, C["duration_ms"]]
     flags = {c: values[:, C[c]] for c in ("is_like", "is_follow", "is_comment", "is_forward", "is_hate")}
     labels = compute_labels(play, duration, flags)
+    picture = duration <= 0
+    if picture.any():
+        for name in DURATION_LABELS:
+            labels[name] = np.where(picture, 0, labels[name]).astype(labels[name].dtype)
     duration_s = (duration / 1000.0).astype(np.float32)
     play_s = (play / 1000.0).astype(np.float32)
     feedback = feedback_bits(labels)
@@ -86,12 +106,35 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
             cols[name] = column[pos]
     for name in BINARY_LABELS + ("watch_s", "watch_ratio"):
         cols[f"label_{name}"] = labels[name]
-    is_eval = np.isin(values[:, C["date"]], np.asarray(sorted(eval_dates), dtype=np.int64))
+    is_eval = np.isin(split_date(time_ms), np.asarray(sorted(eval_dates), dtype=np.int64))
+    keep = ~picture
     if any(context for _, context in items):
-        keep = np.concatenate([np.arange(len(r)) >= context for r, context in items])
+        keep &= np.concatenate([np.arange(len(r)) >= context for r, context in items])
+    if not keep.all():
         cols = {k: v[keep] for k, v in cols.items()}
         is_eval = is_eval[keep]
     return cols, is_eval
+
+
+def history_only(user_rows, video_table, eval_dates):
+    """``(picture posts, their id counts in train)`` among the rows of ``user_rows`` that are not context.
+
+    They are history events only (see the module docstring), counted in ``metadata.json`` apart
+    from the dead letter; their ids count for the vocabularies like those of train targets, so a
+    picture post in a history has an embedding of its own.
+    """
+    items = [(r, 0) if isinstance(r, np.ndarray) else r for r in user_rows]
+    parts = [r[c:][r[c:, C["duration_ms"]] <= 0] for r, c in items]
+    rows = np.concatenate(parts) if parts else np.zeros((0, len(C)), np.int64)
+    if not len(rows):
+        return 0, {}
+    cols = {"user_id": rows[:, C["user_id"]], "video_id": rows[:, C["video_id"]]}
+    if video_table is not None:
+        cols["author_id"], cols["tag"] = video_table.lookup(cols["video_id"])
+    else:
+        cols["author_id"] = cols["tag"] = np.full(len(rows), -1, np.int64)
+    train = ~np.isin(split_date(rows[:, C["time_ms"]]), np.asarray(sorted(eval_dates), dtype=np.int64))
+    return len(rows), id_counts(cols, train)
 
 
 def slices(values, history_length, max_rows):

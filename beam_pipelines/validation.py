@@ -8,14 +8,26 @@ are tested):
 ``not_utf8``            bytes that do not decode as UTF-8
 ``broken_quoting``      a ``"`` that the CSV rules cannot close or that is followed by junk
 ``empty_row``           a blank line inside the file
-``wrong_column_count``  not 19 fields
-``bad_duration``        ``duration_ms`` empty, zero or negative (labels divide by it)
+``wrong_column_count``  not as many fields as the file's header names (19 without a header)
+``bad_duration``        ``duration_ms`` empty or negative (0 is a picture post, see below)
 ``missing_field``       any other empty field
-``non_numeric``         a field that is not a number, or not a whole number
+``non_numeric``         a field that is not a plain ASCII number, or not a whole number
+                        (``1_000`` and non-ASCII digits, which Python's ``int`` accepts, are not)
 ``negative_time``       negative ``time_ms``, ``play_time_ms`` or stay time
-``out_of_range``        numbers beyond int64, negative ids, flags other than 0/1, an impossible date or hourmin, tab < 0
+``out_of_range``        numbers beyond int64, negative ids, flags other than 0/1, an impossible date
+                        (``20220231``) or hourmin, tab < 0
+``too_long``            ``play_time_ms`` or ``duration_ms`` over :data:`MAX_TIME_MS` (one day): a
+                        replay loop can make play exceed duration, but not by a day
+``date_mismatch``       ``date`` / ``hourmin`` more than :data:`DATE_TOLERANCE_MS` away from
+                        ``time_ms`` read in Beijing time (KuaiRand logs a whole hour, and 23:09
+                        may be logged as hour 0 of the next date: up to an hour apart is normal)
 ``unknown_video``       ``video_id`` absent from ``--video_features`` (when given)
 ``unknown_user``        ``user_id`` absent from ``--user_features`` (when given)
+
+A row with ``duration_ms = 0`` is a picture post (KuaiRand: ``upload_type`` PictureSet /
+LongPicture, about 3 % of impressions). It is valid: it stays in the user's history (play time,
+no duration) but is not a target, because the labels of DESIGN.md §4 need a duration
+(``user_examples.py`` counts it as ``history_only.picture_post``).
 
 ``duplicate_event`` (the same ``user_id, video_id, time_ms`` seen again) needs all of a user's rows
 and is decided in the per-user step (``user_examples.py``).
@@ -23,20 +35,27 @@ and is decided in the per-user step (``user_examples.py``).
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 
-from tfrec_kuai.schema import COLUMN_INDEX, FLAG_COLUMNS, LOG_COLUMNS
+from tfrec_kuai.schema import BEIJING_OFFSET_MS, COLUMN_INDEX, FLAG_COLUMNS, LOG_COLUMNS, local_calendar
 
 NUM_COLUMNS = len(LOG_COLUMNS)
 REASONS = ("not_utf8", "broken_quoting", "empty_row", "wrong_column_count", "bad_duration", "missing_field",
-           "non_numeric", "negative_time", "out_of_range", "unknown_video", "unknown_user", "duplicate_event")
+           "non_numeric", "negative_time", "out_of_range", "too_long", "date_mismatch", "unknown_video",
+           "unknown_user", "duplicate_event")
+MAX_TIME_MS = 24 * 3600 * 1000       # a play or a duration longer than a day is a broken row
+DATE_TOLERANCE_MS = 90 * 60 * 1000   # date/hourmin vs time_ms: a whole hour, rounded either way, plus slack
+_PLAY = COLUMN_INDEX["play_time_ms"]
 _DUR = COLUMN_INDEX["duration_ms"]
 _FLAGS = [COLUMN_INDEX[c] for c in FLAG_COLUMNS]
 _TIMES = [COLUMN_INDEX[c] for c in ("time_ms", "play_time_ms", "profile_stay_time", "comment_stay_time")]
 _IDS = [COLUMN_INDEX["user_id"], COLUMN_INDEX["video_id"]]
-HEADER_PREFIX = b"user_id,"
 _I64 = np.iinfo(np.int64)
+# A plain number: ASCII digits, optional sign, optional fraction / exponent ("5000.0" is how
+# pandas writes an integer column with gaps). Python's int() would also take "1_000" and "١٢".
+_NUMBER = re.compile(r"[ \t]*[+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?[ \t]*", re.ASCII)
 
 
 def _split_quoted(text):
@@ -56,8 +75,15 @@ def _split_quoted(text):
     return fields
 
 
+def is_number(text):
+    """Whether ``text`` is a plain ASCII number (the fields a log row may hold)."""
+    return _NUMBER.fullmatch(text) is not None
+
+
 def _to_int(field):
-    """int of a numeric field ("12", "12.0", " 12 "); ValueError when not a whole number."""
+    """int of a numeric field ("12", "12.0", " 12 "); ValueError when not a plain whole number."""
+    if not is_number(field):
+        raise ValueError(field)
     try:
         return int(field)
     except ValueError:
@@ -79,7 +105,7 @@ def _slow_reason(fields):
         return "non_numeric", None
 
 
-def _fast_parse(lines):
+def _fast_parse(lines, num_columns=NUM_COLUMNS):
     """All lines at once when they are all plain well-formed rows, else None.
 
     One ``np.fromstring`` over the joined block replaces 19 ``int()`` calls per row (~10x);
@@ -91,7 +117,7 @@ def _fast_parse(lines):
     if not lines:
         return None
     for line in lines:
-        if line.count(b",") != NUM_COLUMNS - 1 or b'"' in line:
+        if line.count(b",") != num_columns - 1 or b'"' in line:
             return None
     block = b",".join(lines)
     try:
@@ -104,28 +130,32 @@ def _fast_parse(lines):
             values = np.fromstring(block, dtype=np.int64, sep=",")
         except (DeprecationWarning, ValueError):
             return None
-    if values.size != len(lines) * NUM_COLUMNS:
+    if values.size != len(lines) * num_columns:
         return None
     if (values == _I64.max).any() or (values == _I64.min).any():
         return None  # fromstring saturates out-of-range numbers; the slow path rejects them
-    return values.reshape(len(lines), NUM_COLUMNS)
+    return values.reshape(len(lines), num_columns)
 
 
-def parse_lines(lines, block=5000):
+def parse_lines(lines, block=5000, order=None):
     """Parse raw lines (bytes without the newline).
 
-    Returns ``(values [n, 19] int64, kept [n] indices into lines, rejects [(index, reason)])``.
-    Blocks of clean rows take the vectorised path; a block with any bad row is parsed row by row.
+    ``order``: for each of the 19 columns of DESIGN.md §3, its position in the file (from the
+    file's header, ``inputs.column_order``); None = the file is in the §3 order.
+    Returns ``(values [n, 19] int64 in §3 order, kept [n] indices into lines, rejects
+    [(index, reason)])``. Blocks of clean rows take the vectorised path (one column gather per
+    block for a reordered file); a block with any bad row is parsed row by row.
     """
+    order = None if order is None or list(order) == list(range(NUM_COLUMNS)) else np.asarray(order, np.int64)
     values, kept, rejects = [], [], []
     for start in range(0, len(lines), block):
         part = [line[:-1] if line.endswith(b"\r") else line for line in lines[start:start + block]]
         fast = _fast_parse(part)
         if fast is not None:
-            values.append(fast)
+            values.append(fast if order is None else fast[:, order])
             kept.append(np.arange(start, start + len(part), dtype=np.int64))
             continue
-        v, k, r = parse_lines_slow(part)
+        v, k, r = parse_lines_slow(part, order)
         values.append(v)
         kept.append(k + start)
         rejects += [(i + start, reason) for i, reason in r]
@@ -134,7 +164,7 @@ def parse_lines(lines, block=5000):
     return np.concatenate(values), np.concatenate(kept), rejects
 
 
-def parse_lines_slow(lines):
+def parse_lines_slow(lines, order=None):
     """Row-by-row parse that names the reason of every bad row (same return as parse_lines)."""
     values, kept, rejects = [], [], []
     for i, raw in enumerate(lines):
@@ -158,9 +188,11 @@ def parse_lines_slow(lines):
         if len(fields) != NUM_COLUMNS:
             rejects.append((i, "wrong_column_count"))
             continue
+        if order is not None:
+            fields = [fields[k] for k in order]
         try:
-            row = [int(f) for f in fields]
-        except ValueError:
+            row = [_to_int(f) for f in fields]
+        except (ValueError, OverflowError):
             reason, row = _slow_reason(fields)
             if reason:
                 rejects.append((i, reason))
@@ -174,9 +206,26 @@ def parse_lines_slow(lines):
     return arr, np.array(kept, dtype=np.int64), rejects
 
 
-def _valid_date(date):
+def _days_from_civil(year, month, day):
+    """Days since 1970-01-01 of proleptic Gregorian dates, vectorised (H. Hinnant's algorithm)."""
+    y = year - (month <= 2)
+    era = np.floor_divide(y, 400)
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def calendar_ms(date, hourmin):
+    """``(epoch ms of YYYYMMDD HH:MM Beijing time, the date is a real one)`` per row."""
+    date = np.asarray(date, np.int64)
     year, month, day = date // 10000, (date // 100) % 100, date % 100
-    return (year >= 1970) & (year <= 2100) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
+    sane = (year >= 1970) & (year <= 2100) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
+    days = _days_from_civil(np.where(sane, year, 1970), np.where(sane, month, 1), np.where(sane, day, 1))
+    ms = days * 86_400_000 + (hourmin // 100) * 3_600_000 + (hourmin % 100) * 60_000 - BEIJING_OFFSET_MS
+    # 20220231 maps to 2022-03-03: a real date reads back as itself
+    real = sane & (local_calendar(days * 86_400_000 - BEIJING_OFFSET_MS)[0] == date)
+    return ms, real
 
 
 def range_reasons(values, video_table=None, user_table=None):
@@ -190,13 +239,16 @@ def range_reasons(values, video_table=None, user_table=None):
         mask = mask & (reasons == None)  # noqa: E711  (object array comparison)
         reasons[mask] = reason
 
-    mark(values[:, _DUR] <= 0, "bad_duration")
+    mark(values[:, _DUR] < 0, "bad_duration")
     mark((values[:, _TIMES] < 0).any(1), "negative_time")
     hourmin = values[:, COLUMN_INDEX["hourmin"]]
+    logged_ms, real_date = calendar_ms(values[:, COLUMN_INDEX["date"]], hourmin)
     out = ((values[:, _IDS] < 0).any(1) | ((values[:, _FLAGS] != 0) & (values[:, _FLAGS] != 1)).any(1)
-           | ~_valid_date(values[:, COLUMN_INDEX["date"]]) | (hourmin < 0) | (hourmin // 100 > 23)
+           | ~real_date | (hourmin < 0) | (hourmin // 100 > 23)
            | (hourmin % 100 > 59) | (values[:, COLUMN_INDEX["tab"]] < 0) | (values[:, COLUMN_INDEX["is_comment"]] < 0))
     mark(out, "out_of_range")
+    mark((values[:, _PLAY] > MAX_TIME_MS) | (values[:, _DUR] > MAX_TIME_MS), "too_long")
+    mark(np.abs(values[:, COLUMN_INDEX["time_ms"]] - logged_ms) > DATE_TOLERANCE_MS, "date_mismatch")
     if video_table is not None:
         mark(~video_table.index(values[:, COLUMN_INDEX["video_id"]])[1], "unknown_video")
     if user_table is not None:
@@ -204,9 +256,9 @@ def range_reasons(values, video_table=None, user_table=None):
     return reasons
 
 
-def validate_lines(lines, video_table=None, user_table=None):
+def validate_lines(lines, video_table=None, user_table=None, order=None):
     """``(valid values [m, 19], valid line indices [m], rejects [(line index, reason)])``."""
-    values, kept, rejects = parse_lines(lines)
+    values, kept, rejects = parse_lines(lines, order=order)
     reasons = range_reasons(values, video_table, user_table)
     bad = reasons != None  # noqa: E711
     rejects = rejects + [(int(kept[j]), reasons[j]) for j in np.flatnonzero(bad)]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from beam_pipelines import build_examples
-from tfrec_kuai.schema import LOG_COLUMNS
+from tests.log_rows import DAY_MS, HEADER, T0, log_row
 
 VIDEOS = ("video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,"
           "server_height,music_id,music_type,tag\n10,500,NORMAL,2022-04-01,Web,0.0,5000.0,720.0,1280.0,1,9.0,7\n"
@@ -13,31 +13,31 @@ VIDEOS = ("video_id,author_id,video_type,upload_dt,upload_type,visible_status,vi
 USERS = "user_id,user_active_degree,is_video_author\n1,full_active,0\n2,UNKNOWN,1\n"
 
 
-def row(**kw):
-    vals = dict.fromkeys(LOG_COLUMNS, "0")
-    vals.update(user_id="1", video_id="10", date="20220408", hourmin="1000", time_ms="1000", play_time_ms="4000",
-                duration_ms="5000", tab="1")
-    vals.update({k: str(v) for k, v in kw.items()})
-    return ",".join(vals[c] for c in LOG_COLUMNS)
+def row(t=0, **kw):
+    """A row ``t`` ms after ``T0`` (date and hourmin follow)."""
+    return log_row(time_ms=T0 + t, **kw)
 
 
-GOOD = [row(), row(time_ms=2000, video_id=11), row(user_id=2, time_ms=3000, date=20220409),
-        '"1",10,20220409,1000,4000,0,0,0,0,0,0,0,4000,5000,0,0,0,0,1',   # quoted numbers are fine
-        row(time_ms=5000, play_time_ms="4000.0")]                          # so is a whole float
+GOOD = [row(), row(1000, video_id=11), row(DAY_MS + 2000, user_id=2),
+        '"1",10,20220409,1000,%d,0,0,0,0,0,0,0,4000,5000,0,0,0,0,1' % (T0 + DAY_MS + 3000),  # quoted numbers
+        row(4000, play_time_ms="4000.0")]                                                        # a whole float
 BAD = {
-    "not_utf8": [row(time_ms=6000).encode().replace(b"20220408", b"2022\xff\xfe08")],
-    "broken_quoting": ['1,"10,20220408,1000,7000,0,0,0,0,0,0,0,4000,5000,0,0,0,0,1',
-                       '1,10",20220408,1000,7000,0,0,0,0,0,0,0,4000,5000,0,0,0,0,1'],
+    "not_utf8": [row(5000).encode().replace(b"20220408", b"2022\xff\xfe08")],
+    "broken_quoting": [row(6000).replace("1,10,", '1,"10,', 1), row(6000).replace("1,10,", '1,10",', 1)],
     "empty_row": [""],
-    "wrong_column_count": [row(time_ms=8000) + ",0", "1,10,20220408"],
-    "bad_duration": [row(time_ms=9000, duration_ms=0), row(time_ms=9100, duration_ms="")],
-    "missing_field": [row(time_ms=9200, play_time_ms="")],
-    "non_numeric": [row(time_ms=9300, video_id="abc"), row(time_ms=9400, play_time_ms="1.5")],
-    "negative_time": [row(time_ms=-5), row(time_ms=9500, play_time_ms=-1)],
-    "out_of_range": [row(time_ms=9600, is_like=2), row(time_ms=9700, date=20221340), row(time_ms=9800, hourmin=2460),
-                     row(time_ms=9810, video_id=99999999999999999999)],
-    "unknown_video": [row(time_ms=9900, video_id=999)],
-    "unknown_user": [row(time_ms=10000, user_id=999)],
+    "wrong_column_count": [row(7000) + ",0", "1,10,20220408"],
+    "bad_duration": [row(8000, duration_ms=-5), row(8100, duration_ms="")],
+    "missing_field": [row(8200, play_time_ms="")],
+    "non_numeric": [row(8300, video_id="abc"), row(8400, play_time_ms="1.5"),
+                    row(8500, play_time_ms="1_000"),                 # int() takes underscores
+                    row(8600, video_id="\u0661\u0662")],             # and Arabic-Indic digits
+    "negative_time": [log_row(time_ms=-5), row(9500, play_time_ms=-1)],
+    "out_of_range": [row(9600, is_like=2), row(9700, date=20221340), row(9710, date=20220231),
+                     row(9800, hourmin=2460), row(9810, video_id=99999999999999999999)],
+    "too_long": [row(9820, play_time_ms=25 * 3600 * 1000), row(9830, duration_ms=2 * DAY_MS)],
+    "date_mismatch": [row(9840, date=20990101), row(9850, hourmin=1300)],
+    "unknown_video": [row(9900, video_id=999)],
+    "unknown_user": [row(10000, user_id=999)],
     "duplicate_event": [row()],  # the first GOOD row again
 }
 
@@ -47,7 +47,7 @@ def dead_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dead")
     (root / "videos.csv").write_text(VIDEOS)
     (root / "users.csv").write_text(USERS)
-    lines = [",".join(LOG_COLUMNS).encode()] + [g.encode() for g in GOOD]
+    lines = [HEADER.encode()] + [g.encode() for g in GOOD]
     for reason, rows in BAD.items():
         lines += [r if isinstance(r, bytes) else r.encode() for r in rows]
     (root / "log.csv").write_bytes(b"\n".join(lines) + b"\n")
@@ -84,7 +84,7 @@ def test_dead_letter_keeps_row_and_source(dead_run):
     by_reason = {d["reason"]: d for d in dead}
     assert "\\xff\\xfe" in by_reason["not_utf8"]["row"]
     assert by_reason["unknown_video"]["row"].split(",")[1] == "999"
-    assert by_reason["duplicate_event"]["row"].startswith("1,10,20220408,1000,1000,")
+    assert by_reason["duplicate_event"]["row"].startswith(f"1,10,20220408,1000,{T0},")
     assert all(":" in d["source"] and d["source"].split(":")[0].endswith("log.csv") for d in dead)
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 
 from beam_pipelines import user_examples
-from tfrec_kuai.schema import LOG_COLUMNS
+from tests.log_rows import T0
+from tfrec_kuai.schema import LOG_COLUMNS, local_calendar
 
 
 def _user_log(n, seed):
@@ -10,9 +11,10 @@ def _user_log(n, seed):
     rows = np.zeros((n, len(LOG_COLUMNS)), np.int64)
     c = {name: i for i, name in enumerate(LOG_COLUMNS)}
     rows[:, c["user_id"]] = 42
-    rows[:, c["time_ms"]] = np.sort(rng.integers(0, n // 3, n)) * 1000  # many same-time events
+    # many same-time events, over about two days from T0 (so that the eval date 20220410 has some)
+    rows[:, c["time_ms"]] = T0 + np.sort(rng.integers(0, n // 3, n)) * 100_000
     rows[:, c["video_id"]] = rng.integers(0, 10**6, n)
-    rows[:, c["date"]] = 20220408 + rows[:, c["time_ms"]] // (1000 * (n // 6 + 1))
+    rows[:, c["date"]] = local_calendar(rows[:, c["time_ms"]])[0]
     rows[:, c["play_time_ms"]] = rng.integers(0, 60000, n)
     rows[:, c["duration_ms"]] = rng.integers(1000, 60000, n)
     rows[:, c["hourmin"]] = 1200
@@ -33,6 +35,7 @@ def test_slices_equal_whole_user():
     for key, value in whole.items():
         np.testing.assert_array_equal(cut[key][:len(rows)], value, err_msg=key)
     np.testing.assert_array_equal(cut_eval[:len(rows)], whole_eval)
+    assert 0 < whole_eval.sum() < len(rows)
     alone, _ = user_examples.batch_columns([other], None, None, 20, [20220410])
     np.testing.assert_array_equal(cut["hist_video_id"][len(rows):], alone["hist_video_id"])
 

@@ -8,6 +8,7 @@ import pytest
 
 from beam_pipelines import build_examples
 from tfrec_kuai import data
+from tests.log_rows import T0
 from tfrec_kuai.schema import LOG_COLUMNS
 
 VIDEOS = """video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,server_height,music_id,music_type,tag
@@ -17,12 +18,12 @@ VIDEOS = """video_id,author_id,video_type,upload_dt,upload_type,visible_status,v
 13,503,NORMAL,2022-04-01,Web,0.0,2000.0,720.0,1280.0,1,9.0,4
 14,504,NORMAL,2022-04-01,Web,0.0,,720.0,1280.0,1,9.0,4
 """
-DAY2 = 90_000_000
+DAY2 = 90_000_000  # 25 h after T0 (2022-04-08 10:00 Beijing): the 9th, 11:00, logged as hour 10
 
 
 def row(user, video, date, time_ms, play, dur, like=0, hate=0, is_rand=0, tab=1):
     vals = dict.fromkeys(LOG_COLUMNS, 0)
-    vals.update(user_id=user, video_id=video, date=date, hourmin=1000, time_ms=time_ms, play_time_ms=play,
+    vals.update(user_id=user, video_id=video, date=date, hourmin=1000, time_ms=T0 + time_ms, play_time_ms=play,
                 duration_ms=dur, is_like=like, is_hate=hate, is_rand=is_rand, tab=tab)
     return ",".join(str(vals[c]) for c in LOG_COLUMNS)
 

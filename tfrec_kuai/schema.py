@@ -125,6 +125,21 @@ def feedback_bits(labels):
     return bits
 
 
+BEIJING_OFFSET_MS = 8 * 3600 * 1000  # KuaiRand's date and hourmin are Beijing time (UTC+8), time_ms is UTC
+
+
+def local_calendar(time_ms):
+    """KuaiRand's ``date`` (YYYYMMDD) and ``hourmin`` (HHMM) of epoch milliseconds, Beijing time."""
+    local = (np.asarray(time_ms, np.int64) + BEIJING_OFFSET_MS).astype("datetime64[ms]")
+    day = local.astype("datetime64[D]")
+    month = local.astype("datetime64[M]")
+    year = local.astype("datetime64[Y]").astype(np.int64) + 1970
+    date = year * 10000 + (month.astype(np.int64) % 12 + 1) * 100 + (day - month.astype("datetime64[D]")).astype(np.int64) + 1
+    ms_of_day = (local - day).astype(np.int64)
+    hourmin = (ms_of_day // 3_600_000) * 100 + (ms_of_day // 60_000) % 60
+    return date, hourmin
+
+
 def date_to_int(year, month, day):
     """KuaiRand's ``date`` column: ``YYYYMMDD`` as an integer."""
     return year * 10000 + month * 100 + day

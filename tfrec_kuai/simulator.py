@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tfrec_kuai.schema import LOG_COLUMNS, LONG_MS, VALID_MS
+from tfrec_kuai.schema import LOG_COLUMNS, LONG_MS, VALID_MS, local_calendar
 from tfrec_kuai.sim import behaviour
 from tfrec_kuai.sim.catalogue import generate_catalogue, load_pure_catalogue, user_table
 
@@ -178,18 +178,6 @@ class _World:
         return np.where(is_rand, uniform, videos)
 
 
-def _local_calendar(time_ms):
-    """KuaiRand's ``date`` (YYYYMMDD) and ``hourmin`` (HHMM) columns from epoch ms, Beijing time."""
-    local = (time_ms + 8 * 3600 * 1000).astype("datetime64[ms]")
-    day = local.astype("datetime64[D]")
-    month = local.astype("datetime64[M]")
-    year = local.astype("datetime64[Y]").astype(np.int64) + 1970
-    date = year * 10000 + (month.astype(np.int64) % 12 + 1) * 100 + (day - month.astype("datetime64[D]")).astype(np.int64) + 1
-    ms_of_day = (local - day).astype(np.int64)
-    hourmin = (ms_of_day // 3_600_000) * 100 + (ms_of_day // 60_000) % 60
-    return date, hourmin
-
-
 def _simulate_chunk(world, params, chunk_index, user_rows):
     """All impressions of a chunk of users: (log columns dict, truth dict), ordered by user, time."""
     p, beh = params, params.behaviour
@@ -229,7 +217,7 @@ def _simulate_chunk(world, params, chunk_index, user_rows):
     play = outcome["play_time_ms"]
     time_ms = _timestamps(rng, p, row_of, counts, session_start, play)
     truth = behaviour.truth(beh, match, duration, p_skip, engage)
-    date, hourmin = _local_calendar(time_ms)
+    date, hourmin = local_calendar(time_ms)
     tab = rng.choice(TAB_VALUES, size=n, p=TAB_WEIGHTS)
     complete = play >= duration
     cols = {
