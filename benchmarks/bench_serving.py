@@ -264,7 +264,7 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy", gate=None):
     and calls the signature as users do, ``function(**tensors)``; ``"flat"``: the same inputs, run
     the way the server runs a signature (``serving.servable.signature_runner``, no Python argument
     binding); ``"tensors"``: the same pre-built tensors every call, a best case that no caller with
-    new data gets (≈ 1.4 ms faster per ``rank`` call here, RESULTS.md); ``"numpy-fair"``: ``numpy``
+    new data gets (≈ 1.3 ms faster per ``rank`` call here, RESULTS.md); ``"numpy-fair"``: ``numpy``
     with the calls of all the cell's threads passing through ``gate`` (a
     ``serving.admission.FairGate``), bounded and first come first served as the server's unbatched
     runs are, so that under a backlog the ratio compares overheads, not scheduling policies."""
@@ -345,7 +345,7 @@ def native_load(port, model_name, signature, inputs):
     """``threaded_load`` with the C++ load generator (``serving._grpc_load``) as the clients: the same
     closed loop and the same PredictRequest bytes (made by the official classes), every client's
     calls driven by one C++ thread, so the load takes far less of the 2 cores than gRPC Python's
-    client does (RESULTS.md, "Serving", the load generator)."""
+    client does (RESULTS.md, "`rank` at 8 clients, and the p99 target")."""
     from serving.native_grpc import load_generator
     generator = load_generator()
     request = predict_request(model_name, signature, inputs).SerializeToString()
