@@ -1,4 +1,4 @@
-"""Benchmark of the feedback-weighted attention (DESIGN.md §7): fused op vs composite vs XLA.
+"""Benchmark of the feedback-weighted attention (docs/design.md §7): fused op vs composite vs XLA.
 
 For each shape and history fill, times the forward and the forward+backward (gradients of all
 five float inputs) of three implementations, each inside a ``tf.function``:
