@@ -143,17 +143,30 @@ class _Handler(BaseHTTPRequestHandler):
         """One request, its reading bounded: wait (up to the socket timeout) for its first byte,
         then the watchdog gives header and body ``timeout`` seconds in total."""
         try:
+            self.connection.settimeout(self.timeout)
             if not self.rfile.peek(1):
                 self.close_connection = True
                 return
         except OSError:  # idle past the timeout, or reset
             self.close_connection = True
             return
+        # From here the watchdog bounds the request (and answers 408); each read may wait longer.
+        self.connection.settimeout(self.timeout + 5.0)
         self.server.watchdog.arm(self, self.timeout)
         try:
             super().handle_one_request()
         finally:
             self.server.watchdog.disarm(self)
+
+    def parse_request(self):
+        """The request line and headers; a header cut off by the read timeout is answered 408
+        (the cut leaves an end of stream that would otherwise read as the end of the headers)."""
+        if not super().parse_request():
+            return False
+        if self._timed_out:
+            self.send_error(408)
+            return False
+        return True
 
     def read_timed_out(self):
         """Called by the watchdog: stop the reads of this request (they see end of stream)."""
