@@ -4,11 +4,12 @@
 
 ``OUT_DIR`` holds one run (``eval_ranking_<variant>/``) or several seeds (``seed_<n>/eval_...``).
 With several seeds every cell is the mean ± the standard deviation over the seeds that have the
-variant, and the project's two quality checks (full beats every variant; share of the no_feedback → oracle
-skip-AUC gap closed) are made on the means and reported for each seed too, so a win inside the
-seed-to-seed spread shows as one. With two or more seeds it also prints, for each variant, the
-paired differences ``full − variant`` (same seed, same data) with a 90 % Student-t interval: the
-test that says whether a difference of means is larger than the seed noise.
+variant, and the project's two quality checks (full beats every variant; share of the
+no_feedback → oracle skip-AUC gap closed) are made on the means and reported for each seed too,
+so a win inside the seed-to-seed spread shows as one. With two or more seeds it also prints, for
+each variant, the paired differences ``full − variant`` (same seed, same data) with a 90 %
+Student-t interval: the test that says whether a difference of means is larger than the seed
+noise.
 """
 import glob
 import json
@@ -144,7 +145,7 @@ def _fmt(values):
 
 
 def table(out_dir, columns=COLUMNS):
-    """The Markdown table of ``columns`` (pairs of metrics.json key, header) and the project's quality checks."""
+    """The Markdown table of ``columns`` (pairs of metrics.json key, header) and the quality checks."""
     runs = [(label, *read_run(path)) for label, path in seed_dirs(out_dir)]
     runs = [(label, rows, oracle) for label, rows, oracle in runs if rows]
     if not runs:
