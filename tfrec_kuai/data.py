@@ -7,27 +7,109 @@ them through the vocabularies, see :func:`read_vocabulary`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
 import tensorflow as tf
 
+from tfrec_kuai.errors import InputError
 from tfrec_kuai.schema import CORPUS_FEATURES
 
 AUTOTUNE = tf.data.AUTOTUNE
 _DTYPES = {"int64": tf.int64, "float32": tf.float32}
+_MAKE_EXAMPLES = "write one with `python -m beam_pipelines.build_examples --input LOGS --output DIR`"
 
 
 def load_metadata(examples_dir):
-    with tf.io.gfile.GFile(os.path.join(examples_dir, "metadata.json")) as f:
-        return json.load(f)
+    """``metadata.json`` of an examples folder; a folder without one is not an examples folder."""
+    path = os.path.join(examples_dir, "metadata.json")
+    if not tf.io.gfile.exists(path):
+        what = "does not exist" if not tf.io.gfile.exists(examples_dir) else "has no metadata.json"
+        raise InputError(f"{examples_dir} is not an examples folder: it {what} ({_MAKE_EXAMPLES})")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            metadata = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error}); rebuild the examples folder") from None
+    missing = [k for k in ("history_length", "features", "rows") if k not in metadata]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(missing)}: not written by beam_pipelines.build_examples")
+    return metadata
 
 
 def read_vocabulary(examples_dir, feature):
-    """Ids of ``vocab/<feature>.txt``, most frequent first."""
-    with tf.io.gfile.GFile(os.path.join(examples_dir, "vocab", f"{feature}.txt")) as f:
-        return [int(line) for line in f.read().split()]
+    """Ids of ``vocab/<feature>.txt``, most frequent first (empty when no id of it is known, e.g.
+    ``author_id`` and ``tag`` of examples built from the log alone)."""
+    path = os.path.join(examples_dir, "vocab", f"{feature}.txt")
+    if not tf.io.gfile.exists(path):
+        raise InputError(f"{examples_dir} has no vocabulary {os.path.join('vocab', feature + '.txt')} "
+                         f"({_MAKE_EXAMPLES})")
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    try:
+        return [int(line) for line in text.split()]
+    except ValueError:
+        raise InputError(f"{path} holds something other than integer ids, one a line") from None
+
+
+def require_examples(examples_dir, split):
+    """The metadata, after checking that ``split`` has examples (an empty split is a user error,
+    not something to train or evaluate on)."""
+    metadata = load_metadata(examples_dir)
+    _files(examples_dir, split)
+    if split in ("train", "eval") and not int(metadata["rows"].get(f"{split}_examples", 0)):
+        raise InputError(f"{examples_dir} has no {split} examples (metadata.json counts 0 of "
+                         f"{metadata['rows'].get('input', 0)} input rows): nothing to "
+                         f"{'train on' if split == 'train' else 'evaluate'}")
+    return metadata
+
+
+def side_information(examples_dir, metadata=None):
+    """Which side tables the examples were built with, as the model sees them.
+
+    Read from the data itself, so it holds for any folder: the video table is ``absent`` when no
+    author and no tag is known (empty vocabularies: every author / tag is out-of-vocabulary),
+    ``partial`` when some corpus videos have neither author nor tag (−1), else ``present``; the
+    user table is ``absent`` when the examples carry no ``user_<column>`` feature.
+    """
+    metadata = metadata or load_metadata(examples_dir)
+    sizes = metadata.get("vocab_sizes", {})
+    video = {"author_vocabulary": int(sizes.get("author_id", 0)), "tag_vocabulary": int(sizes.get("tag", 0))}
+    unknown, total = 0, 0
+    if tf.io.gfile.glob(os.path.join(examples_dir, "corpus", "*.tfrecord.gz")):
+        with read_errors_as_input_errors(examples_dir, "corpus"):
+            for batch in make_corpus_dataset(examples_dir, 8192):
+                total += int(batch["video_id"].shape[0])
+                unknown += int(np.sum((batch["author_id"].numpy() < 0) & (batch["tag"].numpy() < 0)))
+    video.update(corpus_videos=total, videos_without_author_or_tag=unknown)
+    if not video["author_vocabulary"] and not video["tag_vocabulary"]:
+        video["status"] = "absent"
+    else:
+        video["status"] = "partial" if unknown else "present"
+    columns = list(metadata.get("user_feature_names", []))
+    user = {"status": "present" if columns else "absent", "columns": columns}
+    return {"video_features": video, "user_features": user,
+            "absent": [name for name, part in (("video_features", video), ("user_features", user))
+                       if part["status"] == "absent"]}
+
+
+def describe_side_information(info):
+    """One line for logs and the report, e.g. ``video table absent (author and tag ...)``."""
+    video, user = info["video_features"], info["user_features"]
+    if video["status"] == "absent":
+        parts = ["video table absent (every author and tag is out-of-vocabulary)"]
+    elif video["status"] == "partial":
+        parts = [f"video table partial ({video['videos_without_author_or_tag']} of {video['corpus_videos']} "
+                 "corpus videos have no author or tag: out-of-vocabulary)"]
+    else:
+        parts = ["video table present"]
+    parts.append("user table absent (no user_<column> features)" if user["status"] == "absent"
+                 else f"user table present ({len(user['columns'])} columns)")
+    return "side information: " + "; ".join(parts)
 
 
 def feature_spec(metadata):
@@ -40,8 +122,48 @@ def _files(examples_dir, split):
     pattern = os.path.join(examples_dir, split, "*.tfrecord.gz")
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"no files match {pattern}")
+        raise InputError(f"{examples_dir} has no {split} examples: no files match {pattern} ({_MAKE_EXAMPLES})")
     return files
+
+
+def _tf_message(error):
+    """TensorFlow's message without its ``{{function_node ...}}`` prefix and ``[Op:...]`` suffix."""
+    text = getattr(error, "message", str(error))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text.splitlines()[0] if text else "", flags=re.S).strip()
+
+
+def corrupt_file(files):
+    """``(path, reason)`` of the first file in ``files`` that cannot be read to its end, or None.
+
+    Used after a read failed: TensorFlow's error does not say which of the interleaved files it
+    came from, and the user needs the name to delete or rebuild it.
+    """
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+            return path, _tf_message(error)
+    return None
+
+
+@contextlib.contextmanager
+def read_errors_as_input_errors(examples_dir, split):
+    """Turns a corrupt or unparsable TFRecord met while reading ``split`` into an ``InputError``
+    naming the file (a truncated or non-gzip file, or records of another feature layout)."""
+    try:
+        yield
+    except tf.errors.DataLossError as error:
+        found = corrupt_file(sorted(tf.io.gfile.glob(os.path.join(examples_dir, split, "*.tfrecord.gz"))))
+        where, reason = found if found else (os.path.join(examples_dir, split), _tf_message(error))
+        raise InputError(f"corrupt TFRecord file {where}: {reason}; rebuild the examples folder") from None
+    except tf.errors.InvalidArgumentError as error:
+        message = _tf_message(error)
+        if "parse" not in message.lower() and "Feature" not in message:
+            raise
+        raise InputError(f"the {split} records of {examples_dir} do not match its metadata.json "
+                         f"({message}); rebuild the examples folder") from None
 
 
 def _records(files, shuffle, seed, num_parallel):

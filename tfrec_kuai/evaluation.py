@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 
+from tfrec_kuai.errors import InputError
+
 BINARY = ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")
 RECALL_KS = (10, 50, 100)
 
@@ -224,6 +226,8 @@ def predict_ranking(model, dataset, max_batches=None):
         labels.setdefault("watch_s", []).append(batch["label_watch_s"].numpy())
         for k in keys:
             keys[k].append(batch[k].numpy())
+    if not keys["user_id"]:
+        raise InputError("no eval example could be read (empty eval files?)")
     cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
     return cat(preds), cat(labels), cat(keys)
 
@@ -334,16 +338,39 @@ def _json_safe(x):
 
 
 def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=2048, max_batches=None,
-             attention_implementation="auto", log=print):
-    """Evaluates the model in ``model_dir`` on the eval split; writes ``metrics.json`` + plots."""
+             attention_implementation="auto", log=print, stage=None, variant=None):
+    """Evaluates the model in ``model_dir`` on the eval split; writes ``metrics.json`` + plots.
+
+    ``stage`` / ``variant``, when given, are what the caller expects the folder to hold; the
+    examples must have the model's history length. A mismatch is an ``InputError`` before any
+    work (and before ``output_dir`` is made).
+    """
     from tfrec_kuai import data, training
-    os.makedirs(output_dir, exist_ok=True)
-    config = training.load_config_from_model_dir(model_dir)
+    metadata = data.require_examples(examples_dir, "eval")
+    config = training.check_model_dir(model_dir, stage=stage, variant=variant,
+                                      history_length=metadata["history_length"])
     stage = config.model.stage
+    side = data.side_information(examples_dir, metadata)
+    log(data.describe_side_information(side))
+    os.makedirs(output_dir, exist_ok=True)
     dataset = data.make_dataset(examples_dir, "eval", batch_size)
     metrics = {"stage": stage, "variant": config.model.variant, "model_dir": os.path.abspath(model_dir),
-               "examples": os.path.abspath(examples_dir)}
-    if stage == "ranking":
+               "examples": os.path.abspath(examples_dir), "side_information": side,
+               "trained_on": training.read_examples_record(model_dir)}
+    with data.read_errors_as_input_errors(examples_dir, "eval"):
+        _evaluate_stage(metrics, model_dir, examples_dir, dataset, output_dir, ground_truth, max_batches,
+                        attention_implementation)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(_json_safe(metrics), f, indent=2)
+    log(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
+    return metrics
+
+
+def _evaluate_stage(metrics, model_dir, examples_dir, dataset, output_dir, ground_truth, max_batches,
+                    attention_implementation):
+    """Fills ``metrics`` with the stage's keys and plots."""
+    from tfrec_kuai import data, training
+    if metrics["stage"] == "ranking":
         model = training.load_ranking_model(model_dir, attention_implementation)
         preds, labels, keys = predict_ranking(model, dataset, max_batches)
         metrics["eval_examples"] = int(len(keys["user_id"]))
@@ -370,7 +397,3 @@ def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=
         metrics["corpus_size"] = int(len(corpus_ids))
         metrics.update(recall_ndcg_at_k(ranks))
         metrics["plots"] = plot_retrieval(ranks, output_dir)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(_json_safe(metrics), f, indent=2)
-    log(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
-    return metrics

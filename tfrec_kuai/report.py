@@ -14,6 +14,8 @@ import shutil
 
 import numpy as np
 
+from tfrec_kuai.errors import InputError
+
 DURATION_EDGES_S = (0, 7, 18, 30, 60, 120, 300, float("inf"))
 VARIANT_COLUMNS = (
     ("auc_skip", "skip AUC"),
@@ -37,16 +39,17 @@ def data_statistics(examples_dir, split="train", max_examples=200_000):
 
     durations, skips, ratios, hist_lens = [], [], [], []
     seen = 0
-    for batch in data.make_dataset(examples_dir, split, batch_size=4096):
-        durations.append(batch["duration_s"].numpy())
-        skips.append(batch["label_skip"].numpy())
-        ratios.append(batch["label_watch_ratio"].numpy())
-        hist_lens.append(batch["hist_len"].numpy())
-        seen += len(durations[-1])
-        if seen >= max_examples:
-            break
+    with data.read_errors_as_input_errors(examples_dir, split):
+        for batch in data.make_dataset(examples_dir, split, batch_size=4096):
+            durations.append(batch["duration_s"].numpy())
+            skips.append(batch["label_skip"].numpy())
+            ratios.append(batch["label_watch_ratio"].numpy())
+            hist_lens.append(batch["hist_len"].numpy())
+            seen += len(durations[-1])
+            if seen >= max_examples:
+                break
     if not durations:
-        raise ValueError(f"no '{split}' examples in {examples_dir}")
+        raise InputError(f"no '{split}' examples in {examples_dir}")
     duration = np.concatenate(durations)[:max_examples]
     skip = np.concatenate(skips)[:max_examples].astype(np.float64)
     ratio = np.concatenate(ratios)[:max_examples].astype(np.float64)
@@ -136,8 +139,28 @@ def plot_training_curves(model_dirs, output_dir):
 
 
 def read_metrics(eval_dir):
-    with open(os.path.join(eval_dir, "metrics.json")) as f:
-        return json.load(f)
+    path = os.path.join(eval_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise InputError(f"{eval_dir} is not an evaluation folder: no metrics.json (write one with "
+                         "`tfrec-kuai evaluate`)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as error:
+        raise InputError(f"{path} is not valid JSON ({error})") from None
+
+
+def side_information_rows(examples_dir, metadata, model_dirs):
+    """(label, text) rows: which side tables the examples (and each model's training data) lacked."""
+    from tfrec_kuai import data, training
+    rows = [("side information", data.describe_side_information(data.side_information(examples_dir, metadata))
+             .removeprefix("side information: "))]
+    for name, model_dir in model_dirs.items():
+        trained = training.read_examples_record(model_dir).get("side_information")
+        if trained:
+            rows.append((f"{name} model trained with", data.describe_side_information(trained)
+                         .removeprefix("side information: ")))
+    return rows
 
 
 def variant_table(ranking_evals, retrieval_metrics=None):
@@ -255,6 +278,12 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
     os.makedirs(output_dir, exist_ok=True)
     ranking_evals = dict(ranking_evals or {})
     metadata = data.load_metadata(examples_dir)
+    model_dirs = {name: d for name, d in (("ranking", ranking_dir), ("retrieval", retrieval_dir)) if d}
+    for name, model_dir in model_dirs.items():
+        from tfrec_kuai import training
+        training.check_model_dir(model_dir, stage=name)
+    ranking_metrics = {name: read_metrics(d) for name, d in ranking_evals.items()}
+    retrieval_metrics = read_metrics(retrieval_eval) if retrieval_eval else None
     sections = [f"<h1>{html.escape(title)}</h1>",
                 '<p class="note">Every figure and number below was produced by the commands of the README '
                 "on the data named here; the model is this project's interpretation of Pan et al., CIKM 2023.</p>"]
@@ -267,6 +296,7 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
                ("dead letters", rows.get("dead_letter")), ("train examples", rows.get("train_examples")),
                ("eval examples", rows.get("eval_examples")), ("corpus videos", rows.get("corpus_videos")),
                ("history length L", metadata.get("history_length"))]
+    summary += side_information_rows(examples_dir, metadata, model_dirs)
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{_format(v)}</td></tr>" for k, v in summary)
     by_duration = "".join(
         f"<tr><td>{r['bucket']}</td><td>{r['examples']}</td><td>{_format(r['skip_rate'])}</td>"
@@ -284,15 +314,12 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
                     + (f"<h3>Label rates (train)</h3><table><tbody>{rate_rows}</tbody></table>" if rate_rows else ""))
 
     # -- training --------------------------------------------------------------------------------
-    model_dirs = {name: d for name, d in (("ranking", ranking_dir), ("retrieval", retrieval_dir)) if d}
     curves = plot_training_curves(model_dirs, output_dir) if model_dirs else None
     if curves:
         sections.append("<h2>Training</h2><p>Per-epoch losses from each model's <code>history.json</code> "
                         "(TensorBoard logs are in <code>&lt;model_dir&gt;/logs</code>).</p>" + _img(curves, "training curves"))
 
     # -- evaluation ------------------------------------------------------------------------------
-    ranking_metrics = {name: read_metrics(d) for name, d in ranking_evals.items()}
-    retrieval_metrics = read_metrics(retrieval_eval) if retrieval_eval else None
     if ranking_metrics:
         rows_, recall = variant_table(ranking_metrics, retrieval_metrics)
         head = "".join(f"<th>{label}</th>" for _, label in VARIANT_COLUMNS)

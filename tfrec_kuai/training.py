@@ -3,6 +3,8 @@
 A model directory holds::
 
     config.json            the Config tree (model + train), incl. variant and history length
+    examples.json          what it was trained on: the examples folder, its history length and
+                           which side tables were absent (``data.side_information``)
     vocab/<feature>.txt     the vocabularies the model was built with (copied from the examples)
     weights/               the final (best on validation) weights, a TF checkpoint
     checkpoints/epoch-N    per-epoch weights
@@ -34,11 +36,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_kuai.config import Config, ModelConfig
+from tfrec_kuai.errors import InputError
 from tfrec_kuai.models import RankingModel, RetrievalModel
 from tfrec_kuai.models.features import ID_VOCABULARIES
 
 _LOG = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
+EXAMPLES_FILE = "examples.json"
 WEIGHTS = os.path.join("weights", "model")
 
 
@@ -59,7 +63,10 @@ def _write_vocabularies(model_dir, vocabularies):
 def _read_model_vocabularies(model_dir):
     out = {}
     for name in ID_VOCABULARIES:
-        with open(os.path.join(model_dir, "vocab", f"{name}.txt")) as f:
+        path = os.path.join(model_dir, "vocab", f"{name}.txt")
+        if not os.path.exists(path):
+            raise InputError(f"{model_dir} is an incomplete model folder: {path} is missing")
+        with open(path) as f:
             out[name] = [int(line) for line in f if line.strip()]
     return out
 
@@ -98,14 +105,46 @@ def save_model_dir(model, config: Config, model_dir):
 
 
 def load_config_from_model_dir(model_dir):
-    with open(os.path.join(model_dir, CONFIG_FILE)) as f:
-        return Config.from_dict(json.load(f))
+    """The saved Config of a model folder; a folder without one is not a model folder."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        what = "does not exist" if not os.path.exists(model_dir) else f"has no {CONFIG_FILE}"
+        raise InputError(f"{model_dir} is not a model folder: it {what} (write one with `tfrec-kuai train`)")
+    try:
+        with open(path) as f:
+            return Config.from_dict(json.load(f))
+    except ValueError as error:   # bad JSON, or keys of another version of the Config tree
+        raise InputError(f"{path} is not a model config this version reads: {error}") from None
+
+
+def check_model_dir(model_dir, stage=None, variant=None, history_length=None, config=None):
+    """The saved Config of ``model_dir``, after checking it is the model the caller expects: a
+    ``stage`` (a retrieval folder where a ranking one is expected), a ``variant``, and examples of
+    its ``history_length``. Each mismatch is an ``InputError`` naming both sides."""
+    config = config or load_config_from_model_dir(model_dir)
+    m = config.model
+    if stage is not None and m.stage != stage:
+        raise InputError(f"{model_dir} holds a {m.stage} model, not a {stage} one")
+    if variant is not None and m.variant != variant:
+        raise InputError(f"{model_dir} holds the {m.stage} variant {m.variant!r}, not {variant!r}")
+    if history_length is not None and int(m.history_length) != int(history_length):
+        raise InputError(f"history length mismatch: the model in {model_dir} was trained with L = {m.history_length}"
+                         f", the examples have L = {history_length}; build the examples with "
+                         f"--history_length {m.history_length} or train on these")
+    return config
+
+
+def read_examples_record(model_dir):
+    """``examples.json`` of a model folder (``{}`` for folders written before it existed)."""
+    path = os.path.join(model_dir, EXAMPLES_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def _load(model_dir, stage, attention_implementation):
-    config = load_config_from_model_dir(model_dir)
-    if config.model.stage != stage:
-        raise ValueError(f"{model_dir} holds a {config.model.stage} model, not {stage}")
+    config = check_model_dir(model_dir, stage=stage)
     config = config.override("model", attention_implementation=attention_implementation)
     model = build_model(config, _read_model_vocabularies(model_dir))
     model.load_weights(os.path.join(model_dir, WEIGHTS)).expect_partial()
@@ -145,12 +184,9 @@ def shuffled_batches(examples_dir, split, batch_size, seed, shuffle_buffer=20_00
     with ``seed``, a deterministic parallel interleave, a seeded example shuffle that does not
     reshuffle, parsing after batching as the reader does). With ``repeat``: full batches, forever.
     """
-    import glob
     from tfrec_kuai import data
     spec = data.feature_spec(data.load_metadata(examples_dir))
-    files = sorted(glob.glob(os.path.join(examples_dir, split, "*.tfrecord.gz")))
-    if not files:
-        raise FileNotFoundError(f"no {split} files in {examples_dir}")
+    files = data._files(examples_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20),
                        cycle_length=max(1, min(len(files), 4)), block_length=8,
@@ -387,13 +423,29 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     shared_backup_dir = os.path.join(model_dir, "backup")  # BackupAndRestore handles the workers itself
     model_dir = distribute.writable_model_dir(model_dir)
-    metadata = data.load_metadata(examples_dir)
+    metadata = data.require_examples(examples_dir, "train")
     config = config.override("model", history_length=int(metadata["history_length"]))
     t, stage = config.train, config.model.stage
+    if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0:
+        raise InputError(f"epochs and batch_size must be >= 1 and learning_rate > 0, got epochs={t.epochs}, "
+                         f"batch_size={t.batch_size}, learning_rate={t.learning_rate}")
+    if _read_train_counter(shared_backup_dir) and os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
+        # Resuming restores the saved weights: they must be of the model asked for now.
+        saved = load_config_from_model_dir(model_dir).model
+        for field in ("stage", "variant", "history_length"):
+            if getattr(saved, field) != getattr(config.model, field):
+                raise InputError(f"{model_dir} holds an unfinished run of another model ({field} "
+                                 f"{getattr(saved, field)!r}, asked for {getattr(config.model, field)!r}): "
+                                 "pass --restart to discard it, or another --model_dir")
+    vocabularies = read_vocabularies(examples_dir)
+    side = data.side_information(examples_dir, metadata)
     os.makedirs(model_dir, exist_ok=True)
     config.save(os.path.join(model_dir, CONFIG_FILE))
-    vocabularies = read_vocabularies(examples_dir)
     _write_vocabularies(model_dir, vocabularies)
+    with open(os.path.join(model_dir, EXAMPLES_FILE), "w") as f:
+        json.dump({"examples": os.path.abspath(examples_dir), "history_length": int(metadata["history_length"]),
+                   "train_examples": int(metadata["rows"]["train_examples"]), "side_information": side}, f, indent=1)
+    log(data.describe_side_information(side))
 
     tf.keras.utils.set_random_seed(t.seed)
     with strategy.scope():
@@ -439,8 +491,12 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     log(f"training {stage}/{config.model.variant}: {t.epochs} epochs x {steps_per_epoch} steps of {t.batch_size}"
         f" (validation: {t.validation if validation is not None else 'none'}"
         f"{'' if val_date is None else f', date {val_date}'})")
-    history = model.fit(stream, epochs=t.epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
-                        callbacks=callbacks, verbose=verbose)
+    with data.read_errors_as_input_errors(examples_dir, "train"):
+        history = model.fit(stream, epochs=t.epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
+                            callbacks=callbacks, verbose=verbose)
+    if int(model._train_counter.numpy()) <= done_steps:
+        raise InputError(f"no training batch could be read from {os.path.join(examples_dir, 'train')} "
+                         f"(fewer than {t.batch_size} examples, or empty files?)")
     hist = {k: [float(x) for x in v] for k, v in history.history.items()}
     best_dir = os.path.join(model_dir, "best")
     if monitor and tf.train.latest_checkpoint(best_dir):

@@ -1,4 +1,5 @@
 """``tfrec-kuai export``: the trained models as a SavedModel in TF Serving's layout (DESIGN.md §8)."""
+from tfrec_kuai.commands import non_negative_int, positive_int
 
 
 def add_arguments(parser):
@@ -13,10 +14,11 @@ def add_arguments(parser):
                              "for the fused export, off for --portable, since stock TF Serving runs XLA only with "
                              "--xla_cpu_compilation_enabled)")
     parser.add_argument("--model_name", default="kuai")
-    parser.add_argument("--version", type=int, default=None, help="default: one more than the newest version")
-    parser.add_argument("--top_n", type=int, default=20, help="videos returned by recommend")
-    parser.add_argument("--retrieve_k", type=int, default=100, help="candidates retrieved (and ranked) by recommend")
-    parser.add_argument("--warmup_examples", type=int, default=None,
+    parser.add_argument("--version", type=positive_int, default=None, help="default: one more than the newest version")
+    parser.add_argument("--top_n", type=positive_int, default=20, help="videos returned by recommend")
+    parser.add_argument("--retrieve_k", type=positive_int, default=100,
+                        help="candidates retrieved (and ranked) by recommend")
+    parser.add_argument("--warmup_examples", type=non_negative_int, default=None,
                         help="eval examples used for warmup requests (default: the XLA rank path's largest user "
                              "group, 8, so requests of 1, 4 and 8 users compile every group; 0: none)")
 
@@ -25,8 +27,13 @@ def run(args):
     import sys
     import time
 
-    from tfrec_kuai import export
+    from tfrec_kuai import data, export, training
 
+    # Refused before anything is built: each folder is what its flag says, and of the examples' L.
+    history_length = data.load_metadata(args.examples)["history_length"]
+    data._files(args.examples, "corpus")
+    training.check_model_dir(args.ranking_dir, stage="ranking", history_length=history_length)
+    training.check_model_dir(args.retrieval_dir, stage="retrieval", history_length=history_length)
     started = time.monotonic()
     variant = "portable (composite attention)" if args.portable else "fused (custom op)"
     print(f"exporting {variant}: ranking={args.ranking_dir} retrieval={args.retrieval_dir} ...", file=sys.stderr,

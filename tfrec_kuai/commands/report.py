@@ -1,10 +1,13 @@
 """``tfrec-kuai report``: the HTML report a user reads (figures as PNG beside it)."""
+import argparse
+
+from tfrec_kuai.commands import positive_int
 
 
 def _named_dir(text):
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise ValueError(f"expected NAME=DIR, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
     return name, path
 
 
@@ -18,7 +21,7 @@ def add_arguments(parser):
                              "variants (the first is shown in detail)")
     parser.add_argument("--retrieval_eval", default=None, help="evaluation folder of the retrieval model")
     parser.add_argument("--benchmarks", default="benchmarks/RESULTS.md", help="benchmark tables to include")
-    parser.add_argument("--max_examples", type=int, default=200_000, help="train examples read for statistics")
+    parser.add_argument("--max_examples", type=positive_int, default=200_000, help="train examples read for statistics")
     parser.add_argument("--title", default="tfrec-kuai report")
 
 

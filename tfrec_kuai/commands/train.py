@@ -5,6 +5,7 @@ unbroken run ends; ``--restart`` throws the previous state away instead.
 """
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+from tfrec_kuai.commands import non_negative_int, positive_float, positive_int
 from tfrec_kuai.config import STAGES, VARIANTS
 
 
@@ -14,18 +15,19 @@ def add_arguments(parser):
     parser.add_argument("--stage", choices=STAGES, default="ranking")
     parser.add_argument("--variant", choices=VARIANTS, default=None, help="ablation (default: full)")
     parser.add_argument("--config", default=None, help="JSON/YAML config file (default: tfrec_kuai/configs/<stage>.json)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--learning_rate", type=float, default=None)
-    parser.add_argument("--steps_per_epoch", type=int, default=None)
-    parser.add_argument("--max_train_examples", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None)
+    parser.add_argument("--batch_size", type=positive_int, default=None)
+    parser.add_argument("--learning_rate", type=positive_float, default=None)
+    parser.add_argument("--steps_per_epoch", type=positive_int, default=None)
+    parser.add_argument("--max_train_examples", type=positive_int, default=None,
                         help="cap the examples per epoch (steps = cap / batch size)")
     parser.add_argument("--validation", choices=("last_train_day", "eval", "none"), default=None,
                         help="what early stopping watches (default: the last training day, held out)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=non_negative_int, default=None)
     parser.add_argument("--attention_implementation", choices=("auto", "fused", "composite"), default=None)
     parser.add_argument("--restart", action="store_true", help="delete model_dir first instead of resuming")
-    parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
     parser.add_argument("--distribute", choices=("none", "mirrored", "multi_worker", "parameter_server"),
                         default="none", help="tf.distribute strategy; multi_worker / parameter_server read TF_CONFIG "
                                              "(see tfrec_kuai/distribute.py)")
@@ -34,7 +36,13 @@ def add_arguments(parser):
 def run(args):
     from tfrec_kuai import training
     from tfrec_kuai.config import load_config
-    config = load_config(args.config, args.stage)
+    from tfrec_kuai.errors import InputError
+    try:
+        config = load_config(args.config, args.stage)
+    except FileNotFoundError:
+        raise InputError(f"--config {args.config}: no such file") from None
+    except ValueError as error:   # bad JSON / YAML, unknown keys
+        raise InputError(f"--config {args.config}: {error}") from None
     config = config.override("model", stage=args.stage, variant=args.variant,
                              attention_implementation=args.attention_implementation)
     config = config.override("train", epochs=args.epochs, batch_size=args.batch_size,

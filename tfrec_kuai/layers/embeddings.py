@@ -24,6 +24,11 @@ class IdEmbedding(tf.keras.layers.Layer):
 
     Index 0 is the out-of-vocabulary row (unknown ids, padding −1), 1.. follow the vocabulary
     order (most frequent first, as the pipeline writes it).
+
+    An empty vocabulary is legal: examples built from the interaction log alone (no video table)
+    know no author or tag, and every id then maps to the out-of-vocabulary row. ``IntegerLookup``
+    cannot express that (without a vocabulary it waits for ``adapt`` and its table stays
+    uninitialised), so no lookup table is made then.
     """
 
     def __init__(self, vocabulary, dim, embeddings_regularizer=None, **kwargs):
@@ -32,8 +37,8 @@ class IdEmbedding(tf.keras.layers.Layer):
         self.dim = int(dim)
         self.embeddings_regularizer = embeddings_regularizer
         self.lookup = tf.keras.layers.IntegerLookup(
-            vocabulary=tf.constant(self.vocabulary, tf.int64) if self.vocabulary else None,
-            mask_token=None, num_oov_indices=1, dtype="int64", name="lookup")
+            vocabulary=tf.constant(self.vocabulary, tf.int64), mask_token=None, num_oov_indices=1,
+            dtype="int64", name="lookup") if self.vocabulary else None
         self.embedding = tf.keras.layers.Embedding(
             len(self.vocabulary) + 1, self.dim, name="embedding",
             embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
@@ -44,7 +49,10 @@ class IdEmbedding(tf.keras.layers.Layer):
         return len(self.vocabulary) + 1
 
     def index(self, ids):
-        return self.lookup(tf.cast(ids, tf.int64))
+        ids = tf.cast(ids, tf.int64)
+        if self.lookup is None:
+            return tf.zeros_like(ids)          # every id is out of vocabulary
+        return self.lookup(ids)
 
     def call(self, ids):
         return self.embedding(self.index(ids))
