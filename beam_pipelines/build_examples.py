@@ -342,7 +342,6 @@ def run(argv=None, return_result=False):
     argv = list(sys.argv[1:] if argv is None else argv)
     args, beam_args = parse_args(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
-        # Beam's default would try to download the Prism runner first; the DirectRunner is local.
         beam_args = ["--runner=DirectRunner"] + beam_args
     files, empty_inputs = inputs.resolve(args.input)
     tables = load_side_tables(args)
@@ -352,7 +351,7 @@ def run(argv=None, return_result=False):
     options_dict = {k: v for k, v in options.get_all_options(drop_default=True).items()
                     if isinstance(v, (str, int, float, bool, list))}
     try:
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(runner=local_runner(options), options=options)
         build(pipeline, args, command, options_dict, files, staging, tables, empty_inputs)
         result = pipeline.run()
         result.wait_until_finish()
@@ -376,15 +375,47 @@ def run(argv=None, return_result=False):
     return (meta, result) if return_result else meta
 
 
+def local_runner(options):
+    """The runner for ``--runner=DirectRunner`` (the default): the DirectRunner's batch engine, the FnApiRunner.
+
+    Beam's ``DirectRunner`` first tries its Prism runner, which downloads a binary from GitHub (and
+    logs the failure, then falls back, on a machine without internet). This job is batch only, so
+    it goes straight to the engine the DirectRunner would fall back to, set up as the DirectRunner
+    sets it up (``--direct_num_workers`` and ``--direct_running_mode`` work as documented). Any
+    other ``--runner`` (``PrismRunner``, ``DataflowRunner``, ``FlinkRunner``, ...) is Beam's own:
+    None.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+    if options.view_as(StandardOptions).runner not in ("DirectRunner", "direct"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def _input_error(exc):
-    """The message of an :class:`InputError` raised inside the pipeline (a runner wraps worker errors)."""
-    seen = set()
+    """The message of an :class:`InputError` raised inside the pipeline, or None.
+
+    A runner re-raises a worker's error with the step's name appended (or wraps it): the innermost
+    InputError of the chain is the one raised, with the message as written.
+    """
+    found, seen = None, set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, InputError):
-            return str(exc)
+            found = str(exc)
         exc = exc.__cause__ or exc.__context__
-    return None
+    return found
+
+
+class _NoInputErrorTracebacks(logging.Filter):
+    """Drops a runner's log record of an InputError's traceback: ``main`` prints the error as one line."""
+
+    def filter(self, record):
+        return not (record.exc_info and _input_error(record.exc_info[1]) is not None)
 
 
 def counters(result):
@@ -400,6 +431,8 @@ def counters(result):
 def main(argv=None):
     """The command: a bad input prints ``build_examples: error: ...`` (one line) and exits 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoInputErrorTracebacks())
     try:
         meta = run(argv)
     except InputError as e:

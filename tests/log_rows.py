@@ -1,8 +1,13 @@
-"""Hand-built KuaiRand-format log rows for the Beam job's tests (never shipped KuaiRand rows).
+"""Hand-built KuaiRand-format log rows for the Beam job's tests (never shipped KuaiRand rows), and
+a reader of the job's TFRecord shards.
 
 ``T0`` is 2022-04-08 10:00 Beijing time in epoch ms, so that a row's ``time_ms`` agrees with its
 ``date`` / ``hourmin`` as the job checks (``validation.DATE_TOLERANCE_MS``).
 """
+import glob
+import gzip
+import os
+
 from tfrec_kuai.schema import LOG_COLUMNS, local_calendar
 
 T0 = 1649383200000          # 2022-04-08 10:00:00 +08:00
@@ -24,3 +29,17 @@ def log_row(**fields):
     if "hourmin" not in fields:
         vals["hourmin"] = str(hourmin // 100 * 100)  # KuaiRand logs a whole hour
     return ",".join(vals[c] for c in LOG_COLUMNS)
+
+
+def read_records(folder, split):
+    """The serialized records of ``folder/split/*.tfrecord.gz``, sorted (read without TensorFlow)."""
+    out = []
+    for path in glob.glob(os.path.join(folder, split, "*.tfrecord.gz")):
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+        i = 0
+        while i < len(data):  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
+            n = int.from_bytes(data[i:i + 8], "little")
+            out.append(data[i + 12:i + 12 + n])
+            i += 16 + n
+    return sorted(out)

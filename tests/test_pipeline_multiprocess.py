@@ -1,26 +1,12 @@
 """The DirectRunner in multi-process mode, with several read ranges and heavy users cut into pieces,
 gives exactly the in-process result."""
-import glob
-import gzip
 import json
 import os
 
 import pytest
 
 from beam_pipelines import build_examples
-
-
-def _records(folder, split):
-    out = []
-    for path in glob.glob(os.path.join(folder, split, "*.tfrecord.gz")):
-        with gzip.open(path, "rb") as f:
-            data = f.read()
-        i = 0
-        while i < len(data):  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
-            n = int.from_bytes(data[i:i + 8], "little")
-            out.append(data[i + 12:i + 12 + n])
-            i += 16 + n
-    return sorted(out)
+from tests.log_rows import read_records
 
 
 @pytest.mark.slow
@@ -40,7 +26,7 @@ def test_multi_processing_equals_in_process(tiny_log_dir, tiny_examples_dir, tmp
     for split in ("train", "eval"):  # float sums in another order
         assert meta["label_rates"][split] == pytest.approx(ref["label_rates"][split], rel=1e-6)
     for split in ("train", "eval", "corpus"):
-        assert _records(out, split) == _records(tiny_examples_dir, split), split
+        assert read_records(out, split) == read_records(tiny_examples_dir, split), split
     for feature in ("user_id", "video_id", "author_id", "tag"):
         with open(os.path.join(out, "vocab", f"{feature}.txt")) as a, \
                 open(os.path.join(tiny_examples_dir, "vocab", f"{feature}.txt")) as b:
