@@ -4,7 +4,7 @@ Why: without batching every request runs the model on its own request thread, so
 concurrent clients 32 TensorFlow calls share the host's cores. They all slow down, and which of
 them gets the cores, and the interpreter lock between their Python steps, is not in arrival
 order: some calls finish fast and others wait hundreds of milliseconds (unbatched ``recommend``
-at 32 clients: p99 ≈ 330 ms, p50 ≈ 60–190 ms; benchmarks/RESULTS.md, session 10). TF Serving
+at 32 clients: p99 ≈ 330 ms, p50 ≈ 60–190 ms; benchmarks/RESULTS.md). TF Serving
 bounds the same thing through its request threads (``--grpc_max_threads``, ``--rest_api_num_threads``,
 4 × the cores by default); here the request threads may wait for a batch instead, so the bound is
 on model runs, and the waiting is first come, first served, for every transport alike.

@@ -7,7 +7,7 @@ method, runs the servicer method gRPC Python would run (``grpc_service.Predictio
 ``ModelServicer``) and returns ``(code, details, response_bytes)``; ``Predict`` instead answers
 later through the responder, from the batch thread when the signature is batched, so no thread
 sits waiting for a batch. Both transports answer every request, good or bad, with the same
-code; only the per-call cost differs (benchmarks/RESULTS.md, session 9).
+code; only the per-call cost differs (benchmarks/RESULTS.md).
 """
 import importlib
 import os

@@ -158,6 +158,38 @@ def test_bad_requests_to_the_recommender_then_good(kuai_stub, eval_rows):
     assert _predict(stub, "kuai", "recommend", inputs)["video_id"].shape[0] == 3
 
 
+def test_poisoned_features_are_refused_by_both_variants_then_good(kuai_stub, eval_rows):
+    """The §6 value rules (serving/input_checks.py) on the real signatures, fused and portable:
+    NaN play time, +inf age, hist_len > L, a duration of 1e30, an id below -1 and an empty batch
+    are INVALID_ARGUMENT naming the input, where they would have scored NaN or won the ranking."""
+    stub, _ = kuai_stub
+    _, features, corpus = eval_rows
+    inputs = E.user_inputs(features)
+    length = inputs["hist_play_s"].shape[1]
+    play = inputs["hist_play_s"].copy()
+    play[0, 0] = np.nan
+    age = inputs["hist_age_s"].copy()
+    age[1, 0] = np.inf
+    candidates = {k: v[:20] for k, v in corpus.items()}
+    ranked = E.rank_inputs(features, candidates)
+    duration = ranked["duration_s"].copy()
+    duration[0, 3] = 1e30
+    cases = [("recommend", dict(inputs, hist_play_s=play), "hist_play_s"),
+             ("retrieve", dict(inputs, hist_age_s=age), "hist_age_s"),
+             ("recommend", dict(inputs, hist_len=np.full_like(inputs["hist_len"], length + 1)), "hist_len"),
+             ("recommend", dict(inputs, hist_len=np.full_like(inputs["hist_len"], 2 ** 32 + 5)), "hist_len"),
+             ("rank", dict(ranked, duration_s=duration), "duration_s"),
+             ("rank", dict(ranked, video_id=np.full_like(ranked["video_id"], -2)), "video_id"),
+             ("recommend", {k: v[:0] for k, v in inputs.items()}, "empty batch")]
+    for model in ("kuai", "kuai_portable"):
+        for signature, bad, name in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                _predict(stub, model, signature, bad)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (model, signature, info.value.details())
+            assert name in info.value.details()
+        assert np.isfinite(_predict(stub, model, "rank", ranked)["score"]).all()
+
+
 def test_rest_predict_on_the_recommender(kuai_server, eval_rows):
     _, features, _ = eval_rows
     instances = [{k: np.asarray(v[i]).tolist() for k, v in E.user_inputs(features).items()} for i in range(2)]
