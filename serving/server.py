@@ -97,14 +97,28 @@ def load_op_libraries(extra=()):
     return loaded
 
 
+def read_flag_file(flag, path, read):
+    """``read(path)``, with a file that is missing or does not parse as one clear line naming the
+    flag (SystemExit), not a traceback."""
+    from google.protobuf import text_format
+    try:
+        return read(path)
+    except OSError as error:
+        raise SystemExit(f"--{flag}={path}: {error.strerror or error}") from None
+    except (text_format.ParseError, ValueError) as error:
+        raise SystemExit(f"--{flag}={path}: not a valid text-format file: {error}") from None
+
+
 def model_server_config(args):
     """The ModelServerConfig from --model_config_file, or one model from --model_name/--model_base_path."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
     config = model_server_config_pb2.ModelServerConfig()
     if args.model_config_file:
-        with open(args.model_config_file) as f:
-            text_format.Parse(f.read(), config)
+        def read(path):
+            with open(path) as f:
+                text_format.Parse(f.read(), config)
+        read_flag_file("model_config_file", args.model_config_file, read)
     elif args.model_base_path:
         model = config.model_config_list.config.add()
         model.name = args.model_name
@@ -166,9 +180,21 @@ class ModelServer:
         self.rest_port = None
 
     def start(self):
+        """Load the models and listen; a configuration it cannot take stops it with one line
+        (SystemExit) after releasing what it had started."""
+        from serving.errors import ServingError
+        try:
+            return self._start()
+        except ServingError as error:
+            self.stop()
+            raise SystemExit(f"cannot start: {error.message}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
         from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
         from serving.batching import BatchingOptions
-        from serving.errors import ServingError
         from serving.grpc_service import ModelServicer, PredictionServicer
         from serving.manager import ModelManager
         from serving.native_grpc import NativeGrpcServer
@@ -187,7 +213,8 @@ class ModelServer:
         load_op_libraries(args.op_library)
         batching = None
         if args.enable_batching:
-            batching = (BatchingOptions.from_file(args.batching_parameters_file)
+            batching = (read_flag_file("batching_parameters_file", args.batching_parameters_file,
+                                       BatchingOptions.from_file)
                         if args.batching_parameters_file else BatchingOptions())
             log.info("dynamic batching on: %s", batching)
         self.manager = ModelManager(model_server_config(args), args.file_system_poll_wait_seconds, batching,
@@ -195,13 +222,9 @@ class ModelServer:
                                     admission.FairGate(args.max_concurrent_model_runs), args.max_num_load_retries,
                                     args.load_retry_interval_micros / 1e6)
         self.manager.start()
-        try:
-            self.manager.check_labels()  # as TF Serving: a label must name an available version
-        except ServingError as error:
-            self.manager.stop()
-            raise SystemExit(f"--model_config_file: {error.message}") from None
+        self.manager.check_labels()  # as TF Serving: a label must name an available version
         prediction, model = PredictionServicer(self.manager, args.max_message_size_bytes), ModelServicer(self.manager)
-        ssl = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
+        ssl = read_flag_file("ssl_config_file", args.ssl_config_file, read_ssl_config) if args.ssl_config_file else None
         address = f"{args.host}:{args.port}"
         self.grpc_transport = _choose_transport(args.grpc_transport)
         if self.grpc_transport == "native":

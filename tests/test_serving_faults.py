@@ -549,3 +549,47 @@ def test_a_label_on_an_unavailable_version_is_refused_at_startup(base, tmp_path)
     with pytest.raises(SystemExit) as info:
         start_in_process(port=0, model_config_file=str(path), file_system_poll_wait_seconds=0)
     assert "canary" in str(info.value) and "version 2" in str(info.value)
+
+
+def test_a_config_file_that_is_missing_or_broken_stops_the_server_with_one_line(tmp_path):
+    broken = tmp_path / "broken.config"
+    broken.write_text("model_config_list { config { name: 'toy' base_path: ")
+    duplicate = tmp_path / "duplicate.config"
+    duplicate.write_text("model_config_list { config { name: 'toy' base_path: '/x' } config { name: 'toy' "
+                         "base_path: '/y' } }")
+    for flags, fragment in (({"model_config_file": str(tmp_path / "missing.config")}, "No such file"),
+                            ({"model_config_file": str(broken)}, "not a valid text-format file"),
+                            ({"model_config_file": str(duplicate)}, "duplicate model names"),
+                            ({"model_base_path": str(tmp_path), "enable_batching": "true",
+                              "batching_parameters_file": str(broken)}, "--batching_parameters_file=")):
+        with pytest.raises(SystemExit) as info:
+            start_in_process(port=0, file_system_poll_wait_seconds=0, **flags)
+        assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_the_command_says_when_nothing_is_servable_before_it_listens(tmp_path):
+    """``python -m serving.server`` over a base path without numeric version folders prints, before
+    it listens, that nothing is servable, naming the base path and the folder rule; SIGTERM
+    stops it with status 0."""
+    import signal
+    import subprocess
+    import sys
+    base = tmp_path / "kuai"
+    base.mkdir()
+    (base / "saved_model.pb").write_bytes(b"")
+    process = subprocess.Popen([sys.executable, "-m", "serving.server", "--port=0", f"--model_base_path={base}",
+                                "--file_system_poll_wait_seconds=0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("gRPC listening"):
+                break
+        assert any(line.startswith("model kuai: NOTHING servable yet") and str(base) in line
+                   and "folder named by a number" in line for line in lines), lines
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-2000:]

@@ -67,8 +67,9 @@ def base(tmp_path, toy_versions):
 def test_hot_swap_under_concurrent_load_then_broken_version(base, toy_versions, batching):
     # With batching the old version's batcher is closed during the swap: requests already holding
     # the old version must still be answered (they run unbatched).
+    # One load attempt per version (retries: tests/test_serving_faults.py), so a broken one is END at once.
     server = start_in_process(port=0, model_name=TOY_MODEL_NAME, model_base_path=base,
-                              file_system_poll_wait_seconds=0.1, enable_batching=batching)
+                              file_system_poll_wait_seconds=0.1, enable_batching=batching, max_num_load_retries=0)
     try:
         stub, model_stub = stubs(server)
         errors, seen, timeline, stop = [], [], [], threading.Event()
