@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,9 +64,15 @@ setup(
     name="tfrec-kuai",
     version="0.1.0",
     description="Short-video recommender learning from implicit negative feedback (skips)",
-    packages=find_packages(include=["tfrec_kuai", "tfrec_kuai.*", "beam_pipelines", "beam_pipelines.*",
-                                    "serving", "serving.*"]),
-    package_data={"tfrec_kuai": ["data/*", "data/**/*", "configs/*"], "serving": ["configs/*"]},
+    # Namespace packages too: the data folders (tfrec_kuai/configs, tfrec_kuai/data/kuairand_pure,
+    # serving/configs) have no __init__.py, and a package list without them builds a wheel that
+    # lacks the default configs and the KuaiRand-Pure tables (an editable install hides it).
+    # ``tfrec_kuai.data`` the folder holds only kuairand_pure/; ``import tfrec_kuai.data`` still
+    # finds the module data.py (a module wins over a folder without __init__.py).
+    packages=find_namespace_packages(include=["tfrec_kuai", "tfrec_kuai.*", "beam_pipelines", "beam_pipelines.*",
+                                              "serving", "serving.*"]),
+    package_data={"tfrec_kuai.configs": ["*.json"], "tfrec_kuai.data.kuairand_pure": ["*.csv", "*.md"],
+                  "serving.configs": ["*.config", "*.txt"]},
     include_package_data=True,
     ext_modules=[CMakeExtension("tfrec_kuai._fwa_ops"), CMakeExtension("tfrec_kuai._native")]
     + ([CMakeExtension("serving._grpc_transport"), CMakeExtension("serving._grpc_load")]

@@ -12,6 +12,7 @@ can be copied and run alone.
     python -m tfrec_kuai.demo --output demo_out --impressions 200000
 """
 import argparse
+import functools
 import glob
 import os
 import shlex
@@ -34,8 +35,9 @@ def _run(command, log_prefix):
     print(f"--- {log_prefix}: done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def _cli(*args):
-    return [sys.executable, "-m", "tfrec_kuai.cli", *args]
+def _cli(*args, prefix=None):
+    """``tfrec-kuai ARGS`` as argv: ``prefix`` (default ``python -m tfrec_kuai.cli`` of this Python)."""
+    return list(prefix or [sys.executable, "-m", "tfrec_kuai.cli"]) + list(args)
 
 
 def free_port():
@@ -44,37 +46,44 @@ def free_port():
         return s.getsockname()[1]
 
 
-def pipeline_steps(out, impressions, seed, epochs, history_length, beam_args=(), train_args=()):
+def pipeline_steps(out, impressions, seed, epochs, history_length, beam_args=(), train_args=(), side_tables=True,
+                   python=None, cli=None, simulate_args=()):
     """The commands of the demo, in order, as (title, argv) pairs (the README shows the same).
 
     ``beam_args`` go to the Beam job (e.g. ``--direct_num_workers=2``), ``train_args`` to both
-    ``tfrec-kuai train`` calls (e.g. ``--steps_per_epoch 20`` for a quick run).
+    ``tfrec-kuai train`` calls (e.g. ``--steps_per_epoch 20`` for a quick run), ``simulate_args``
+    to ``tfrec-kuai simulate`` (e.g. ``--users 8``). ``side_tables=False`` builds the examples from
+    the interaction logs alone, as a user without KuaiRand's video and user tables does.
+    ``python`` / ``cli`` (an argv prefix such as ``["/venv/bin/tfrec-kuai"]``) run the steps in
+    another environment, e.g. one where the wheel is installed.
     """
+    python = python or sys.executable
+    run = functools.partial(_cli, prefix=cli or [python, "-m", "tfrec_kuai.cli"])
     log_dir, examples = os.path.join(out, "log"), os.path.join(out, "examples")
     ranking, retrieval = os.path.join(out, "models", "ranking"), os.path.join(out, "models", "retrieval")
+    tables = ["--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
+              "--user_features", os.path.join(log_dir, "user_features_sim.csv")] if side_tables else []
     steps = [
-        ("simulate a KuaiRand-format log", _cli("simulate", "--output", log_dir, "--impressions", str(impressions),
-                                                "--seed", str(seed))),
-        ("Beam job: logs -> TFRecord examples", [
-            sys.executable, "-m", "beam_pipelines.build_examples",
-            "--input", os.path.join(log_dir, "log_*.csv"),
-            "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
-            "--user_features", os.path.join(log_dir, "user_features_sim.csv"),
+        ("simulate a KuaiRand-format log", run("simulate", "--output", log_dir, "--impressions", str(impressions),
+                                                "--seed", str(seed), *simulate_args)),
+        ("Beam job: logs -> TFRecord examples" + ("" if side_tables else " (logs alone, no side tables)"), [
+            python, "-m", "beam_pipelines.build_examples",
+            "--input", os.path.join(log_dir, "log_*.csv"), *tables,
             "--history_length", str(history_length), "--output", examples, *beam_args]),
-        ("train retrieval (two-tower)", _cli("train", "--examples", examples, "--model_dir", retrieval,
+        ("train retrieval (two-tower)", run("train", "--examples", examples, "--model_dir", retrieval,
                                              "--stage", "retrieval", "--epochs", str(epochs), "--verbose", "2", *train_args)),
-        ("train ranking (feedback-aware, multi-objective)", _cli(
+        ("train ranking (feedback-aware, multi-objective)", run(
             "train", "--examples", examples, "--model_dir", ranking, "--stage", "ranking", "--epochs", str(epochs),
             "--verbose", "2", *train_args)),
-        ("evaluate retrieval", _cli("evaluate", "--examples", examples, "--model_dir", retrieval,
+        ("evaluate retrieval", run("evaluate", "--examples", examples, "--model_dir", retrieval,
                                     "--output", os.path.join(out, "eval", "retrieval"))),
-        ("evaluate ranking (with the simulator's oracle)", _cli(
+        ("evaluate ranking (with the simulator's oracle)", run(
             "evaluate", "--examples", examples, "--model_dir", ranking, "--output", os.path.join(out, "eval", "ranking"),
             "--ground_truth", os.path.join(log_dir, "ground_truth.csv"))),
-        ("export for the server (fused attention)", _cli(
+        ("export for the server (fused attention)", run(
             "export", "--ranking_dir", ranking, "--retrieval_dir", retrieval, "--examples", examples,
             "--export_base", os.path.join(out, "serving"))),
-        ("export for stock TF Serving (portable)", _cli(
+        ("export for stock TF Serving (portable)", run(
             "export", "--ranking_dir", ranking, "--retrieval_dir", retrieval, "--examples", examples,
             "--export_base", os.path.join(out, "serving_portable"), "--portable")),
     ]
@@ -92,9 +101,10 @@ def report_command(out):
 class ServerProcess:
     """``python -m serving.server`` as a child process on 127.0.0.1, stopped on exit."""
 
-    def __init__(self, model_base_path, model_name="kuai"):
+    def __init__(self, model_base_path, model_name="kuai", python=None, cwd=None, env=None):
         self.port, self.rest_port = free_port(), free_port()
-        self.command = [sys.executable, "-m", "serving.server", f"--port={self.port}",
+        self.cwd, self.env = cwd, env
+        self.command = [python or sys.executable, "-m", "serving.server", f"--port={self.port}",
                         f"--rest_api_port={self.rest_port}", f"--model_name={model_name}",
                         f"--model_base_path={model_base_path}", "--file_system_poll_wait_seconds=0"]
         self.model_name = model_name
@@ -102,7 +112,7 @@ class ServerProcess:
 
     def __enter__(self):
         print("\n=== start the server\n$ " + " ".join(shlex.quote(c) for c in self.command), flush=True)
-        self.process = subprocess.Popen(self.command)
+        self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env)
         return self
 
     def wait_available(self, timeout_s=180):
@@ -201,11 +211,14 @@ def build_parser():
     parser.add_argument("--history_length", type=int, default=50)
     parser.add_argument("--users", type=int, default=3, help="users whose recommendations are printed")
     parser.add_argument("--no_report", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's C++ start-up log on stderr")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from tfrec_kuai.quiet import quiet_tensorflow
+    quiet_tensorflow(verbose=args.verbose)   # here and, through the environment, in every step
     out = os.path.abspath(args.output)
     started = time.perf_counter()
     for title, command in pipeline_steps(out, args.impressions, args.seed, args.epochs, args.history_length):
