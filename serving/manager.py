@@ -148,10 +148,16 @@ class ModelManager:
         self.check_config(config)
         for c in config.model_config_list.config:
             try:
-                list_versions(c.base_path)
+                on_disk = list_versions(c.base_path)
             except OSError as error:
                 raise invalid_argument(f"Could not find base path {c.base_path} for servable {c.name} with error "
                                        f"{error}; the current config keeps serving") from None
+            for label, version in sorted(c.version_labels.items()):
+                if version not in on_disk:  # refused before anything changes
+                    raise failed_precondition(
+                        f"Request to assign label '{label}' to version {version} of model {c.name}, which is not "
+                        f"currently available (no version folder {version} under {c.base_path}). Labels can only "
+                        "point to available versions; the current config keeps serving")
         with self._load_lock:
             previous = self.config()
             self.set_config(config)
