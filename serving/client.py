@@ -137,7 +137,12 @@ class RestTransport:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
-            raise SystemExit(f"HTTP {error.code}: {json.loads(error.read()).get('error')}") from None
+            body = error.read()
+            try:
+                message = json.loads(body).get("error")
+            except (ValueError, AttributeError):
+                message = body[:200].decode("utf-8", "replace")
+            raise SystemExit(f"HTTP {error.code}: {message}") from None
 
     def signatures(self, args):
         meta = self._call(self._path(args) + "/metadata")["metadata"]["signature_def"]["signature_def"]
@@ -257,7 +262,18 @@ def format_predict(outputs):
 
 
 def main(argv=None):
+    """The command: a server's refusal or an unreachable server is one line and exit status 1."""
+    import grpc
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except grpc.RpcError as error:
+        raise SystemExit(f"gRPC {error.code().name} from {args.server}: {error.details()}") from None
+    except urllib.error.URLError as error:
+        raise SystemExit(f"cannot reach {args.rest}: {error.reason}") from None
+
+
+def _run(args):
     transport = RestTransport(args.rest, args.timeout) if args.rest else GrpcTransport(args.server, args.timeout)
     if args.status:
         print(json.dumps(transport.status(args), indent=2))

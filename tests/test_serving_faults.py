@@ -27,7 +27,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.server import start_in_process
-from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, publish_version, require_transport
+from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, free_port, publish_version, require_transport
 from tests.test_serving import IDS, X, good_predict, http, predict_request
 from tests.test_serving_lifecycle import X1, served_version, statuses, stubs, wait_for
 
@@ -593,3 +593,20 @@ def test_the_command_says_when_nothing_is_servable_before_it_listens(tmp_path):
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-2000:]
+
+
+def test_the_client_reports_a_refused_request_and_an_unreachable_server_in_one_line(server):
+    from serving import client
+    features = ["--feature", "user_id=7", "--feature", "hist_video_id=3,9,-1,-1", "--feature", "hist_play_s=1,2,0,0",
+                "--feature", "hist_age_s=60,600,0,0", "--model_name", FEED_MODEL]
+    assert client.main(["--server", f"127.0.0.1:{server.port}", "--feature", "hist_len=2", "--json"] + features) == 0
+    for target, code in ((["--server", f"127.0.0.1:{server.port}"], "gRPC INVALID_ARGUMENT"),
+                         (["--rest", f"http://127.0.0.1:{server.rest_port}"], "HTTP 400")):
+        with pytest.raises(SystemExit) as info:
+            client.main(target + ["--feature", f"hist_len={L + 1}"] + features)
+        assert str(info.value).startswith(code) and "hist_len" in str(info.value)
+    for target, fragment in ((["--server", f"127.0.0.1:{free_port()}"], "gRPC UNAVAILABLE"),
+                             (["--rest", f"http://127.0.0.1:{free_port()}"], "cannot reach")):
+        with pytest.raises(SystemExit) as info:
+            client.main(target + ["--status"])
+        assert str(info.value).startswith(fragment) and "\n" not in str(info.value)
