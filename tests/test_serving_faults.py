@@ -29,7 +29,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.server import start_in_process
 from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, free_port, publish_version, require_transport
 from tests.test_serving import IDS, X, good_predict, http, predict_request
-from tests.test_serving_lifecycle import X1, served_version, statuses, stubs, wait_for
+from tests.test_serving_lifecycle import served_version, statuses, stubs, wait_for
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 LOADING = get_model_status_pb2.ModelVersionStatus.LOADING
@@ -505,11 +505,9 @@ def test_a_wrong_base_path_says_so_and_names_the_version_folder_rule(tmp_path, c
             server.stop()
 
 
-def _config(base, labels=None, policy_all=False):
+def _config(base, labels=None):
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add(name=TOY_MODEL_NAME, base_path=base, model_platform="tensorflow")
-    if policy_all:
-        model.model_version_policy.all.SetInParent()
     for label, version in (labels or {}).items():
         model.version_labels[label] = version
     return config
