@@ -144,7 +144,9 @@ def encode_examples(columns, spec, implementation="auto"):
         arrays = []
         for name in names:
             dtype = np.int64 if spec[name].dtype == "int64" else np.float32
-            arrays.append((name, np.ascontiguousarray(columns[name], dtype=dtype)))
+            # .view: an array unpickled after a shuffle can carry an equal but not identical int64
+            # dtype object, which the C++ side (pybind11 ``dtype.is``) does not accept
+            arrays.append((name, np.ascontiguousarray(columns[name], dtype=dtype).view(dtype)))
         return _native.encode_examples(arrays)
     n = len(np.asarray(columns[names[0]]))
     if n == 0:

@@ -49,3 +49,19 @@ def test_native_bytes_equal_numpy():
 def test_empty_batch():
     spec, cols = _columns(0, 3, seed=0)
     assert list(example_encoder.encode_examples(cols, spec)) == []
+
+
+@pytest.mark.parametrize("implementation", IMPLS)
+def test_unpickled_column_views_encode(implementation):
+    """A user's rows cross a Beam shuffle pickled, and the int columns are strided views of that
+    [n, 19] block: their int64 dtype is an equal but not identical object, which a contiguous copy
+    keeps and the native writer once refused."""
+    import pickle
+
+    spec, cols = _columns(5, 3, seed=4)
+    ints = [k for k, d in spec.items() if d.dtype == "int64" and not d.shape]
+    block = pickle.loads(pickle.dumps(np.stack([cols[k] for k in ints], axis=1)))
+    moved = dict(cols, **{k: block[:, i] for i, k in enumerate(ints)})
+    assert moved["user_id"].dtype is not np.dtype(np.int64) and not moved["user_id"].flags["C_CONTIGUOUS"]
+    assert example_encoder.encode_examples(moved, spec, implementation) == \
+        example_encoder.encode_examples(cols, spec, implementation)
