@@ -28,10 +28,13 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__" and "--verbose" not in sys.argv[1:]:
+if __name__ == "__main__":
     # Quiet TensorFlow's C++ start-up lines (oneDNN notices, cuInit on a machine without a GPU)
-    # before anything imports TensorFlow; a user's own setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # before anything could import TensorFlow, here and in worker processes; a user's own
+    # TF_CPP_MIN_LOG_LEVEL or --verbose wins. The job itself never imports TensorFlow.
+    from tfrec_kuai.quiet import quiet_log_level
+
+    quiet_log_level(verbose="--verbose" in sys.argv[1:])
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -321,11 +321,11 @@ def test_cli_misuse_is_one_line(tmp_path, capsys, flags, message):
 
 def test_cli_entry_point_quiet_and_without_traceback(tmp_path):
     """The real ``python -m`` entry: one error line and exit 2 for a truncated gzip file (raised in a
-    worker), and TF_CPP_MIN_LOG_LEVEL=2 set before TensorFlow could load, unless the user set it or
-    passed --verbose."""
+    worker), and the quiet TF_CPP_MIN_LOG_LEVEL set before TensorFlow could load, unless the user
+    set one or passed --verbose (then the package default, 1, or the user's stays)."""
     data = gzip.compress((HEADER + "\n" + "\n".join(good_rows(3000, users=7)) + "\n").encode())
     (tmp_path / "log.csv.gz").write_bytes(data[: len(data) // 2])
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFREC_KUAI_TF_LOG_DEFAULTED")}
     proc = subprocess.run([sys.executable, "-m", "beam_pipelines.build_examples", "--input",
                            str(tmp_path / "log.csv.gz"), "--output", str(tmp_path / "out")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -336,13 +336,15 @@ def test_cli_entry_point_quiet_and_without_traceback(tmp_path):
                       "stream ends early: Compressed file ended before the end-of-stream marker was reached); "
                       "the file is not read as a shorter one"]
     probe = ("import os, runpy, sys\n"
-             "for argv, preset in ((['--input', 'x'], None), (['--input', 'x', '--verbose'], None),"
+             "for argv, preset in ((['--input', 'x', '--verbose'], None), (['--input', 'x'], None),"
              " (['--input', 'x'], '0')):\n"
              "    os.environ.pop('TF_CPP_MIN_LOG_LEVEL', None)\n"
+             "    os.environ.pop('TFREC_KUAI_TF_LOG_DEFAULTED', None)\n"
              "    if preset: os.environ['TF_CPP_MIN_LOG_LEVEL'] = preset\n"
              "    sys.argv = ['build_examples'] + argv\n"
              "    try: runpy.run_module('beam_pipelines.build_examples', run_name='__main__')\n"
              "    except SystemExit as e: print('exit', e.code, os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
-    assert proc.stdout.split("\n")[:3] == ["exit 2 2", "exit 2 None", "exit 2 0"], proc.stderr
+    from tfrec_kuai.quiet import QUIET_LEVEL
+    assert proc.stdout.split("\n")[:3] == ["exit 2 1", f"exit 2 {QUIET_LEVEL}", "exit 2 0"], proc.stderr

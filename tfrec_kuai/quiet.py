@@ -54,14 +54,23 @@ def filtered_stderr(pattern=NOISE):
                     os.write(2, line)
 
 
+def quiet_log_level(verbose=False):
+    """Sets the quiet ``TF_CPP_MIN_LOG_LEVEL`` (inherited by child processes) unless ``verbose`` or
+    the user chose a level; whether it did. For entry points that may never import TensorFlow
+    (the Beam job), so need not pay for the import :func:`quiet_tensorflow` makes."""
+    if verbose or user_chose_log_level():
+        return False
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = QUIET_LEVEL
+    os.environ["TFREC_KUAI_TF_LOG_DEFAULTED"] = "1"
+    return True
+
+
 def quiet_tensorflow(verbose=False):
     """Imports TensorFlow without its start-up notices (see the module docstring); with
     ``verbose`` or a user's ``TF_CPP_MIN_LOG_LEVEL`` it changes nothing. Child processes inherit
     the quiet level."""
-    if verbose or user_chose_log_level():
+    if not quiet_log_level(verbose):
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = QUIET_LEVEL
-    os.environ["TFREC_KUAI_TF_LOG_DEFAULTED"] = "1"
     if "tensorflow" in sys.modules:
         return
     import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
