@@ -146,7 +146,7 @@ class ParseRangeFn(beam.DoFn):
 
     def _emit(self, info, offsets, lines):
         path = info.path
-        values, kept, rejects = validation.validate_lines(lines, self.video_table, self.user_table, info.order)
+        values, kept, rejects = validation.validate_lines(lines, info.order)
         logging.info("validated %d rows of %s from byte %d: %d rejected", len(lines), path, offsets[0], len(rejects))
         dead = {}
         for index, reason in rejects:
@@ -156,8 +156,9 @@ class ParseRangeFn(beam.DoFn):
                                                                     lines[index]))
         self.rows_in.inc(len(lines))
         dates = np.unique(user_examples.split_date(values[:, COLUMN_INDEX["time_ms"]]), return_counts=True)
-        yield beam.pvalue.TaggedOutput("stats", {"input": len(lines), "dead": dead,
-                                                 "dates": dict(zip(dates[0].tolist(), dates[1].tolist()))})
+        yield beam.pvalue.TaggedOutput("stats", {
+            "input": len(lines), "dead": dead, "dates": dict(zip(dates[0].tolist(), dates[1].tolist())),
+            "not_in_side_table": validation.not_in_side_tables(values, self.video_table, self.user_table)})
         if not len(values):
             return
         offs = np.asarray(offsets, np.int64)[kept]

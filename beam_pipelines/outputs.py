@@ -131,11 +131,19 @@ def build_metadata(stats, *, spec, history_length, user_features, user_codes, vo
         "date_split": {"train_dates": [d for d in dates if d not in eval_dates], "eval_dates": eval_dates,
                        "eval_days": eval_days},
         "corpus_features": {name: {"dtype": dtype, "shape": []} for name, dtype in CORPUS_FEATURES.items()},
-        "side_information": side_information or {"video_features": None, "user_features": None},
+        "side_information": _with_coverage(side_information, stats.get("not_in_side_table", {})),
         "inputs": inputs or {},
         "command": command,
         "pipeline_options": options,
     }
+
+
+def _with_coverage(side_information, missing):
+    """``side_information`` (null per absent table) with each given table's ``log_rows_not_in_table``."""
+    out = {"video_features": None, "user_features": None}
+    for key, summary in (side_information or {}).items():
+        out[key] = None if summary is None else dict(summary, log_rows_not_in_table=int(missing.get(key, 0)))
+    return out
 
 
 def write_text(path, text):

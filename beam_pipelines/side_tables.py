@@ -212,12 +212,16 @@ class UserTable:
         return {"path": self.path, "users": int(len(self.user_id)), "features": [n for n, _ in self.feature_spec],
                 "rows_skipped": dict(self.problems)}
 
-    def contains(self, user_ids):
+    def index(self, user_ids):
+        """Positions of ``user_ids`` in the table and whether each was found."""
         user_ids = np.asarray(user_ids, np.int64)
         if not len(self.user_id):
-            return np.zeros(len(user_ids), bool)
+            return np.zeros(len(user_ids), np.int64), np.zeros(len(user_ids), bool)
         pos = np.clip(np.searchsorted(self.user_id, user_ids), 0, len(self.user_id) - 1)
-        return self.user_id[pos] == user_ids
+        return pos, self.user_id[pos] == user_ids
+
+    def contains(self, user_ids):
+        return self.index(user_ids)[1]
 
     def row(self, user_id):
         """``{user_<col>: scalar}`` of one user (the caller checked the user is known)."""

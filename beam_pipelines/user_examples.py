@@ -101,9 +101,11 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
     }
     cols.update(windows)
     if user_table is not None and n:
-        pos = np.searchsorted(user_table.user_id, values[:, C["user_id"]])
+        # a user the table lacks gets -1 in every column, as an empty cell
+        pos, found = user_table.index(values[:, C["user_id"]])
         for name, column in user_table.columns.items():
-            cols[name] = column[pos]
+            cols[name] = np.where(found, column[pos], -1).astype(column.dtype) if len(column) else \
+                np.full(n, -1, column.dtype)
     for name in BINARY_LABELS + ("watch_s", "watch_ratio"):
         cols[f"label_{name}"] = labels[name]
     is_eval = np.isin(split_date(time_ms), np.asarray(sorted(eval_dates), dtype=np.int64))

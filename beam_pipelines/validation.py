@@ -21,13 +21,16 @@ are tested):
 ``date_mismatch``       ``date`` / ``hourmin`` more than :data:`DATE_TOLERANCE_MS` away from
                         ``time_ms`` read in Beijing time (KuaiRand logs a whole hour, and 23:09
                         may be logged as hour 0 of the next date: up to an hour apart is normal)
-``unknown_video``       ``video_id`` absent from ``--video_features`` (when given)
-``unknown_user``        ``user_id`` absent from ``--user_features`` (when given)
 
 A row with ``duration_ms = 0`` is a picture post (KuaiRand: ``upload_type`` PictureSet /
 LongPicture, about 3 % of impressions). It is valid: it stays in the user's history (play time,
 no duration) but is not a target, because the labels of DESIGN.md §4 need a duration
 (``user_examples.py`` counts it as ``history_only.picture_post``).
+
+A video or user that the side table given lacks is no reason to reject a row: the side tables
+are optional (DESIGN.md §3) and may cover part of the log; such a row gets author and tag -1 and
+user columns -1 (out of vocabulary), and is counted (:func:`not_in_side_tables`,
+``metadata.json`` ``side_information.*.log_rows_not_in_table``).
 
 ``duplicate_event`` (the same ``user_id, video_id, time_ms`` seen again) needs all of a user's rows
 and is decided in the per-user step (``user_examples.py``).
@@ -43,8 +46,8 @@ from tfrec_kuai.schema import BEIJING_OFFSET_MS, COLUMN_INDEX, FLAG_COLUMNS, LOG
 
 NUM_COLUMNS = len(LOG_COLUMNS)
 REASONS = ("not_utf8", "broken_quoting", "empty_row", "wrong_column_count", "bad_duration", "missing_field",
-           "non_numeric", "negative_time", "out_of_range", "too_long", "date_mismatch", "unknown_video",
-           "unknown_user", "duplicate_event")
+           "non_numeric", "negative_time", "out_of_range", "too_long", "date_mismatch",
+           "duplicate_event")
 MAX_TIME_MS = 24 * 3600 * 1000       # a play or a duration longer than a day is a broken row
 DATE_TOLERANCE_MS = 90 * 60 * 1000   # date/hourmin vs time_ms: a whole hour, rounded either way, plus slack
 _PLAY = COLUMN_INDEX["play_time_ms"]
@@ -228,7 +231,17 @@ def calendar_ms(date, hourmin):
     return ms, real
 
 
-def range_reasons(values, video_table=None, user_table=None):
+def not_in_side_tables(values, video_table=None, user_table=None):
+    """``{"video_features": rows whose video the table lacks, "user_features": ...}`` (tables given only)."""
+    out = {}
+    if video_table is not None:
+        out["video_features"] = int((~video_table.index(values[:, COLUMN_INDEX["video_id"]])[1]).sum())
+    if user_table is not None:
+        out["user_features"] = int((~user_table.contains(values[:, COLUMN_INDEX["user_id"]])).sum())
+    return out
+
+
+def range_reasons(values):
     """Reason per parsed row (None = valid), vectorised over the rows."""
     n = len(values)
     reasons = np.full(n, None, dtype=object)
@@ -249,17 +262,13 @@ def range_reasons(values, video_table=None, user_table=None):
     mark(out, "out_of_range")
     mark((values[:, _PLAY] > MAX_TIME_MS) | (values[:, _DUR] > MAX_TIME_MS), "too_long")
     mark(np.abs(values[:, COLUMN_INDEX["time_ms"]] - logged_ms) > DATE_TOLERANCE_MS, "date_mismatch")
-    if video_table is not None:
-        mark(~video_table.index(values[:, COLUMN_INDEX["video_id"]])[1], "unknown_video")
-    if user_table is not None:
-        mark(~user_table.contains(values[:, COLUMN_INDEX["user_id"]]), "unknown_user")
     return reasons
 
 
-def validate_lines(lines, video_table=None, user_table=None, order=None):
+def validate_lines(lines, order=None):
     """``(valid values [m, 19], valid line indices [m], rejects [(line index, reason)])``."""
     values, kept, rejects = parse_lines(lines, order=order)
-    reasons = range_reasons(values, video_table, user_table)
+    reasons = range_reasons(values)
     bad = reasons != None  # noqa: E711
     rejects = rejects + [(int(kept[j]), reasons[j]) for j in np.flatnonzero(bad)]
     return values[~bad], kept[~bad], rejects

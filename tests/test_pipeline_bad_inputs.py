@@ -211,14 +211,16 @@ def test_picture_posts_are_history_and_quirks_are_kept(tmp_path):
         log_row(time_ms=T0 + 3000, video_id=11, duration_ms=60000, play_time_ms=2000, is_click=1),  # click < 7 s
         log_row(time_ms=T0 + 4000, video_id=10, comment_stay_time=12, is_comment=0),
         log_row(time_ms=T0 + DAY_MS, video_id=13, user_id=2),
+        log_row(time_ms=T0 + DAY_MS + 1, video_id=999, user_id=3),  # a video the table lacks: kept
     ]
     meta = run(write_log(tmp_path / "log.csv", rows), tmp_path / "out", "--video_features", str(tmp_path / "videos.csv"))
     r = meta["rows"]
     assert r["dead_letter"] == 0 and r["history_only_by_reason"] == {"picture_post": 1}
-    assert r["input"] == r["used"] + r["dead_letter"] == 6
+    assert r["input"] == r["used"] + r["dead_letter"] == 7
     assert r["train_examples"] + r["eval_examples"] + r["history_only"] == r["used"]
     side = meta["side_information"]["video_features"]
     assert side["rows_skipped"] == {"broken_row": 1, "duplicate_row": 1} and side["videos"] == 4
+    assert side["log_rows_not_in_table"] == 1
     from tfrec_kuai import data
     batch = next(iter(data.make_dataset(str(tmp_path / "out"), "train", batch_size=10)))
     cols = {k: v.numpy() for k, v in batch.items()}
@@ -233,6 +235,8 @@ def test_picture_posts_are_history_and_quirks_are_kept(tmp_path):
     assert cols["label_skip"][2] == 1 and cols["label_valid"][2] == 0  # the log's is_click is not copied
     assert cols["author_id"][2] == -1 and cols["tag"][2] == -1  # -124: missing, not a value
     assert 12 in data.read_vocabulary(str(tmp_path / "out"), "video_id")
+    evals = {k: v.numpy().tolist() for k, v in next(iter(data.make_dataset(str(tmp_path / "out"), "eval", 10))).items()}
+    assert dict(zip(evals["video_id"], evals["author_id"])) == {13: 503, 999: -1}
     corpus = next(iter(data.make_corpus_dataset(str(tmp_path / "out"), 10)))
     assert 11 in corpus["video_id"].numpy().tolist()  # duration from the log: -124 in the table is missing
 

@@ -21,6 +21,8 @@ def row(t=0, **kw):
 GOOD = [row(), row(1000, video_id=11), row(DAY_MS + 2000, user_id=2),
         '"1",10,20220409,1000,%d,0,0,0,0,0,0,0,4000,5000,0,0,0,0,1' % (T0 + DAY_MS + 3000),  # quoted numbers
         row(4000, play_time_ms="4000.0")]                                                        # a whole float
+# ids the side tables lack: kept (author, tag and user columns -1) and counted, not rejected
+NOT_IN_TABLES = [row(9900, video_id=999), row(10000, user_id=999)]
 BAD = {
     "not_utf8": [row(5000).encode().replace(b"20220408", b"2022\xff\xfe08")],
     "broken_quoting": [row(6000).replace("1,10,", '1,"10,', 1), row(6000).replace("1,10,", '1,10",', 1)],
@@ -36,8 +38,6 @@ BAD = {
                      row(9800, hourmin=2460), row(9810, video_id=99999999999999999999)],
     "too_long": [row(9820, play_time_ms=25 * 3600 * 1000), row(9830, duration_ms=2 * DAY_MS)],
     "date_mismatch": [row(9840, date=20990101), row(9850, hourmin=1300)],
-    "unknown_video": [row(9900, video_id=999)],
-    "unknown_user": [row(10000, user_id=999)],
     "duplicate_event": [row()],  # the first GOOD row again
 }
 
@@ -47,7 +47,7 @@ def dead_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dead")
     (root / "videos.csv").write_text(VIDEOS)
     (root / "users.csv").write_text(USERS)
-    lines = [HEADER.encode()] + [g.encode() for g in GOOD]
+    lines = [HEADER.encode()] + [g.encode() for g in GOOD + NOT_IN_TABLES]
     for reason, rows in BAD.items():
         lines += [r if isinstance(r, bytes) else r.encode() for r in rows]
     (root / "log.csv").write_bytes(b"\n".join(lines) + b"\n")
@@ -73,17 +73,25 @@ def test_rows_reconcile(dead_run):
     meta, _, _ = dead_run
     rows = meta["rows"]
     n_bad = sum(len(v) for v in BAD.values())
-    assert rows["input"] == len(GOOD) + n_bad
-    assert rows["used"] == len(GOOD)
+    good = len(GOOD) + len(NOT_IN_TABLES)
+    assert rows["input"] == good + n_bad
+    assert rows["used"] == good
     assert rows["input"] == rows["used"] + rows["dead_letter"]
-    assert rows["train_examples"] + rows["eval_examples"] == len(GOOD)
+    assert rows["train_examples"] + rows["eval_examples"] == good
+
+
+def test_ids_the_side_tables_lack_are_kept_and_counted(dead_run):
+    side = dead_run[0]["side_information"]
+    assert side["video_features"]["log_rows_not_in_table"] == 1
+    assert side["user_features"]["log_rows_not_in_table"] == 1
+    assert side["video_features"]["videos"] == 2 and side["user_features"]["users"] == 2
 
 
 def test_dead_letter_keeps_row_and_source(dead_run):
     _, _, dead = dead_run
     by_reason = {d["reason"]: d for d in dead}
     assert "\\xff\\xfe" in by_reason["not_utf8"]["row"]
-    assert by_reason["unknown_video"]["row"].split(",")[1] == "999"
+    assert "abc" in [d["row"].split(",")[1] for d in dead if d["reason"] == "non_numeric"]
     assert by_reason["duplicate_event"]["row"].startswith(f"1,10,20220408,1000,{T0},")
     assert all(":" in d["source"] and d["source"].split(":")[0].endswith("log.csv") for d in dead)
 
@@ -93,7 +101,7 @@ def test_counters_per_reason(dead_run):
     counters = build_examples.counters(result)
     for reason, rows in BAD.items():
         assert counters.get(f"dead_letter_{reason}") == len(rows), reason
-    assert counters["rows_in"] == len(GOOD) + sum(len(v) for v in BAD.values())
+    assert counters["rows_in"] == len(GOOD) + len(NOT_IN_TABLES) + sum(len(v) for v in BAD.values())
 
 
 def test_user_side_table_features(dead_run):
