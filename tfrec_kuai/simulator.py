@@ -28,6 +28,7 @@ import numpy as np
 from tfrec_kuai.schema import LOG_COLUMNS, LONG_MS, VALID_MS, local_calendar
 from tfrec_kuai.sim import behaviour
 from tfrec_kuai.sim.catalogue import generate_catalogue, load_pure_catalogue, user_table
+from tfrec_kuai.sim.leave import LeaveParams
 
 TRUTH_COLUMNS = ("user_id", "video_id", "time_ms", "p_skip", "p_valid", "p_long", "p_complete", "p_like",
                  "p_follow", "p_comment", "p_forward", "p_hate", "expected_watch_s", "match")
@@ -76,11 +77,28 @@ class SimParams:
     session_mean: float = 12.0       # mean impressions per session
     chunk_impressions: int = 200_000
     behaviour: behaviour.BehaviourParams = field(default_factory=behaviour.BehaviourParams)
+    # When a visit ends: used by the world as an environment (tfrec_kuai.sim.world), not by the
+    # offline log, whose sessions have a fixed mean length (session_mean).
+    leave: LeaveParams = field(default_factory=LeaveParams)
 
     def to_dict(self):
         out = asdict(self)
         out["behaviour"] = self.behaviour.to_dict()
+        out["leave"] = self.leave.to_dict()
         return out
+
+    @classmethod
+    def from_dict(cls, values):
+        """The parameters as ``params.json`` records them (``to_dict``); keys it lacks keep their
+        defaults, so a folder written before a parameter existed still loads."""
+        values = dict(values)
+        nested = {"behaviour": behaviour.BehaviourParams, "leave": LeaveParams}
+        for key, kind in nested.items():
+            values[key] = kind(**values[key]) if key in values else kind()
+        for key, default in asdict(cls()).items():
+            if isinstance(default, tuple) and key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 def _allocate(rng, total, weights):
@@ -93,8 +111,11 @@ def _allocate(rng, total, weights):
     return counts + 1
 
 
-class _World:
-    """Catalogue, users and policy tables: everything that is fixed before the log starts."""
+class Population:
+    """Catalogue, users and policy tables: everything that is fixed before the log starts.
+
+    The offline log (:func:`simulate`) and the world as an environment (``tfrec_kuai.sim.world``)
+    both stand on it, so the same parameters and seed give the same videos and users in both."""
 
     def __init__(self, params):
         p = params
@@ -214,11 +235,23 @@ def _simulate_chunk(world, params, chunk_index, user_rows):
         streak[:k] = np.where(s, st + 1, 0)
     engage = world.author_affinity(row_of, videos)
     outcome = behaviour.draw_outcomes(beh, rng, match, duration, skipped, engage)
-    play = outcome["play_time_ms"]
-    time_ms = _timestamps(rng, p, row_of, counts, session_start, play)
+    time_ms = _timestamps(rng, p, row_of, counts, session_start, outcome["play_time_ms"])
     truth = behaviour.truth(beh, match, duration, p_skip, engage)
-    date, hourmin = local_calendar(time_ms)
     tab = rng.choice(TAB_VALUES, size=n, p=TAB_WEIGHTS)
+    cols = log_columns(world, row_of, videos, time_ms, outcome, is_rand, tab)
+    truth["match"] = match
+    final = np.lexsort((cols["time_ms"], cols["user_id"]))
+    return {k: v[final] for k, v in cols.items()}, {k: np.asarray(v)[final] for k, v in truth.items()}
+
+
+def log_columns(world, row_of, videos, time_ms, outcome, is_rand, tab):
+    """The 19 KuaiRand columns (int64 arrays) of impressions: (user row, video index) pairs shown
+    at ``time_ms`` with the reactions ``outcome`` of :func:`behaviour.draw_outcomes`. One mapping
+    from a reaction to a log row, for the offline log and for the world's served impressions."""
+    cat = world.catalogue
+    duration = cat.duration_ms[videos]
+    play = outcome["play_time_ms"]
+    date, hourmin = local_calendar(time_ms)
     complete = play >= duration
     cols = {
         "user_id": world.user_ids[row_of], "video_id": cat.video_id[videos], "date": date, "hourmin": hourmin,
@@ -231,10 +264,7 @@ def _simulate_chunk(world, params, chunk_index, user_rows):
         "profile_stay_time": outcome["profile_stay_time"], "comment_stay_time": outcome["comment_stay_time"],
         "is_profile_enter": outcome["is_profile_enter"], "is_rand": is_rand, "tab": tab,
     }
-    cols = {k: np.asarray(v).astype(np.int64) for k, v in cols.items()}
-    truth["match"] = match
-    final = np.lexsort((cols["time_ms"], cols["user_id"]))
-    return {k: v[final] for k, v in cols.items()}, {k: np.asarray(v)[final] for k, v in truth.items()}
+    return {k: np.asarray(v).astype(np.int64) for k, v in cols.items()}
 
 
 def _timestamps(rng, p, row_of, counts, session_start, play):
@@ -277,7 +307,7 @@ def _timestamps(rng, p, row_of, counts, session_start, play):
     return start0 + start[sess_id] + elapsed
 
 
-def _write_csv_rows(handle, array, fmt):
+def write_csv_rows(handle, array, fmt):
     np.savetxt(handle, array, fmt=fmt, delimiter=",")
 
 
@@ -286,7 +316,7 @@ def simulate(output_dir, params, progress=True):
     from tqdm import tqdm
 
     os.makedirs(output_dir, exist_ok=True)
-    world = _World(params)
+    world = Population(params)
     cat = world.catalogue
     with open(os.path.join(output_dir, VIDEO_TABLE), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -317,11 +347,11 @@ def simulate(output_dir, params, progress=True):
             cols, truth = _simulate_chunk(world, params, chunk_index, np.arange(lo, hi))
             table = np.stack([cols[c] for c in LOG_COLUMNS], 1)
             rand = cols["is_rand"] == 1
-            _write_csv_rows(std, table[~rand], "%d")
-            _write_csv_rows(rnd, table[rand], "%d")
+            write_csv_rows(std, table[~rand], "%d")
+            write_csv_rows(rnd, table[rand], "%d")
             gt_table = np.column_stack([cols["user_id"], cols["video_id"], cols["time_ms"]] +
                                        [truth[c] for c in TRUTH_COLUMNS[3:]])
-            _write_csv_rows(gt, gt_table, truth_fmt)
+            write_csv_rows(gt, gt_table, truth_fmt)
             rows["standard"] += int((~rand).sum())
             rows["random"] += int(rand.sum())
             skip = cols["play_time_ms"] < np.minimum(3000, cols["duration_ms"])
