@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": ("tfrec_kuai.commands.evaluate", "metrics.json and plots for a trained model", True),
     "export": ("tfrec_kuai.commands.export", "SavedModels in TF Serving layout", True),
     "report": ("tfrec_kuai.commands.report", "the HTML report a user reads", True),
+    "abtest": ("tfrec_kuai.online.abtest_command", "an online A/B test of policies in the simulated world", True),
 }
 
 

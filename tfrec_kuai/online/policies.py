@@ -1,0 +1,173 @@
+"""The policies an A/B arm can run: ``random``, ``popular``, ``logging``, ``oracle`` and
+``savedmodel:<export dir>`` (DESIGN.md §10).
+
+A policy answers "the next N videos for these users now" (:class:`tfrec_kuai.sim.world.Page`)
+with catalogue indices ``[b, N]`` and, for the log's ``is_rand`` column, which of them were
+random exposures. The baselines bracket a model: ``random`` and ``popular`` are what a model must
+beat, ``logging`` is the policy that wrote the training log, and ``oracle`` is the upper bound.
+Every policy but ``logging`` (the simulator's policy, as it was) leaves out videos the user has
+already seen.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+
+from tfrec_kuai.errors import InputError
+from tfrec_kuai.schema import COLUMN_INDEX
+
+KINDS = ("random", "popular", "logging", "oracle", "savedmodel", "served")
+
+
+def top_unseen(scores, seen, n):
+    """Indices of the ``n`` best scores per row among unseen videos, best first (ties: lower index)."""
+    scores = np.where(seen, -np.inf, scores)
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+class Policy:
+    """Base: ``recommend(page) -> (videos [b, size], is_rand [b, size] or None)``."""
+    history_length = 0
+
+    def __init__(self, spec, world):
+        self.name = spec
+        self.world = world
+        self.salt = zlib.crc32(spec.encode())
+
+    def page_rng(self, page):
+        """The policy's own randomness: seeded by the page, so a rerun is identical."""
+        first = int(page.user_ids[0]) if len(page.user_ids) else 0
+        return np.random.default_rng([self.world.seed, self.salt, page.day, page.visit, page.position, first])
+
+
+class RandomPolicy(Policy):
+    """Uniformly random unseen videos (KuaiRand's ``is_rand=1`` exposures)."""
+
+    def recommend(self, page):
+        seen = page.cohort.seen[page.rows]
+        videos = top_unseen(self.page_rng(page).random(seen.shape), seen, page.size)
+        return videos, np.ones(videos.shape, bool)
+
+
+class PopularPolicy(Policy):
+    """The most watched videos of the training log (impressions in the world's log), unseen ones."""
+
+    def __init__(self, spec, world, log_rows):
+        super().__init__(spec, world)
+        index = world.video_index(log_rows[:, COLUMN_INDEX["video_id"]])
+        self.counts = np.bincount(index, minlength=len(world.catalogue.video_id)).astype(np.float64)
+
+    def recommend(self, page):
+        seen = page.cohort.seen[page.rows]
+        return top_unseen(np.broadcast_to(self.counts, seen.shape), seen, page.size), None
+
+
+class LoggingPolicy(Policy):
+    """The simulator's logging policy, unchanged: a topic from its blurred belief, a popular video
+    of it; a ``random_share`` of uniformly random videos (``is_rand=1``); no exclusion."""
+
+    def recommend(self, page):
+        rng = self.page_rng(page)
+        rows = np.repeat(page.cohort.pop_rows[page.rows], page.size)
+        is_rand = rng.random(len(rows)) < self.world.params.random_share
+        videos = self.world.population.pick_videos(rng, rows, is_rand)
+        return videos.reshape(-1, page.size), is_rand.reshape(-1, page.size)
+
+
+class OraclePolicy(Policy):
+    """The world's truth: the unseen videos of the highest *expected watch seconds* for this user
+    now (the behaviour model's closed form at the user's current skip streak). Greedy per page:
+    the upper bound of a policy that ranks one impression at a time, not of every possible feed."""
+
+    def recommend(self, page):
+        W, A, static = page.cohort.true_utility()
+        beh = self.world.beh
+        streak = np.minimum(page.streak, beh.streak_cap)[:, None]
+        p_skip = 1.0 / (1.0 + np.exp(-(static[page.rows] + beh.skip_streak * streak)))
+        expected = W[page.rows] + p_skip * (A[page.rows] - W[page.rows])
+        return top_unseen(expected, page.cohort.seen[page.rows], page.size), None
+
+
+def resolve_export(path):
+    """The version folder (with ``saved_model.pb``) that ``path`` names: itself, the newest
+    numeric version under it, or the newest version of its single model folder."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    if not os.path.isdir(path):
+        raise InputError(f"savedmodel:{path}: no such folder")
+    versions = sorted((int(d) for d in os.listdir(path) if d.isdigit() and
+                       os.path.isfile(os.path.join(path, d, "saved_model.pb"))))
+    if versions:
+        return os.path.join(path, str(versions[-1]))
+    models = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
+    if len(models) == 1:
+        return resolve_export(os.path.join(path, models[0]))
+    raise InputError(f"savedmodel:{path}: no saved_model.pb in it, in a version folder under it, "
+                     "or under its one model folder (expected a `tfrec-kuai export` output)")
+
+
+class SavedModelPolicy(Policy):
+    """An export's ``recommend`` signature, loaded in-process; the first ``size`` of its top-N.
+
+    The request is built from the world's log by :class:`~tfrec_kuai.online.requests.RequestBuilder`
+    with the history length the signature declares."""
+
+    def __init__(self, spec, world, export_dir):
+        super().__init__(spec, world)
+        import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+        import tensorflow as tf
+
+        from tfrec_kuai.online.requests import RequestBuilder
+
+        self.tf = tf
+        self.path = resolve_export(export_dir)
+        try:
+            loaded = tf.saved_model.load(self.path)
+            self.signature = loaded.signatures["recommend"]
+        except (OSError, KeyError, ValueError) as error:
+            raise InputError(f"savedmodel:{export_dir}: not a loadable export with a `recommend` "
+                             f"signature ({type(error).__name__})") from None
+        self._loaded = loaded
+        self.input_specs = self.signature.structured_input_signature[1]
+        self.history_length = int(self.input_specs["hist_video_id"].shape[1])
+        self.requests = RequestBuilder(world, self.history_length)
+
+    def recommend(self, page):
+        features = self.requests.build(page)
+        tf = self.tf
+        inputs = {name: tf.constant(np.asarray(features[name]), dtype=spec.dtype)
+                  for name, spec in self.input_specs.items()}
+        ids = self.signature(**inputs)["video_id"].numpy()
+        if ids.shape[1] < page.size:
+            raise InputError(f"{self.name}: the export returns {ids.shape[1]} videos per request, "
+                             f"fewer than --page_size {page.size}")
+        return self.world.video_index(ids[:, :page.size].ravel()).reshape(len(ids), page.size), None
+
+
+def parse_spec(spec):
+    """``(kind, argument)`` of an arm's policy spec, or InputError naming what is accepted."""
+    kind, _, argument = spec.partition(":")
+    if kind not in KINDS or (kind in ("savedmodel", "served")) != bool(argument):
+        raise InputError(f"unknown policy {spec!r}: expected random, popular, logging, oracle or "
+                         "savedmodel:<export dir>")
+    return kind, argument
+
+
+def make_policy(spec, world, log_rows):
+    kind, argument = parse_spec(spec)
+    if kind == "served":
+        raise InputError(f"policy {spec!r}: the served policy is not available in this build; "
+                         "use savedmodel:<export dir> (the same export, in-process)")
+    if kind == "random":
+        return RandomPolicy(spec, world)
+    if kind == "popular":
+        return PopularPolicy(spec, world, log_rows)
+    if kind == "logging":
+        return LoggingPolicy(spec, world)
+    if kind == "oracle":
+        return OraclePolicy(spec, world)
+    return SavedModelPolicy(spec, world, argument)
