@@ -264,6 +264,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before anything is announced: a SIGTERM right after "listening" must drain and stop, not kill.
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
     server = ModelServer(args).start()
     for name in server.manager.model_names():
         versions = server.manager.available_versions(name)
@@ -272,10 +276,10 @@ def main(argv=None):
     print(f"gRPC listening on {args.host}:{server.port}", flush=True)
     if server.rest_port:
         print(f"REST listening on {args.host}:{server.rest_port}", flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    # A timed wait: the kernel may hand SIGTERM to any of the server's threads, and Python runs
+    # its handler only when the main thread runs again — an untimed wait could sleep through it.
+    while not done.wait(0.5):
+        pass
     server.stop()
     return 0
 

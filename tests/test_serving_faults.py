@@ -568,8 +568,9 @@ def test_a_config_file_that_is_missing_or_broken_stops_the_server_with_one_line(
 @pytest.mark.slow
 def test_the_command_says_when_nothing_is_servable_before_it_listens(tmp_path):
     """``python -m serving.server`` over a base path without numeric version folders prints, before
-    it listens, that nothing is servable, naming the base path and the folder rule; SIGTERM
-    stops it with status 0."""
+    it listens, that nothing is servable, naming the base path and the folder rule; a SIGTERM
+    right after it listens stops it with status 0 (the handler is in place before it says so, and
+    the main thread wakes to run it whichever thread the kernel delivered it to)."""
     import signal
     import subprocess
     import sys
