@@ -95,7 +95,7 @@ def column_order(path, first_line):
     if missing:
         problems.append("missing column(s) " + ", ".join(repr(m) for m in missing))
     if problems:
-        raise InputError(f"{path}: its header {'; '.join(problems)} (a log has the {NUM_COLUMNS} columns of "
+        raise InputError(f"{path}: bad header: {'; '.join(problems)} (a log has the {NUM_COLUMNS} columns of "
                          f"DESIGN.md §3, in any order: {', '.join(LOG_COLUMNS)})")
     order = tuple(seen[c] for c in LOG_COLUMNS)
     return (None if order == tuple(range(NUM_COLUMNS)) else order), True
