@@ -69,7 +69,7 @@ def pipeline_steps(out, impressions, seed, epochs, history_length, beam_args=(),
         ("Beam job: logs -> TFRecord examples" + ("" if side_tables else " (logs alone, no side tables)"), [
             python, "-m", "beam_pipelines.build_examples",
             "--input", os.path.join(log_dir, "log_*.csv"), *tables,
-            "--history_length", str(history_length), "--output", examples, *beam_args]),
+            "--history_length", str(history_length), "--output", examples, "--overwrite", *beam_args]),
         ("train retrieval (two-tower)", run("train", "--examples", examples, "--model_dir", retrieval,
                                              "--stage", "retrieval", "--epochs", str(epochs), "--verbose", "2", *train_args)),
         ("train ranking (feedback-aware, multi-objective)", run(
