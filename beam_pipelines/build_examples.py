@@ -25,7 +25,6 @@ beside ``--output`` and swaps it in only when it succeeded with at least one tra
 """
 from __future__ import annotations
 
-import os
 import sys
 
 if __name__ == "__main__":
@@ -47,7 +46,8 @@ from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from beam_pipelines import InputError, example_encoder, inputs, output_folder, outputs, user_examples, validation  # noqa: E402,E501
+from beam_pipelines import (  # noqa: E402
+    InputError, example_encoder, inputs, output_folder, outputs, user_examples, validation)
 from beam_pipelines.side_tables import UserTable, VideoTable  # noqa: E402
 from tfrec_kuai.schema import COLUMN_INDEX, example_feature_spec  # noqa: E402
 

@@ -94,7 +94,8 @@ def _rows(path, reader, width, id_col, problems):
 
 def _report(path, kind, problems):
     if any(problems.values()):
-        logging.warning("%s table %s: %s", kind, path, ", ".join(f"{v} {k}(s) skipped" for k, v in problems.items() if v))
+        logging.warning("%s table %s: %s", kind, path,
+                        ", ".join(f"{v} {k}(s) skipped" for k, v in problems.items() if v))
 
 
 class VideoTable:

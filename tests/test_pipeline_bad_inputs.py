@@ -213,7 +213,8 @@ def test_picture_posts_are_history_and_quirks_are_kept(tmp_path):
         log_row(time_ms=T0 + DAY_MS, video_id=13, user_id=2),
         log_row(time_ms=T0 + DAY_MS + 1, video_id=999, user_id=3),  # a video the table lacks: kept
     ]
-    meta = run(write_log(tmp_path / "log.csv", rows), tmp_path / "out", "--video_features", str(tmp_path / "videos.csv"))
+    meta = run(write_log(tmp_path / "log.csv", rows), tmp_path / "out",
+               "--video_features", str(tmp_path / "videos.csv"))
     r = meta["rows"]
     assert r["dead_letter"] == 0 and r["history_only_by_reason"] == {"picture_post": 1}
     assert r["input"] == r["used"] + r["dead_letter"] == 7
@@ -291,7 +292,8 @@ def test_user_table_missing_code_duplicates_and_broken_rows(tmp_path):
     table = UserTable.load(str(tmp_path / "users.csv"))
     assert table.user_id.tolist() == [1, 2]
     assert table.columns["user_follow_user_num"].tolist() == [-1, 7]
-    assert table.columns["user_active_degree"].tolist() == [0, -1] and table.codes["user_active_degree"] == ["full_active"]
+    assert table.columns["user_active_degree"].tolist() == [0, -1]
+    assert table.codes["user_active_degree"] == ["full_active"]
     assert table.problems == {"broken_row": 2, "duplicate_row": 1}
 
 
