@@ -115,11 +115,11 @@ def run_abtest(world_dir, arms, users, days, seed, output, paired=False, page_si
     log_rows = read_world_log(world_dir)
     user_ids = world.sample_users(users)
     assignment = np.zeros(len(user_ids), np.int64) if paired else world.hash_split(user_ids, len(arms))
+    policies = [make_policy(spec, world, log_rows) for _, spec in arms]   # every arm checked before any runs
     os.makedirs(output, exist_ok=True)
     authors = world.catalogue.author_id
     results = {}
-    for index, (name, spec) in enumerate(arms):
-        policy = make_policy(spec, world, log_rows)
+    for index, ((name, spec), policy) in enumerate(zip(arms, policies)):
         mine = user_ids if paired else user_ids[assignment == index]
         with tqdm(total=len(mine) * days, unit="user-day", desc=f"abtest {name}", disable=not progress) as bar:
             sums, shown = run_arm(world, policy, mine, log_rows, days, page_size, chunk_users,
