@@ -78,6 +78,8 @@ def build_parser():
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
                    help="ops run at once (0 = TensorFlow's default)")
     p.add_argument("--log_level", default="INFO")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep TensorFlow's C++ start-up notices (quiet by default, as in every tfrec-kuai command)")
     return p
 
 
@@ -262,6 +264,8 @@ def start_in_process(**flags):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from tfrec_kuai.quiet import quiet_tensorflow
+    quiet_tensorflow(args.verbose)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Before anything is announced: a SIGTERM right after "listening" must drain and stop, not kill.
