@@ -28,7 +28,8 @@ ID_PADDING = -1  # DESIGN.md §6: -1 pads the history and stands for an unknown 
 
 # §6 id features: >= -1. A non-negative id the vocabularies do not know is out-of-vocabulary
 # (the model embeds it as such); -1 is padding in the history and "unknown" for a target.
-ID_FEATURES = ("user_id", "video_id", "author_id", "tag", "hist_video_id", "hist_author_id", "hist_tag")
+ID_FEATURES = ("user_id", "video_id", "author_id", "tag", "hist_video_id", "hist_author_id", "hist_tag",
+               "exclude_video_id")  # the extra ids of recommend_excluding / retrieve_excluding (-1 pads)
 
 # §6 seconds, [0, upper]. KuaiRand's videos last seconds to minutes; a day of play time (replays
 # included) or of duration is far beyond any real row, and 1e30 is a broken feed, not a video.

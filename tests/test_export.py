@@ -64,7 +64,11 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
         kinds = {log.WhichOneof("log_type") for log in logs}
         assert kinds == {"predict_log", "classify_log", "regress_log"}
         signatures = {log.predict_log.request.model_spec.signature_name for log in logs if log.predict_log.request.inputs}
-        assert signatures == {"recommend", "rank", "retrieve"}
+        assert signatures == {"recommend", "rank", "retrieve", "recommend_excluding", "retrieve_excluding"}
+        # The *_excluding requests carry the extra input (one corpus id and the -1 padding).
+        excluding = [tf.make_ndarray(log.predict_log.request.inputs["exclude_video_id"]) for log in logs
+                     if log.predict_log.request.model_spec.signature_name.endswith("_excluding")]
+        assert len(excluding) == 6 and all(e.shape[1] == 2 and (e[:, 1] == -1).all() for e in excluding)
         # One rank request per user-group size of the XLA path (export_rank.USER_GROUPS).
         assert sorted(log.predict_log.request.inputs["user_id"].tensor_shape.dim[0].size for log in logs
                       if log.predict_log.request.model_spec.signature_name == "rank") == [1, 4, 8]
@@ -80,6 +84,7 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
     # XLA by default where only this project's server runs the export, not in the portable one.
     portable_info = json.load(open(os.path.join(kuai_exports["portable"], "assets.extra", "export_info.json")))
     assert (info["xla"], portable_info["xla"]) == (True, False)
+    assert (info["exclude_history"], portable_info["exclude_history"]) == (True, True)
 
 
 def test_bucket_sizes_are_few_and_pad_little():

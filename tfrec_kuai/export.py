@@ -10,10 +10,22 @@ so a watching server never sees half a version. Signatures (inputs are §6 featu
 * ``rank``: user context + history + candidate ``video_id, author_id, tag, duration_s`` with a
   candidate axis ``[B, C]`` → every objective and the score, ``[B, C]``;
 * ``retrieve``: user context + history → top-K ``video_id`` and ``score``;
+* ``recommend_excluding`` / ``retrieve_excluding``: the same with one more input,
+  ``exclude_video_id`` int64 ``[B, E]`` (``-1`` pads a row): ids that must not be returned to that
+  request row (TF Serving signatures have no optional inputs, so the extra ids get signatures of
+  their own and a client of ``recommend`` sends exactly what it did before);
 * ``examples``: serialized ``tf.Example`` → ``classes``/``scores`` (the nine objectives), a
   classification signature for Classify / MultiInference; ``examples_score``: serialized
   ``tf.Example`` → ``outputs`` (the ranking score), a regression signature for Regress. (TF
   Serving allows a regression signature exactly one output, so they cannot be one signature.)
+
+**Feed rules** (DESIGN.md §8): the four retrieving signatures never return a video of the
+request's history (``hist_video_id`` at the positions ``< hist_len``), unless the export was made
+with ``exclude_history=False`` (``tfrec-kuai export --no_exclude_history``), nor one of
+``exclude_video_id``. Excluded corpus rows get the retrieval score ``-inf`` before the top-K, so
+``recommend`` still returns ``top_n`` videos whenever the corpus minus the exclusions holds that
+many. Where it holds fewer, the last positions are padding: ``video_id = -1``, ``score`` and
+``retrieval_score`` ``-inf``, every objective (and ``watch_s``) 0.
 
 The **portable** variant rebuilds both models with the composite (pure TF) attention, so stock
 TF Serving loads it; the default **fused** variant uses the custom op and needs a server that
@@ -38,7 +50,9 @@ USER_FEATURES = ("user_id", "hour", "tab")
 HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s", "hist_age_s",
                     "hist_feedback")
 CANDIDATE_FEATURES = ("video_id", "author_id", "tag", "duration_s")
-SIGNATURES = ("serving_default", "recommend", "rank", "retrieve", "examples", "examples_score")
+SIGNATURES = ("serving_default", "recommend", "rank", "retrieve", "recommend_excluding", "retrieve_excluding",
+              "examples", "examples_score")
+EXCLUDE_INPUT = "exclude_video_id"  # int64 [B, E], -1 pads: the extra ids of the *_excluding signatures
 
 
 def _dtype(name):
@@ -54,6 +68,11 @@ def user_specs(history_length):
     return specs
 
 
+def exclude_spec():
+    """The extra input of ``recommend_excluding`` / ``retrieve_excluding``: ``[B, E]`` ids, -1 padding."""
+    return {EXCLUDE_INPUT: tf.TensorSpec([None, None], tf.int64, name=EXCLUDE_INPUT)}
+
+
 def candidate_specs():
     """Candidate inputs of ``rank``: ``[B, C]``, C candidates per request row."""
     return {name: tf.TensorSpec([None, None], _dtype(name), name=name) for name in CANDIDATE_FEATURES}
@@ -63,9 +82,10 @@ class ServingModule(tf.Module):
     """The exported object: both models, the corpus and its embeddings, and the signatures."""
 
     def __init__(self, ranking_model, retrieval_model, corpus, history_length, top_n=20, retrieve_k=100,
-                 lean=True, shared_history=True, xla=False):
+                 lean=True, shared_history=True, xla=False, exclude_history=True):
         super().__init__(name="kuai_serving")
         self.xla = bool(xla)
+        self.exclude_history = bool(exclude_history)
         self.lean = bool(lean)
         if lean:
             # Track only what the signatures capture (variables and lookup tables), not the Keras
@@ -98,6 +118,12 @@ class ServingModule(tf.Module):
         self.corpus = {name: tf.Variable(np.asarray(corpus[name]), trainable=False, name=f"corpus_{name}")
                        for name in CANDIDATE_FEATURES}
         self.corpus_embeddings = tf.Variable(embeddings, trainable=False, name="corpus_embeddings")
+        # The corpus ids sorted, and each one's corpus row: an excluded id finds its row by binary
+        # search (plain TF ops, so the portable export and stock TF Serving run it too).
+        ids = np.asarray(corpus["video_id"], np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.corpus_sorted_ids = tf.Variable(ids[order], trainable=False, name="corpus_sorted_ids")
+        self.corpus_sorted_rows = tf.Variable(order.astype(np.int64), trainable=False, name="corpus_sorted_rows")
         user = user_specs(self.history_length)
         examples = [tf.TensorSpec([None], tf.string, name="inputs")]
         # No AutoGraph: nothing here (or in the models) has data-dependent Python control flow, and
@@ -110,6 +136,8 @@ class ServingModule(tf.Module):
             "rank": function(self._rank, [{**user, **candidate_specs()}]),
             "retrieve": function(self._retrieve, [user]),
             "recommend": function(self._recommend, [user]),
+            "retrieve_excluding": function(self._retrieve, [{**user, **exclude_spec()}]),
+            "recommend_excluding": function(self._recommend, [{**user, **exclude_spec()}]),
             "examples": function(self._classify_examples, examples),
             "examples_score": function(self._score_examples, examples),
         })
@@ -142,26 +170,63 @@ class ServingModule(tf.Module):
         user, candidates = self._split(inputs)
         return self._rank_rows(user, candidates)
 
-    def _top_k(self, user):
+    def _excluded_ids(self, inputs):
+        """``[B, M]`` ids not to return per request row (-1: none), or None when nothing is excluded."""
+        parts = []
+        if self.exclude_history:
+            history = inputs["hist_video_id"]
+            valid = tf.range(tf.shape(history, out_type=tf.int64)[1])[None, :] < inputs["hist_len"][:, None]
+            parts.append(tf.where(valid, history, tf.constant(-1, tf.int64)))
+        if EXCLUDE_INPUT in inputs:
+            parts.append(inputs[EXCLUDE_INPUT])
+        return tf.concat(parts, 1) if parts else None
+
+    def _excluded_rows(self, ids, batch):
+        """``[B, N]`` bool: the corpus rows of ``ids`` (``[B, M]``; -1 and ids not in the corpus match nothing)."""
+        n = int(self.corpus_sorted_ids.shape[0])
+        m = tf.shape(ids)[1]
+        flat = tf.reshape(ids, [1, -1])
+        position = tf.minimum(tf.searchsorted(self.corpus_sorted_ids[None, :], flat, out_type=tf.int64)[0], n - 1)
+        found = tf.equal(tf.gather(self.corpus_sorted_ids, position), flat[0]) & (flat[0] >= 0)
+        rows = tf.gather(self.corpus_sorted_rows, position)
+        owner = tf.repeat(tf.range(batch, dtype=tf.int64), m)
+        indices = tf.boolean_mask(tf.stack([owner, rows], 1), found)
+        hits = tf.scatter_nd(indices, tf.ones(tf.shape(indices)[:1], tf.int32),
+                             tf.stack([tf.cast(batch, tf.int64), tf.constant(n, tf.int64)]))
+        return hits > 0
+
+    def _top_k(self, user, excluded_ids=None):
+        """Top-K corpus rows by retrieval score with the excluded rows at ``-inf`` -> (scores, rows, valid)."""
         query = self.retrieval.query_tower(user)                                   # [B, d]
         scores = tf.matmul(query, self.corpus_embeddings, transpose_b=True)        # [B, N]
+        if excluded_ids is None:
+            top = tf.math.top_k(scores, k=self.retrieve_k)
+            return top.values, top.indices, tf.ones(tf.shape(top.indices), tf.bool)
+        excluded = self._excluded_rows(excluded_ids, tf.shape(scores)[0])
+        scores = tf.where(excluded, tf.constant(-np.inf, tf.float32), scores)
         top = tf.math.top_k(scores, k=self.retrieve_k)
-        return top.values, top.indices
+        return top.values, top.indices, ~tf.gather(excluded, top.indices, batch_dims=1)
 
     def _retrieve(self, inputs):
         user, _ = self._split(inputs)
-        scores, indices = self._top_k(user)
-        return {"video_id": tf.gather(self.corpus["video_id"], indices), "score": scores}
+        scores, indices, valid = self._top_k(user, self._excluded_ids(inputs))
+        video_id = tf.where(valid, tf.gather(self.corpus["video_id"], indices), tf.constant(-1, tf.int64))
+        return {"video_id": video_id, "score": scores}
 
     def _recommend(self, inputs):
         user, _ = self._split(inputs)
-        retrieval_scores, indices = self._top_k(user)                              # [B, K]
+        retrieval_scores, indices, valid = self._top_k(user, self._excluded_ids(inputs))   # [B, K]
         candidates = {name: tf.gather(self.corpus[name], indices) for name in CANDIDATE_FEATURES}
         ranked = self._rank_rows(user, candidates)                                 # [B, K] each
+        minus_inf = tf.constant(-np.inf, tf.float32)
+        ranked["score"] = tf.where(valid, ranked["score"], minus_inf)
         order = tf.math.top_k(ranked["score"], k=self.top_n).indices               # [B, N]
         pick = lambda t: tf.gather(t, order, batch_dims=1)  # noqa: E731
-        out = {name: pick(value) for name, value in ranked.items()}
-        out["video_id"] = pick(candidates["video_id"])
+        kept = pick(valid)
+        # Padding where fewer than N videos remain: id -1, scores -inf, predictions 0.
+        out = {name: tf.where(kept, pick(value), tf.zeros_like(pick(value))) for name, value in ranked.items()}
+        out["score"] = pick(ranked["score"])
+        out["video_id"] = tf.where(kept, pick(candidates["video_id"]), tf.constant(-1, tf.int64))
         out["retrieval_score"] = pick(retrieval_scores)
         return out
 
@@ -285,6 +350,14 @@ def rank_inputs(features, candidates):
 
 
 # -- warmup --------------------------------------------------------------------------------------
+def exclude_inputs(features, exclude_ids):
+    """Request for ``*_excluding``: each example's user + the same ``exclude_ids`` (``[E]``) per row."""
+    inputs = user_inputs(features)
+    b = len(features["user_id"])
+    inputs[EXCLUDE_INPUT] = np.tile(np.asarray(exclude_ids, np.int64).reshape(1, -1), (b, 1))
+    return inputs
+
+
 def warmup_logs(model_name, features, serialized, candidates):
     """PredictionLogs for every signature, built from real examples (TF Serving's warmup format)."""
     from tensorflow_serving.apis import (classification_pb2, predict_pb2, prediction_log_pb2,
@@ -308,6 +381,9 @@ def warmup_logs(model_name, features, serialized, candidates):
         predict("recommend", user_inputs(head))
         predict("retrieve", user_inputs(head))
         predict("rank", rank_inputs(head, candidates))
+        excluded = [int(candidates["video_id"][0]), -1]   # one corpus id and the padding
+        predict("recommend_excluding", exclude_inputs(head, excluded))
+        predict("retrieve_excluding", exclude_inputs(head, excluded))
     classify = classification_pb2.ClassificationRequest()
     classify.model_spec.name = model_name
     classify.model_spec.signature_name = "examples"
@@ -404,14 +480,16 @@ def write_serving_configs(export_base, model_name, batching=True):
 
 
 def export_models(ranking_model, retrieval_model, corpus, history_length, export_base, model_name="kuai",
-                  version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None, xla=False):
+                  version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None, xla=False,
+                  exclude_history=True):
     """Build the serving module from model objects and save one version; returns its folder.
 
     ``xla``: compile the rank path's encoder and prediction part with XLA (``export_rank.rank_shared_history``).
+    ``exclude_history``: the feed rule that a request's history videos are never returned.
     """
     def build(lean):
         return ServingModule(ranking_model, retrieval_model, corpus, history_length, top_n, retrieve_k,
-                             lean=lean, xla=xla)
+                             lean=lean, xla=xla, exclude_history=exclude_history)
     try:
         module = build(lean=True)
     except _NotLean:
@@ -425,7 +503,7 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
         logs = warmup_logs(model_name, features, list(warmup_serialized), candidates)
     info = dict(extra_info or {}, rank_path=module.rank_path_note, xla=module.xla, top_n=module.top_n,
                 retrieve_k=module.retrieve_k,
-                history_length=int(history_length), corpus_videos=int(len(corpus["video_id"])),
+                exclude_history=module.exclude_history, history_length=int(history_length), corpus_videos=int(len(corpus["video_id"])),
                 signatures=list(SIGNATURES), exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     try:
         return save_version(module, export_base, model_name, version, logs, info)
@@ -438,12 +516,15 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
 
 
 def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,
-           top_n=20, retrieve_k=100, warmup_examples=None, write_configs=True, log=None, xla=None):
+           top_n=20, retrieve_k=100, warmup_examples=None, write_configs=True, log=None, xla=None,
+           exclude_history=True):
     """``tfrec-kuai export``: load both trained models, build the signatures, save one version.
 
     ``xla`` (None: on unless ``portable``): compile the rank path with XLA (``export_rank``). The
     portable export leaves it off by default because stock TF Serving runs XLA-compiled functions
     only when started with ``--xla_cpu_compilation_enabled``.
+
+    ``exclude_history`` (default on): ``recommend`` and ``retrieve`` leave out the request's history.
 
     ``warmup_examples`` (None: the largest of ``export_rank.USER_GROUPS``, so that the warmup
     requests reach every group size; 0: no warmup records).
@@ -467,7 +548,7 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
     serialized = read_serialized_examples(examples_dir, "eval", warmup_examples) if warmup_examples else []
     log(f"[3/4] embedding {len(corpus['video_id'])} corpus videos, tracing the signatures, saving")
     path = export_models(ranking, retrieval, corpus, history_length, export_base, model_name, version, top_n,
-                         retrieve_k, serialized, xla=xla,
+                         retrieve_k, serialized, xla=xla, exclude_history=exclude_history,
                          extra_info={"variant": "portable" if portable else "fused",
                                      "attention_implementation": implementation,
                                      "ranking_dir": os.path.abspath(ranking_dir),

@@ -13,6 +13,9 @@ def add_arguments(parser):
                         help="compile the rank path (encoder past the lookups, experts, heads) with XLA (auto: on "
                              "for the fused export, off for --portable, since stock TF Serving runs XLA only with "
                              "--xla_cpu_compilation_enabled)")
+    parser.add_argument("--no_exclude_history", dest="exclude_history", action="store_false",
+                        help="let recommend / retrieve return videos of the request's history (default: they "
+                             "never do; extra ids are excluded through recommend_excluding / retrieve_excluding)")
     parser.add_argument("--model_name", default="kuai")
     parser.add_argument("--version", type=positive_int, default=None, help="default: one more than the newest version")
     parser.add_argument("--top_n", type=positive_int, default=20, help="videos returned by recommend")
@@ -40,7 +43,7 @@ def run(args):
           flush=True)
     path = export.export(args.ranking_dir, args.retrieval_dir, args.examples, args.export_base,
                          portable=args.portable, xla={"auto": None, "on": True, "off": False}[args.xla],
-                         model_name=args.model_name, version=args.version,
+                         model_name=args.model_name, version=args.version, exclude_history=args.exclude_history,
                          top_n=args.top_n, retrieve_k=args.retrieve_k, warmup_examples=args.warmup_examples)
     print(f"exported in {time.monotonic() - started:.1f}s: {path}", file=sys.stderr)
     print(path)
