@@ -1,4 +1,4 @@
-"""KuaiRand-format logs -> the examples folder of DESIGN.md §6 (Apache Beam).
+"""KuaiRand-format logs -> the examples folder of docs/design.md §6 (Apache Beam).
 
     python -m beam_pipelines.build_examples --input 'DIR/log_*.csv' --output OUT \\
         [--video_features F] [--user_features F] [--history_length 50] [--eval_days 1] \\

@@ -7,9 +7,9 @@ from its header and travels with each of its byte ranges, because a range other 
 never sees the header.
 
 Header rule. The first line is the header when any of its fields is not a number; its names are
-mapped to DESIGN.md §3's 19 columns, in whatever order they come (a missing, unknown or repeated
+mapped to docs/design.md §3's 19 columns, in whatever order they come (a missing, unknown or repeated
 name is an error naming it). A file whose first line is all numbers has no header and is read in
-§3's order: DESIGN.md §3 fixes that order, and KuaiRand's own files and the simulator's follow it,
+§3's order: docs/design.md §3 fixes that order, and KuaiRand's own files and the simulator's follow it,
 so a headerless file in that order is the common case of a header stripped by ``tail -n +2`` or
 a split; rejecting it would refuse good data, while a misordered headerless file is mostly caught
 by the row checks (dates against ``time_ms``, flags 0/1, durations) and lands in the dead letter.
@@ -96,7 +96,7 @@ def column_order(path, first_line):
         problems.append("missing column(s) " + ", ".join(repr(m) for m in missing))
     if problems:
         raise InputError(f"{path}: bad header: {'; '.join(problems)} (a log has the {NUM_COLUMNS} columns of "
-                         f"DESIGN.md §3, in any order: {', '.join(LOG_COLUMNS)})")
+                         f"docs/design.md §3, in any order: {', '.join(LOG_COLUMNS)})")
     order = tuple(seen[c] for c in LOG_COLUMNS)
     return (None if order == tuple(range(NUM_COLUMNS)) else order), True
 

@@ -4,7 +4,7 @@ Read through Beam's ``FileSystems`` so that the same path works locally and on `
 per worker (``DoFn.setup``) rather than shipped as a side input, because the real tables are
 small next to the logs and every worker needs all of them.
 
-Video table: ``author_id`` and the *first* tag (DESIGN.md §6: ``tag`` is the first tag id, -1 when
+Video table: ``author_id`` and the *first* tag (docs/design.md §6: ``tag`` is the first tag id, -1 when
 unknown), ``video_duration`` in ms (NaN when empty: 239 rows of KuaiRand-Pure have none).
 User table: every column but ``user_id`` becomes ``user_<column>`` (``user_active_degree`` keeps
 its name): integral numbers -> int64,

@@ -1,4 +1,4 @@
-"""From one user's validated log rows to the columns of that user's examples (DESIGN.md §4, §6).
+"""From one user's validated log rows to the columns of that user's examples (docs/design.md §4, §6).
 
 One sort per user (by time, then video id, then where the row was read), duplicates of
 ``user_id, video_id, time_ms`` dropped after the first, labels and feedback bits vectorised, and

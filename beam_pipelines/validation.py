@@ -24,11 +24,11 @@ are tested):
 
 A row with ``duration_ms = 0`` is a picture post (KuaiRand: ``upload_type`` PictureSet /
 LongPicture, about 3 % of impressions). It is valid: it stays in the user's history (play time,
-no duration) but is not a target, because the labels of DESIGN.md §4 need a duration
+no duration) but is not a target, because the labels of docs/design.md §4 need a duration
 (``user_examples.py`` counts it as ``history_only.picture_post``).
 
 A video or user that the side table given lacks is no reason to reject a row: the side tables
-are optional (DESIGN.md §3) and may cover part of the log; such a row gets author and tag -1 and
+are optional (docs/design.md §3) and may cover part of the log; such a row gets author and tag -1 and
 user columns -1 (out of vocabulary), and is counted (:func:`not_in_side_tables`,
 ``metadata.json`` ``side_information.*.log_rows_not_in_table``).
 
@@ -143,7 +143,7 @@ def _fast_parse(lines, num_columns=NUM_COLUMNS):
 def parse_lines(lines, block=5000, order=None):
     """Parse raw lines (bytes without the newline).
 
-    ``order``: for each of the 19 columns of DESIGN.md §3, its position in the file (from the
+    ``order``: for each of the 19 columns of docs/design.md §3, its position in the file (from the
     file's header, ``inputs.column_order``); None = the file is in the §3 order.
     Returns ``(values [n, 19] int64 in §3 order, kept [n] indices into lines, rejects
     [(index, reason)])``. Blocks of clean rows take the vectorised path (one column gather per

@@ -1,4 +1,4 @@
-// Feedback-weighted target attention (DESIGN.md §7): the kernel core, plain C++17.
+// Feedback-weighted target attention (docs/design.md §7): the kernel core, plain C++17.
 //
 // No TensorFlow and no Python here, so the same code runs inside the TF op (cc/fwa_tf_op.cc) and
 // behind the pybind11 module (cc/py_attention.cc), and can be tested under sanitizers alone.

@@ -1,4 +1,4 @@
-// TensorFlow registration of FeedbackWeightedAttention and its fused gradient (DESIGN.md §7).
+// TensorFlow registration of FeedbackWeightedAttention and its fused gradient (docs/design.md §7).
 //
 // The kernels validate everything the core relies on (ranks, matching dimensions, lengths in
 // [0, L]) and answer InvalidArgument naming the input, so no input can make the core read out of
@@ -99,7 +99,7 @@ REGISTER_OP("FeedbackWeightedAttention")
       return ::tensorflow::Status();
     })
     .Doc(R"doc(
-Feedback-weighted target attention over a padded history (tfrec-kuai DESIGN.md section 7).
+Feedback-weighted target attention over a padded history (tfrec-kuai docs/design.md section 7).
 
 For every b, h over l < lengths[b] only: p = softmax(scale * <query[b,h], keys[b,l,h]> +
 bias[b,l,h]) and output[b,h] = sum_l p_l * gate[b,l,h] * values[b,l,h]; lengths[b] = 0 gives zeros.

@@ -14,7 +14,7 @@ struct HistoryInputs {
   const int64_t* tag;          // [N]
   const float* play_s;         // [N]
   const float* duration_s;     // [N]
-  const int64_t* feedback;     // [N] bit set of DESIGN.md §6
+  const int64_t* feedback;     // [N] bit set of docs/design.md §6
 };
 
 struct HistoryOutputs {        // every array [N, L] row-major, except hist_len [N]

@@ -137,7 +137,7 @@ py::tuple FwaBackwardPy(CArray<float> grad, CArray<float> query, CArray<float> k
 void RegisterAttentionBindings(py::module_& m) {
   m.def("fwa_forward", &FwaForwardPy, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("bias"),
         py::arg("gate"), py::arg("lengths"), py::arg("scale") = py::none(), py::arg("num_threads") = 1,
-        "Feedback-weighted attention forward (DESIGN.md section 7) on NumPy arrays: query [B,H,D], keys "
+        "Feedback-weighted attention forward (docs/design.md section 7) on NumPy arrays: query [B,H,D], keys "
         "[B,L,H,D], values [B,L,H,Dv], bias/gate [B,L,H], lengths [B] int in [0, L]; scale None means "
         "1/sqrt(D). Returns float32 [B,H,Dv]. Raises ValueError on bad shapes or lengths. Releases the GIL; "
         "num_threads > 1 splits the (b, h) units over that many threads.");

@@ -24,7 +24,7 @@ def tiny_log_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_examples_dir(tiny_log_dir, tmp_path_factory):
-    """The DESIGN.md §6 folder (train/, eval/, vocab/, corpus/, dead_letter/, metadata.json)."""
+    """The docs/design.md §6 folder (train/, eval/, vocab/, corpus/, dead_letter/, metadata.json)."""
     from beam_pipelines import build_examples
 
     out = tmp_path_factory.mktemp("tiny_examples")

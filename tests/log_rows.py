@@ -16,7 +16,7 @@ HEADER = ",".join(LOG_COLUMNS)
 
 
 def log_row(**fields):
-    """One CSV row in DESIGN.md §3 order; ``date`` / ``hourmin`` follow ``time_ms`` unless given."""
+    """One CSV row in docs/design.md §3 order; ``date`` / ``hourmin`` follow ``time_ms`` unless given."""
     vals = dict.fromkeys(LOG_COLUMNS, "0")
     vals.update(user_id="1", video_id="10", time_ms=str(T0), play_time_ms="4000", duration_ms="5000", tab="1")
     vals.update({k: str(v) for k, v in fields.items()})

@@ -45,7 +45,7 @@ def make_batch(batch=16, history_length=L, seed=0, with_labels=True):
 
 
 def feedback_bits(play_s, duration_s, rng):
-    """DESIGN §4 label rules as §6 bits, plus random engagement flags."""
+    """docs/design.md §4 label rules as §6 bits, plus random engagement flags."""
     p, d = np.asarray(play_s) * 1000, np.asarray(duration_s) * 1000
     skip = p < np.minimum(3000, d)
     valid = np.where(d <= 7000, p >= d, p > 7000)

@@ -16,7 +16,7 @@ def _dense(layer, x):
 
 
 def _reference_encoder(enc, q_in, tokens, fb, lengths):
-    """DESIGN §5/§7 in NumPy, float64, reading only the valid positions."""
+    """docs/design.md §5/§7 in NumPy, float64, reading only the valid positions."""
     H, D, Dv = enc.num_heads, enc.head_dim, enc.value_dim
     B, L, _ = tokens.shape
     q = _dense(enc.query_proj, q_in).reshape(B, H, D)

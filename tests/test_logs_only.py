@@ -1,6 +1,6 @@
 """The interaction log alone, without the video and user tables, goes through every stage.
 
-DESIGN.md §3 makes the side tables optional; many users have only the log. simulate → the Beam
+docs/design.md §3 makes the side tables optional; many users have only the log. simulate → the Beam
 job without ``--video_features`` / ``--user_features`` (empty author and tag vocabularies) →
 train both stages → evaluate → export (fused and portable) → a real ``serving.server`` process
 answering a gRPC Predict(recommend), and the portable SavedModel's own ``recommend`` signature →

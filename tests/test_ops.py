@@ -1,4 +1,4 @@
-"""Tests of the feedback-weighted attention op (DESIGN.md §7).
+"""Tests of the feedback-weighted attention op (docs/design.md §7).
 
 The fused op, the composite and the pybind11 kernel are checked against an independent float64
 NumPy reference (forward and hand-derived backward), and that reference's backward is itself

@@ -1,4 +1,4 @@
-"""DESIGN.md §4 label rules at their boundaries, §6 feedback bits and feature spec."""
+"""docs/design.md §4 label rules at their boundaries, §6 feedback bits and feature spec."""
 import numpy as np
 
 from tfrec_kuai import schema

@@ -39,7 +39,7 @@ L = 4  # the feed model's history length
 
 
 def build_feed_saved_model(path):
-    """A SavedModel whose inputs carry DESIGN.md §6 names (as the exported signatures do), small
+    """A SavedModel whose inputs carry docs/design.md §6 names (as the exported signatures do), small
     enough to build in a second: ``serving_default`` reads a user's history, ``rank`` candidates'
     durations. Its outputs are plain sums, so a poisoned input would show in them."""
 

@@ -1,4 +1,4 @@
-"""The ``tfrec-kuai`` command line: one sub-command per step of DESIGN.md §9.
+"""The ``tfrec-kuai`` command line: one sub-command per step of docs/design.md §9.
 
 Each sub-command lives in its own module under ``tfrec_kuai.commands`` exposing
 ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported lazily so that

@@ -32,7 +32,7 @@ class ModelConfig:
     tag_dim: int = 8
     context_dim: int = 8          # duration bucket, event age, position, hour, tab embeddings
     use_user_id: bool = True
-    # Feedback-aware encoder (DESIGN §5): H heads of key depth D and value depth Dv.
+    # Feedback-aware encoder (docs/design.md §5): H heads of key depth D and value depth Dv.
     num_heads: int = 4
     head_dim: int = 16
     value_dim: int = 16

@@ -2,7 +2,7 @@
 
 The parse spec is read from the folder's ``metadata.json`` rather than rebuilt from defaults, so a
 folder made with another history length or with user features is read correctly without flags.
-Batches are dicts keyed by the DESIGN.md §6 names (labels included); ids stay raw (the models map
+Batches are dicts keyed by the docs/design.md §6 names (labels included); ids stay raw (the models map
 them through the vocabularies, see :func:`read_vocabulary`).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ start ``serving.server`` → real gRPC requests (official ``tensorflow-serving-a
 few users, printed beside what those users had watched, liked and skipped → stop the server →
 the HTML report.
 
-Every step is a subprocess running the documented command (DESIGN.md §9), so the demo exercises
+Every step is a subprocess running the documented command (docs/design.md §9), so the demo exercises
 exactly the entry points of the README, and each command is printed before it runs so that it
 can be copied and run alone.
 

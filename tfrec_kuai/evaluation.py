@@ -1,4 +1,4 @@
-"""Offline evaluation: ``metrics.json`` and plots for a ranking or retrieval model (DESIGN.md §9).
+"""Offline evaluation: ``metrics.json`` and plots for a ranking or retrieval model (docs/design.md §9).
 
 Ranking, on the eval split (later days than training):
 
@@ -136,7 +136,7 @@ def calibration(labels, predictions, bins=10):
 
 
 def ranking_metrics(labels, predictions, user_ids, calibrate=True):
-    """The ranking keys of DESIGN §9 from arrays: ``labels[obj]`` 0/1, ``predictions['p_<obj>']``,
+    """The ranking keys of docs/design.md §9 from arrays: ``labels[obj]`` 0/1, ``predictions['p_<obj>']``,
     ``labels['watch_s']`` and ``predictions['watch_s']``."""
     out = {}
     for obj in BINARY:

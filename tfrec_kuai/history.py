@@ -2,7 +2,7 @@
 
 For every event ``i`` of a user (events sorted by ``time_ms``) the window holds the user's events
 with a time *strictly* earlier than ``time_ms[i]``, newest first, truncated to ``L`` and padded
-(ids -1, floats 0, feedback 0) — DESIGN.md §6. Events that share a timestamp never see each other,
+(ids -1, floats 0, feedback 0) — docs/design.md §6. Events that share a timestamp never see each other,
 so no window can leak the target or anything logged with it.
 
 The Beam job calls :func:`build_history_windows`, which uses the C++ builder of the pybind11

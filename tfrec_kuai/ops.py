@@ -1,4 +1,4 @@
-"""Feedback-weighted target attention (DESIGN.md §7): the fused C++ op and its composite twin.
+"""Feedback-weighted target attention (docs/design.md §7): the fused C++ op and its composite twin.
 
 For every batch row ``b`` and head ``h``, over the valid history ``l < lengths[b]`` only::
 

@@ -1,4 +1,4 @@
-"""The data contract of DESIGN.md §3, §4 and §6 in one place, without TensorFlow.
+"""The data contract of docs/design.md §3, §4 and §6 in one place, without TensorFlow.
 
 The simulator writes the log columns, the Beam job turns them into labels and example features,
 the reader and the models parse those features: all of them import the names from here so that a
@@ -61,7 +61,7 @@ CORPUS_FEATURES = OrderedDict([("video_id", "int64"), ("author_id", "int64"), ("
 
 
 def example_feature_spec(history_length, user_features=()):
-    """``{name: FeatureDesc(dtype, shape)}`` of one example (DESIGN.md §6), labels included.
+    """``{name: FeatureDesc(dtype, shape)}`` of one example (docs/design.md §6), labels included.
 
     ``user_features`` is a sequence of ``(name, dtype)`` pairs (names already ``user_``-prefixed),
     as recorded in ``metadata.json``.

@@ -4,7 +4,7 @@ No interaction log can be downloaded here, so the project learns from a simulate
 behaves like Kuaishou's feed (see ``tfrec_kuai/sim/behaviour.py`` for the behaviour model and
 docs/data.md for the parameters). What it writes into the output folder:
 
-* ``log_standard_sim.csv`` / ``log_random_sim.csv``: KuaiRand's exact 19 columns (DESIGN.md §3),
+* ``log_standard_sim.csv`` / ``log_random_sim.csv``: KuaiRand's exact 19 columns (docs/design.md §3),
   the second one the ``is_rand=1`` random exposures, as KuaiRand ships them;
 * ``video_features_basic_sim.csv`` and ``user_features_sim.csv``: the side tables (real
   KuaiRand-Pure rows by default);

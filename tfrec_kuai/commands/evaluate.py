@@ -1,4 +1,4 @@
-"""``tfrec-kuai evaluate``: metrics.json and plots on the eval split (DESIGN.md §9)."""
+"""``tfrec-kuai evaluate``: metrics.json and plots on the eval split (docs/design.md §9)."""
 import os
 
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)

@@ -1,4 +1,4 @@
-"""``tfrec-kuai simulate``: a KuaiRand-format log with its ground truth (DESIGN.md §9).
+"""``tfrec-kuai simulate``: a KuaiRand-format log with its ground truth (docs/design.md §9).
 
 Kept free of TensorFlow so that generating a log is fast to start.
 """

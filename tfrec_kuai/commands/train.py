@@ -1,4 +1,4 @@
-"""``tfrec-kuai train``: Keras fit of the ranking or retrieval model (DESIGN.md §9).
+"""``tfrec-kuai train``: Keras fit of the ranking or retrieval model (docs/design.md §9).
 
 Re-running the same command after a kill resumes from ``<model_dir>/backup`` and ends where an
 unbroken run ends; ``--restart`` throws the previous state away instead.

@@ -1,4 +1,4 @@
-"""Keras layers of the model (DESIGN.md §5): preprocessing, the feedback-aware encoder, experts, heads."""
+"""Keras layers of the model (docs/design.md §5): preprocessing, the feedback-aware encoder, experts, heads."""
 from tfrec_kuai.layers.embeddings import (AGE_BOUNDARIES, DURATION_BOUNDARIES, BucketEmbedding, IdEmbedding,
                                           ItemEmbedding, ModuloEmbedding, feedback_features, log_duration,
                                           num_feedback_features, target_relation)

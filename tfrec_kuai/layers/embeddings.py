@@ -1,6 +1,6 @@
 """Feature preprocessing layers: raw §6 ids and floats in, dense tensors out.
 
-The model receives *raw* ids (DESIGN.md §6) and maps them through vocabularies stored inside the
+The model receives *raw* ids (docs/design.md §6) and maps them through vocabularies stored inside the
 model (``IntegerLookup``), so a SavedModel is self-contained and a serving client can send an
 example's features as they are. Padding ids (−1) and ids unseen in training map to the single
 out-of-vocabulary row; padded history positions are never read by the attention anyway.

@@ -1,4 +1,4 @@
-"""The feedback-aware history encoder (DESIGN.md §5), on top of the fused attention op (§7).
+"""The feedback-aware history encoder (docs/design.md §5), on top of the fused attention op (§7).
 
 A user's history says what the user *did* with each video. Plain target attention (DIN) weighs
 every past event by its similarity to the target and adds the items up, so a skipped video pulls

@@ -1,4 +1,4 @@
-"""Prediction heads: the depth cascade and the duration-aware watch-time head (DESIGN.md §5).
+"""Prediction heads: the depth cascade and the duration-aware watch-time head (docs/design.md §5).
 
 Skip, effective view, long view and complete play are nested depths of one behaviour (every
 complete play is a long view, every long view an effective view, no effective view is a skip), so
@@ -17,7 +17,7 @@ import tensorflow as tf
 from tfrec_kuai.layers.embeddings import log_duration
 
 CASCADE_OUTPUTS = ("p_skip", "p_valid", "p_long", "p_complete")
-SKIP_SECONDS = 3.0   # DESIGN §4: a play shorter than min(3 s, duration) is a skip
+SKIP_SECONDS = 3.0   # docs/design.md §4: a play shorter than min(3 s, duration) is a skip
 
 
 class CascadeHeads(tf.keras.layers.Layer):
@@ -57,7 +57,7 @@ class DurationAwareWatchHead(tf.keras.layers.Layer):
     features and the log duration, and multiplies by the duration.
 
     With ``p_skip`` (the cascade variants) the ratio is the one *given the video is not skipped*
-    and the expectation is completed exactly by the skip definition (DESIGN §4: a skip plays less
+    and the expectation is completed exactly by the skip definition (docs/design.md §4: a skip plays less
     than ``min(3 s, d)``, on average half of it):
 
         watch_s = p_skip · min(3, d) / 2 + (1 − p_skip) · ratio_not_skipped · d

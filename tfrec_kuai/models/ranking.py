@@ -1,4 +1,4 @@
-"""The multi-objective ranking model (DESIGN.md §5): a ``tfrs.models.Model`` with one
+"""The multi-objective ranking model (docs/design.md §5): a ``tfrs.models.Model`` with one
 ``tfrs.tasks.Ranking`` per objective.
 
 Input: a dict of §6 features with raw ids (``[B]`` scalars, ``[B, L]`` history). Output of
@@ -119,7 +119,7 @@ class RankingModel(StaticGraphModel):
         return out
 
     def blend_score(self, out):
-        """E[watch] · (1 − p_skip)^a · (1 + Σ w·p_engage) · (1 − p_hate)^b (DESIGN §5)."""
+        """E[watch] · (1 − p_skip)^a · (1 + Σ w·p_engage) · (1 − p_hate)^b (docs/design.md §5)."""
         c = self.model_config
         engage = 1.0 + tf.add_n([w * out[f"p_{k}"] for k, w in sorted(c.score_engage_weights.items())]
                                 or [tf.zeros_like(out["p_skip"])])

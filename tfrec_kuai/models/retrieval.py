@@ -1,4 +1,4 @@
-"""The two-tower retrieval model (DESIGN.md §5) on ``tfrs.tasks.Retrieval``.
+"""The two-tower retrieval model (docs/design.md §5) on ``tfrs.tasks.Retrieval``.
 
 * ``query_tower(features) -> [B, d]``: user id, request context and the user's history through
   the same feedback-aware encoder as the ranking model, with a learned (user- and context-

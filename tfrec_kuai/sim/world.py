@@ -1,4 +1,4 @@
-"""The simulator's world as an environment a policy drives (DESIGN.md §10).
+"""The simulator's world as an environment a policy drives (docs/design.md §10).
 
 ``tfrec-kuai simulate`` writes what users did with the feed of a fixed logging policy. The world
 answers the online question instead: what would these users have done with the feed *this*
