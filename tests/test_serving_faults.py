@@ -29,7 +29,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.server import start_in_process
 from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, free_port, publish_version, require_transport
 from tests.test_serving import IDS, X, good_predict, http, predict_request
-from tests.test_serving_lifecycle import served_version, statuses, stubs, wait_for
+from tests.test_serving_lifecycle import base, served_version, statuses, stubs, wait_for  # noqa: F401  (base: a fixture)
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 LOADING = get_model_status_pb2.ModelVersionStatus.LOADING
@@ -374,14 +374,6 @@ def test_slow_clients_are_cut_off_while_normal_requests_succeed(server):
 
 
 # ---- 2, 3, 4, 8: the file system and the config -------------------------------------------------
-
-@pytest.fixture
-def base(tmp_path, toy_versions):
-    path = tmp_path / TOY_MODEL_NAME
-    path.mkdir()
-    publish_version(toy_versions[1], str(path), 1)
-    return str(path)
-
 
 class LoadLoop:
     """Predicts in a thread until stopped; counts the answers and keeps every error."""
