@@ -27,7 +27,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.server import start_in_process
-from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, free_port, publish_version, require_transport
+from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, free_port, require_transport
 from tests.test_serving import IDS, X, good_predict, http, predict_request
 from tests.test_serving_lifecycle import base, served_version, statuses, stubs, wait_for  # noqa: F401  (base: a fixture)
 
