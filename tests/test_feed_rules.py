@@ -98,9 +98,8 @@ def test_history_is_excluded_by_default_and_returned_with_the_flag_off(loaded, b
                 assert (out["video_id"][b] >= 0).all()      # the corpus still holds enough videos
             # The videos both answers return score the same: masking changes what is left, not scores.
             for b in range(len(seen)):
-                score_key = "score"
-                on = dict(zip(out["video_id"][b].tolist(), out[score_key][b].tolist()))
-                for v, s in zip(off[name]["video_id"][b].tolist(), off[name][score_key][b].tolist()):
+                on = dict(zip(out["video_id"][b].tolist(), out["score"][b].tolist()))
+                for v, s in zip(off[name]["video_id"][b].tolist(), off[name]["score"][b].tolist()):
                     if v in on:
                         np.testing.assert_allclose(on[v], s, rtol=1e-4, atol=1e-5)
     # Positions past hist_len are padding, not history: they exclude nothing.
@@ -179,3 +178,17 @@ def test_served_feed_rules_match_in_process(kuai_stub, loaded, base_request):  #
     assert "exclude_video_id" in info.value.details() and ">= -1" in info.value.details()
     assert _predict(stub, "kuai", "recommend_excluding", dict(request, exclude_video_id=extra))["video_id"].shape == \
         first.shape
+
+
+def test_client_command_passes_extra_ids(kuai_server, tiny_examples_dir, capsys):  # noqa: F811
+    """``python -m serving.client --signature recommend_excluding --feature exclude_video_id=...``."""
+    from serving import client
+    target = ["--server", f"127.0.0.1:{kuai_server[0]}", "--examples", tiny_examples_dir, "--count", "1"]
+    assert client.main(target + ["--signature", "recommend"]) == 0
+    table = capsys.readouterr().out.splitlines()[1:]              # past the "model ... signature" line
+    assert client.main(target + ["--signature", "recommend_excluding", "--feature", "exclude_video_id=-1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == table
+    ids = lambda lines: [line.split()[1] for line in lines if line.split()[:1] and line.split()[0].isdigit()]  # noqa
+    first = ids(table)[0]
+    assert client.main(target + ["--signature", "recommend_excluding", "--feature", f"exclude_video_id={first},-1"]) == 0
+    assert first not in ids(capsys.readouterr().out.splitlines()[1:])
