@@ -188,7 +188,8 @@ def test_client_command_passes_extra_ids(kuai_server, tiny_examples_dir, capsys)
     table = capsys.readouterr().out.splitlines()[1:]              # past the "model ... signature" line
     assert client.main(target + ["--signature", "recommend_excluding", "--feature", "exclude_video_id=-1"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == table
-    ids = lambda lines: [line.split()[1] for line in lines if line.split()[:1] and line.split()[0].isdigit()]  # noqa
+    def ids(lines):
+        return [line.split()[1] for line in lines if line.split()[:1] and line.split()[0].isdigit()]
     first = ids(table)[0]
     assert client.main(target + ["--signature", "recommend_excluding", "--feature", f"exclude_video_id={first},-1"]) == 0
     assert first not in ids(capsys.readouterr().out.splitlines()[1:])

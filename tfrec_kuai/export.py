@@ -503,7 +503,8 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
         logs = warmup_logs(model_name, features, list(warmup_serialized), candidates)
     info = dict(extra_info or {}, rank_path=module.rank_path_note, xla=module.xla, top_n=module.top_n,
                 retrieve_k=module.retrieve_k,
-                exclude_history=module.exclude_history, history_length=int(history_length), corpus_videos=int(len(corpus["video_id"])),
+                exclude_history=module.exclude_history, history_length=int(history_length),
+                corpus_videos=int(len(corpus["video_id"])),
                 signatures=list(SIGNATURES), exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     try:
         return save_version(module, export_base, model_name, version, logs, info)
