@@ -109,3 +109,17 @@ def test_user_side_table_features(dead_run):
     assert meta["user_feature_names"] == ["user_active_degree", "user_is_video_author"]
     assert meta["user_feature_codes"] == {"user_active_degree": ["UNKNOWN", "full_active"]}
     assert meta["features"]["user_active_degree"] == {"dtype": "int64", "shape": []}
+
+
+def test_the_model_side_reads_a_partial_video_table(dead_run):
+    """A video the side table lacks is out-of-vocabulary for the model, and what the trainer, the
+    evaluation and the report print about the side information says the table was partial."""
+    import shlex
+    from tfrec_kuai import data
+    argv = shlex.split(dead_run[0]["command"])
+    out = argv[argv.index("--output") + 1]
+    info = data.side_information(out)
+    assert info["video_features"]["status"] == "partial"
+    assert info["video_features"]["videos_without_author_or_tag"] == 1
+    assert info["user_features"]["status"] == "present" and info["absent"] == []
+    assert "video table partial (1 of" in data.describe_side_information(info)
