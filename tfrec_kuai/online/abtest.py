@@ -26,6 +26,7 @@ import numpy as np
 from tfrec_kuai.errors import InputError
 from tfrec_kuai.online import metrics
 from tfrec_kuai.online.policies import make_policy, parse_spec
+from tfrec_kuai.online.served import LocalServer, served_exports
 from tfrec_kuai.online.worldlog import read_world_log
 from tfrec_kuai.schema import COLUMN_INDEX, LOG_COLUMNS
 from tfrec_kuai.sim.world import World
@@ -99,12 +100,12 @@ def run_arm(world, policy, user_ids, log_rows, days, page_size, chunk_users, fol
 
 
 def run_abtest(world_dir, arms, users, days, seed, output, paired=False, page_size=10, chunk_users=1000,
-               replicates=1000, progress=True, leave=None):
+               replicates=1000, progress=True, leave=None, server=None):
     """Run the A/B test and write ``output``; returns the metrics.json dict.
 
-    ``arms``: ``[(name, policy spec)]``, the first the control."""
-    from tqdm import tqdm
-
+    ``arms``: ``[(name, policy spec)]``, the first the control. ``server``: the gRPC address of
+    the model server ``served:<model name>`` arms call; without it the ``served:<export dir>``
+    arms are served by a server started here for the run (``online/served.py``)."""
     if len(arms) < 1:
         raise InputError("at least one --arm NAME=POLICY is needed")
     names = [name for name, _ in arms]
@@ -114,8 +115,23 @@ def run_abtest(world_dir, arms, users, days, seed, output, paired=False, page_si
     world = World(world_dir, seed=seed, leave=leave)
     log_rows = read_world_log(world_dir)
     user_ids = world.sample_users(users)
+    exports = served_exports(arms, server)       # served:<export dir> arms: one model each, named after the arm
+    common = (world_dir, world, log_rows, user_ids, arms, days, seed, output, paired, page_size, chunk_users,
+              replicates, progress, started)
+    if not exports:
+        return _run(*common, server, {})
+    with LocalServer(exports) as local:
+        return _run(*common, local.address, {name: name for name in exports})
+
+
+def _run(world_dir, world, log_rows, user_ids, arms, days, seed, output, paired, page_size, chunk_users,
+         replicates, progress, started, server, model_names):
+    from tqdm import tqdm
+
+    names = [name for name, _ in arms]
     assignment = np.zeros(len(user_ids), np.int64) if paired else world.hash_split(user_ids, len(arms))
-    policies = [make_policy(spec, world, log_rows) for _, spec in arms]   # every arm checked before any runs
+    # Every arm checked (a served one: its server answers) before any runs or anything is written.
+    policies = [make_policy(spec, world, log_rows, server, model_names.get(name)) for name, spec in arms]
     os.makedirs(output, exist_ok=True)
     authors = world.catalogue.author_id
     results = {}
@@ -126,12 +142,15 @@ def run_abtest(world_dir, arms, users, days, seed, output, paired=False, page_si
                                   os.path.join(output, "arms", name), bar)
         distinct = (int(shown.sum()), int(len(np.unique(authors[shown]))))
         results[name] = (sums, distinct)
+        if hasattr(policy, "close"):
+            policy.close()
     rng = np.random.default_rng([seed, 5])
     out = {"arms": {}, "lift": {}}
     control = names[0]
     for name in names:
         sums, (videos, n_authors) = results[name]
-        out["arms"][name] = {"policy": dict(arms)[name], **metrics.arm_metrics(sums, videos, n_authors)}
+        out["arms"][name] = {"policy": dict(arms)[name], **metrics.arm_metrics(sums, videos, n_authors),
+                             "failed_requests": int(getattr(policies[names.index(name)], "failed_requests", 0))}
         if name != control:
             c_sums, c_distinct = results[control]
             out["lift"][name] = metrics.lift(sums, c_sums, paired, rng, replicates,

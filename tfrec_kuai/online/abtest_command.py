@@ -1,6 +1,6 @@
 """``tfrec-kuai abtest``: the command line of ``tfrec_kuai.online.abtest`` (DESIGN.md §10).
 
-TensorFlow is imported only when an arm runs a ``savedmodel:`` policy.
+TensorFlow is imported only when an arm runs a ``savedmodel:`` or ``served:`` policy.
 """
 import argparse
 
@@ -20,8 +20,13 @@ def _arm(text):
 def add_arguments(parser):
     parser.add_argument("--world", required=True, help="a `tfrec-kuai simulate` output folder to continue")
     parser.add_argument("--arm", action="append", type=_arm, required=True, metavar="NAME=POLICY",
-                        help="an arm: POLICY is random, popular, logging, oracle or savedmodel:<export dir>; "
+                        help="an arm: POLICY is random, popular, logging, oracle, savedmodel:<export dir> (in-process) "
+                             "or served:<export dir> / served:<model name> with --server (gRPC); "
                              "repeat the flag, the first arm is the control")
+    parser.add_argument("--server", metavar="ADDRESS", default=None,
+                        help="HOST:PORT of a running model server (python -m serving.server or "
+                             "tensorflow_model_server) whose models served:<model name> arms call; without it "
+                             "served:<export dir> arms get a server started on 127.0.0.1 for the run")
     parser.add_argument("--users", type=positive_int, default=1000, help="users drawn from the world")
     parser.add_argument("--days", type=positive_int, default=1, help="days served, from the day after the log")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="users, visits and every random draw")
@@ -39,7 +44,7 @@ def run(args):
 
     out = run_abtest(args.world, args.arm, args.users, args.days, args.seed, args.output, paired=args.paired,
                      page_size=args.page_size, chunk_users=args.chunk_users, replicates=args.bootstrap,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, server=args.server)
     for name, m in out["arms"].items():
         lift = out["lift"].get(name, {}).get("watch_time_per_user_day")
         extra = "" if lift is None or lift["value"] is None else \

@@ -1,5 +1,5 @@
 """The policies an A/B arm can run: ``random``, ``popular``, ``logging``, ``oracle`` and
-``savedmodel:<export dir>`` (DESIGN.md §10).
+``savedmodel:<export dir>`` and ``served:<model name or export dir>`` (DESIGN.md §10).
 
 A policy answers "the next N videos for these users now" (:class:`tfrec_kuai.sim.world.Page`)
 with catalogue indices ``[b, N]`` and, for the log's ``is_rand`` column, which of them were
@@ -92,36 +92,67 @@ class OraclePolicy(Policy):
         return top_unseen(expected, page.cohort.seen[page.rows], page.size), None
 
 
-def resolve_export(path):
+def resolve_export(path, kind="savedmodel"):
     """The version folder (with ``saved_model.pb``) that ``path`` names: itself, the newest
     numeric version under it, or the newest version of its single model folder."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     if not os.path.isdir(path):
-        raise InputError(f"savedmodel:{path}: no such folder")
+        raise InputError(f"{kind}:{path}: no such folder")
     versions = sorted((int(d) for d in os.listdir(path) if d.isdigit() and
                        os.path.isfile(os.path.join(path, d, "saved_model.pb"))))
     if versions:
         return os.path.join(path, str(versions[-1]))
     models = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
     if len(models) == 1:
-        return resolve_export(os.path.join(path, models[0]))
-    raise InputError(f"savedmodel:{path}: no saved_model.pb in it, in a version folder under it, "
+        return resolve_export(os.path.join(path, models[0]), kind)
+    raise InputError(f"{kind}:{path}: no saved_model.pb in it, in a version folder under it, "
                      "or under its one model folder (expected a `tfrec-kuai export` output)")
 
 
-class SavedModelPolicy(Policy):
-    """An export's ``recommend`` signature, loaded in-process; the first ``size`` of its top-N.
+class ModelPolicy(Policy):
+    """An export's ``recommend`` signature as a policy: the part every way of calling it shares.
 
-    The request is built from the world's log by :class:`~tfrec_kuai.online.requests.RequestBuilder`
-    with the history length the signature declares."""
+    A subclass says what the signature takes (``input_dtypes``: {input: TensorFlow dtype}, and
+    the history length it declares) and how to call it (``call(inputs) -> video ids [b, top-N]``);
+    this class builds one request per page for all the page's users from the world's log
+    (:class:`~tfrec_kuai.online.requests.RequestBuilder`) and maps the first ``size`` ids back to
+    the world's videos. So the in-process and the served arm send the same tensors and read the
+    answer the same way, and can only differ by the path between."""
+
+    failed_requests = 0
+
+    def _set_signature(self, input_dtypes, history_length):
+        from tfrec_kuai.online.requests import RequestBuilder
+
+        self.input_dtypes = dict(input_dtypes)
+        self.history_length = int(history_length)
+        self.requests = RequestBuilder(self.world, self.history_length)
+
+    def inputs(self, page):
+        """``{input: numpy array}`` of the page's request, in the signature's dtypes."""
+        features = self.requests.build(page)
+        missing = sorted(set(self.input_dtypes) - set(features))
+        if missing:
+            raise InputError(f"{self.name}: the `recommend` signature takes {missing}, which a request "
+                             "built from the world's log does not carry")
+        return {name: np.asarray(features[name], dtype.as_numpy_dtype) for name, dtype in self.input_dtypes.items()}
+
+    def recommend(self, page):
+        ids = np.asarray(self.call(self.inputs(page)))
+        if ids.ndim != 2 or ids.shape[1] < page.size:
+            raise InputError(f"{self.name}: the export returns {ids.shape[-1]} videos per request, "
+                             f"fewer than --page_size {page.size}")
+        return self.world.video_index(ids[:, :page.size].ravel()).reshape(len(ids), page.size), None
+
+
+class SavedModelPolicy(ModelPolicy):
+    """An export's ``recommend`` signature, loaded in-process."""
 
     def __init__(self, spec, world, export_dir):
         super().__init__(spec, world)
         import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
         import tensorflow as tf
-
-        from tfrec_kuai.online.requests import RequestBuilder
 
         self.tf = tf
         self.path = resolve_export(export_dir)
@@ -132,36 +163,33 @@ class SavedModelPolicy(Policy):
             raise InputError(f"savedmodel:{export_dir}: not a loadable export with a `recommend` "
                              f"signature ({type(error).__name__})") from None
         self._loaded = loaded
-        self.input_specs = self.signature.structured_input_signature[1]
-        self.history_length = int(self.input_specs["hist_video_id"].shape[1])
-        self.requests = RequestBuilder(world, self.history_length)
+        specs = self.signature.structured_input_signature[1]
+        self._set_signature({name: spec.dtype for name, spec in specs.items()}, specs["hist_video_id"].shape[1])
 
-    def recommend(self, page):
-        features = self.requests.build(page)
+    def call(self, inputs):
         tf = self.tf
-        inputs = {name: tf.constant(np.asarray(features[name]), dtype=spec.dtype)
-                  for name, spec in self.input_specs.items()}
-        ids = self.signature(**inputs)["video_id"].numpy()
-        if ids.shape[1] < page.size:
-            raise InputError(f"{self.name}: the export returns {ids.shape[1]} videos per request, "
-                             f"fewer than --page_size {page.size}")
-        return self.world.video_index(ids[:, :page.size].ravel()).reshape(len(ids), page.size), None
+        return self.signature(**{name: tf.constant(value) for name, value in inputs.items()})["video_id"].numpy()
 
 
 def parse_spec(spec):
     """``(kind, argument)`` of an arm's policy spec, or InputError naming what is accepted."""
     kind, _, argument = spec.partition(":")
     if kind not in KINDS or (kind in ("savedmodel", "served")) != bool(argument):
-        raise InputError(f"unknown policy {spec!r}: expected random, popular, logging, oracle or "
-                         "savedmodel:<export dir>")
+        raise InputError(f"unknown policy {spec!r}: expected random, popular, logging, oracle, "
+                         "savedmodel:<export dir> or served:<model name or export dir>")
     return kind, argument
 
 
-def make_policy(spec, world, log_rows):
+def make_policy(spec, world, log_rows, server=None, model_name=None):
+    """The arm's policy; a ``served`` one calls ``model_name`` (default: the spec's argument) on
+    the gRPC ``server`` address."""
     kind, argument = parse_spec(spec)
     if kind == "served":
-        raise InputError(f"policy {spec!r}: the served policy is not available in this build; "
-                         "use savedmodel:<export dir> (the same export, in-process)")
+        from tfrec_kuai.online.served import ServedPolicy
+
+        if server is None:
+            raise InputError(f"{spec}: no server to call (give --server ADDRESS, or served:<export dir>)")
+        return ServedPolicy(spec, world, server, model_name or argument)
     if kind == "random":
         return RandomPolicy(spec, world)
     if kind == "popular":

@@ -1,0 +1,76 @@
+"""The ``served`` policy over a real loopback server: it gives the in-process arm's metrics and
+logs on the same seed (the serving path is the model, nothing else), it calls a server named by
+``--server``, and an unreachable server is one line, exit 2, nothing written."""
+import filecmp
+import json
+import os
+
+import pytest
+
+from serving.server import start_in_process
+from tfrec_kuai import cli
+from tfrec_kuai.online.abtest import run_abtest
+from tfrec_kuai.online.served import write_model_config
+from tests.fixtures_serving import free_port
+
+LOGS = ("log_standard_abtest.csv", "log_random_abtest.csv", "ground_truth.csv")
+
+
+def _ab(world, tmp_path, arms, **kw):
+    return run_abtest(world, arms, users=8, days=1, seed=3, output=str(tmp_path), paired=True, progress=False,
+                      replicates=50, **kw)
+
+
+def _same_arms(out, tmp_path, a, b):
+    """Every metric of arm ``b`` equals arm ``a``'s, every lift is 0, the logs are byte-equal."""
+    ma, mb = dict(out["arms"][a]), dict(out["arms"][b])
+    assert ma.pop("policy") != mb.pop("policy")
+    assert ma == mb and ma["impressions"] > 0 and mb["failed_requests"] == 0
+    for metric, lift in out["lift"][b].items():
+        if lift["value"] is not None:
+            assert lift["value"] == 0.0, metric
+    for name in LOGS:
+        assert filecmp.cmp(tmp_path / "arms" / a / name, tmp_path / "arms" / b / name, shallow=False), name
+
+
+@pytest.mark.slow
+def test_served_and_in_process_arms_give_the_same_metrics(kuai_exports, tiny_log_dir, tmp_path):
+    """``served:<export dir>``: the command serves the export itself (a subprocess on a free
+    loopback port, stopped at the end) and its arm equals the in-process arm of the same export."""
+    export = os.path.join(kuai_exports["base"], "kuai")
+    out = _ab(tiny_log_dir, tmp_path, [("inproc", f"savedmodel:{export}"), ("grpc", f"served:{export}")])
+    _same_arms(out, tmp_path, "inproc", "grpc")
+    assert sorted(os.listdir(tmp_path)) == ["arms", "metrics.json"]       # the server's config is not left here
+
+
+@pytest.mark.slow
+def test_served_arm_calls_the_server_named_by_server(kuai_exports, tiny_log_dir, tmp_path):
+    """``--server ADDRESS`` with ``served:<model name>``: a server the test started, serving two
+    models from one multi-model config (the fused and the portable export); the fused model's arm
+    equals the in-process arm of the same export, the portable one serves too."""
+    config = write_model_config(str(tmp_path / "models.config"),
+                                {"kuai": kuai_exports["fused"], "kuai_portable": kuai_exports["portable"]})
+    server = start_in_process(port=0, model_config_file=config, file_system_poll_wait_seconds=0)
+    try:
+        status = cli.main(["abtest", "--world", tiny_log_dir, "--output", str(tmp_path / "o"), "--users", "8",
+                           "--seed", "3", "--paired", "--bootstrap", "50", "--no_progress",
+                           "--server", f"127.0.0.1:{server.port}",
+                           "--arm", f"inproc=savedmodel:{kuai_exports['fused']}",
+                           "--arm", "grpc=served:kuai", "--arm", "portable=served:kuai_portable"])
+    finally:
+        server.stop()
+    assert status == 0
+    out = json.load(open(tmp_path / "o" / "metrics.json"))
+    _same_arms(out, tmp_path / "o", "inproc", "grpc")
+    assert out["arms"]["portable"]["impressions"] > 0 and out["arms"]["portable"]["failed_requests"] == 0
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2(capsys, tiny_log_dir, tmp_path):
+    address = f"127.0.0.1:{free_port()}"           # nothing listens there
+    status = cli.main(["abtest", "--world", tiny_log_dir, "--output", str(tmp_path / "o"), "--users", "4",
+                       "--no_progress", "--server", address, "--arm", "a=random", "--arm", "b=served:kuai"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("tfrec-kuai abtest: error: ") and \
+        f"served:kuai on {address}: gRPC UNAVAILABLE" in err, err
+    assert not (tmp_path / "o").exists()

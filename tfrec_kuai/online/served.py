@@ -1,0 +1,254 @@
+"""The ``served`` policy: an export's ``recommend`` called over gRPC through a model server
+(DESIGN.md §10), so an A/B arm measures the serving path a deployment uses, not only the model.
+
+``served:<model name>`` calls that model on ``--server ADDRESS`` (a running ``python -m
+serving.server`` or ``tensorflow_model_server``); ``served:<export dir>`` arms are served by a
+server the A/B test starts itself (:class:`LocalServer`): one ``--model_config_file`` (TF
+Serving's multi-model config) with one model per served arm, named after the arm, on 127.0.0.1 and
+a free port, stopped at the end. The request is the one the ``savedmodel`` policy builds
+(:class:`~tfrec_kuai.online.policies.ModelPolicy`), sent through the official
+``tensorflow-serving-api`` stubs; the signature's inputs are read from the server's
+GetModelMetadata, not assumed.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from tfrec_kuai.errors import InputError
+from tfrec_kuai.online.policies import ModelPolicy, parse_spec, resolve_export
+
+SIGNATURE = "recommend"
+TIMEOUT_S = 60.0
+RETRIES = 2            # extra tries of a request that failed with a transient code
+TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+def _rpc_error(where, error):
+    """One line for a gRPC failure: its status code and the server's (first line of) details."""
+    code = error.code().name if hasattr(error, "code") and error.code() is not None else "UNKNOWN"
+    details = (error.details() if hasattr(error, "details") else "") or ""
+    details = details.strip().splitlines()[0] if details.strip() else ""
+    return InputError(f"{where}: gRPC {code}" + (f": {details}" if details else ""))
+
+
+class ServedPolicy(ModelPolicy):
+    """``recommend`` of ``model_name`` on the gRPC server at ``address``; one Predict per page
+    for all the page's users. A request that fails with a transient code is tried again (up to
+    :data:`RETRIES` times) and counted in ``failed_requests``; any other failure, or one that
+    persists, stops the run with one line naming the gRPC code."""
+
+    def __init__(self, spec, world, address, model_name, timeout=TIMEOUT_S):
+        super().__init__(spec, world)
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.grpc, self.tf = grpc, tf
+        self.address, self.model_name, self.timeout = address, model_name, timeout
+        self.where = f"{spec} on {address}"
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                                               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.failed_requests = 0
+        inputs = self._signature_inputs()
+        if "hist_video_id" not in inputs or len(inputs["hist_video_id"][1]) != 2:
+            raise InputError(f"{self.where}: signature `{SIGNATURE}` has no [B, L] hist_video_id input")
+        self._set_signature({k: dtype for k, (dtype, _) in inputs.items()}, inputs["hist_video_id"][1][1])
+
+    def _spec(self, spec):
+        spec.name = self.model_name
+        spec.signature_name = SIGNATURE
+
+    def _signature_inputs(self):
+        """{input: (TensorFlow dtype, shape)} of the model's ``recommend`` from GetModelMetadata."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = self.model_name
+        try:
+            response = self.stub.GetModelMetadata(request, timeout=self.timeout)
+        except self.grpc.RpcError as error:
+            raise _rpc_error(self.where, error) from None
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        if SIGNATURE not in signatures.signature_def:
+            raise InputError(f"{self.where}: model {self.model_name!r} has no `{SIGNATURE}` signature")
+        infos = signatures.signature_def[SIGNATURE].inputs
+        return {k: (self.tf.dtypes.as_dtype(v.dtype), [d.size for d in v.tensor_shape.dim]) for k, v in infos.items()}
+
+    def call(self, inputs):
+        from tensorflow_serving.apis import predict_pb2
+
+        tf = self.tf
+        request = predict_pb2.PredictRequest(output_filter=["video_id"])
+        self._spec(request.model_spec)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=self.input_dtypes[name]))
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self.stub.Predict(request, timeout=self.timeout)
+                break
+            except self.grpc.RpcError as error:
+                self.failed_requests += 1
+                if error.code().name not in TRANSIENT or attempt == RETRIES:
+                    raise _rpc_error(self.where, error) from None
+                time.sleep(0.2 * (attempt + 1))
+        return tf.make_ndarray(response.outputs["video_id"])
+
+    def close(self):
+        self.channel.close()
+
+
+def write_model_config(path, models):
+    """A text ModelServerConfig at ``path`` serving ``models`` ({name: version folder}): each
+    model's base path is its version's parent, and exactly that version is served."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, version_dir in models.items():
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = os.path.dirname(os.path.abspath(version_dir))
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.specific.versions.append(int(os.path.basename(version_dir)))
+    with open(path, "w") as f:
+        f.write(text_format.MessageToString(config))
+    return path
+
+
+def served_exports(arms, server):
+    """{arm name: version folder} of the ``served:<export dir>`` arms a local server must serve
+    (none when ``server`` names one: then every ``served:`` argument is a model name on it)."""
+    if server is not None:
+        return {}
+    exports = {}
+    for name, spec in arms:
+        kind, argument = parse_spec(spec)
+        if kind == "served":
+            if not os.path.exists(argument):
+                raise InputError(f"served:{argument}: no such folder (to call a model by name, give "
+                                 "--server ADDRESS)")
+            path = resolve_export(argument, "served")
+            if not os.path.basename(path).isdigit():
+                raise InputError(f"served:{argument}: the export's version folder must be numeric "
+                                 f"(TF Serving's layout), got {path}")
+            exports[name] = path
+    return exports
+
+
+class LocalServer:
+    """``python -m serving.server`` as a subprocess on 127.0.0.1 serving ``models`` ({name:
+    version folder}); ``start()`` returns once every model is AVAILABLE, ``stop()`` ends it.
+    Its config lives in a temporary folder, so a run that fails leaves nothing behind."""
+
+    def __init__(self, models, ready_timeout=300.0):
+        self.models = dict(models)
+        self.ready_timeout = ready_timeout
+        self.process = None
+        self.address = None
+        self.folder = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_):
+        self.stop()
+
+    def start(self):
+        self.folder = tempfile.mkdtemp(prefix="abtest_server_")
+        config = write_model_config(os.path.join(self.folder, "models.config"), self.models)
+        self.stderr = open(os.path.join(self.folder, "stderr.txt"), "w+")
+        command = [sys.executable, "-m", "serving.server", "--host=127.0.0.1", "--port=0",
+                   f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
+                   f"--max_message_size_bytes={MAX_MESSAGE_BYTES}", "--log_level=WARNING"]
+        try:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+            self.address = self._wait_for_port()
+            self._wait_available()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _failure(self, what):
+        self.stderr.flush()
+        self.stderr.seek(0)
+        lines = [line.strip() for line in self.stderr.read().splitlines() if line.strip()]
+        return InputError(f"the A/B test's model server {what}" + (f": {lines[-1]}" if lines else ""))
+
+    def _wait_for_port(self):
+        """The port from the server's ``gRPC listening on HOST:PORT`` line (``--port=0``: the
+        kernel picks a free one, so no other process can take it between choosing and binding)."""
+        lines = queue.Queue()
+
+        def read():
+            for line in self.process.stdout:
+                lines.put(line)
+            lines.put(None)
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.time() + self.ready_timeout
+        while time.time() < deadline:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise self._failure(f"exited with status {self.process.wait()} before it listened")
+            if line.startswith("gRPC listening on "):
+                return line.split()[-1]
+        raise self._failure(f"did not listen within {self.ready_timeout:.0f} s")
+
+    def _wait_available(self):
+        """Until GetModelStatus says every model's version is AVAILABLE."""
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        deadline = time.time() + self.ready_timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            for name in self.models:
+                request = get_model_status_pb2.GetModelStatusRequest()
+                request.model_spec.name = name
+                while True:
+                    if self.process.poll() is not None:
+                        raise self._failure(f"exited with status {self.process.returncode}")
+                    try:
+                        states = stub.GetModelStatus(request, timeout=5.0).model_version_status
+                        ended = [s for s in states if s.state == get_model_status_pb2.ModelVersionStatus.END]
+                        if ended:
+                            raise InputError(f"the A/B test's model server could not load {name!r}: "
+                                             f"{ended[0].status.error_message or 'version ended'}")
+                        if states and all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+                                          for s in states):
+                            break
+                    except grpc.RpcError:
+                        pass
+                    if time.time() > deadline:
+                        raise self._failure(f"did not make model {name!r} AVAILABLE within "
+                                            f"{self.ready_timeout:.0f} s")
+                    time.sleep(0.2)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+        if self.folder is not None:
+            self.stderr.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
