@@ -169,7 +169,7 @@ def test_abtest_misuse_is_one_line_and_exit_2(capsys, tiny_log_dir, tmp_path, ca
         "too_many_users": "--users 21: the world has only 20 users",
         "same_names": "--arm names must differ",
         "no_export": f"savedmodel:{tmp_path / 'none'}: no such folder",
-        "served": "the served policy is not available",
+        "served": "served:kuai: no such folder (to call a model by name, give --server ADDRESS)",
     }[case]
     if case == "missing_world":
         world = str(tmp_path / "nowhere")
