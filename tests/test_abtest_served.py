@@ -44,10 +44,11 @@ def test_served_and_in_process_arms_give_the_same_metrics(kuai_exports, tiny_log
 
 
 @pytest.mark.slow
-def test_served_arm_calls_the_server_named_by_server(kuai_exports, tiny_log_dir, tmp_path):
+def test_served_arm_calls_the_server_named_by_server(capsys, kuai_exports, tiny_log_dir, tmp_path):
     """``--server ADDRESS`` with ``served:<model name>``: a server the test started, serving two
     models from one multi-model config (the fused and the portable export); the fused model's arm
-    equals the in-process arm of the same export, the portable one serves too."""
+    equals the in-process arm of the same export, the portable one serves too; a model name the
+    server lacks is refused with its gRPC code."""
     config = write_model_config(str(tmp_path / "models.config"),
                                 {"kuai": kuai_exports["fused"], "kuai_portable": kuai_exports["portable"]})
     server = start_in_process(port=0, model_config_file=config, file_system_poll_wait_seconds=0)
@@ -57,9 +58,17 @@ def test_served_arm_calls_the_server_named_by_server(kuai_exports, tiny_log_dir,
                            "--server", f"127.0.0.1:{server.port}",
                            "--arm", f"inproc=savedmodel:{kuai_exports['fused']}",
                            "--arm", "grpc=served:kuai", "--arm", "portable=served:kuai_portable"])
+        capsys.readouterr()
+        refused = cli.main(["abtest", "--world", tiny_log_dir, "--output", str(tmp_path / "refused"), "--users", "4",
+                            "--no_progress", "--server", f"127.0.0.1:{server.port}",
+                            "--arm", "a=random", "--arm", "b=served:nosuch"])
     finally:
         server.stop()
     assert status == 0
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "tfrec-kuai abtest" in line]
+    assert refused == 2 and len(err) == 1 and "served:nosuch on 127.0.0.1:" in err[0] and \
+        "gRPC NOT_FOUND" in err[0], err        # a model the server does not have: its gRPC code, one line
+    assert not (tmp_path / "refused").exists()
     out = json.load(open(tmp_path / "o" / "metrics.json"))
     _same_arms(out, tmp_path / "o", "inproc", "grpc")
     assert out["arms"]["portable"]["impressions"] > 0 and out["arms"]["portable"]["failed_requests"] == 0
