@@ -13,6 +13,7 @@ from tfrec_kuai.online.abtest import run_abtest
 from tfrec_kuai.online.served import write_model_config
 from tests.fixtures_serving import free_port
 
+LIMIT = 24_000    # bytes: the export's metadata fits, a page request of 20 users does not
 LOGS = ("log_standard_abtest.csv", "log_random_abtest.csv", "ground_truth.csv")
 
 
@@ -83,3 +84,27 @@ def test_an_unreachable_server_is_one_line_and_exit_2(capsys, tiny_log_dir, tmp_
     assert len(err.splitlines()) == 1 and err.startswith("tfrec-kuai abtest: error: ") and \
         f"served:kuai on {address}: gRPC UNAVAILABLE" in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_request_the_server_refuses_is_one_line_with_its_code(capsys, kuai_exports, tiny_log_dir, tmp_path):
+    """A page request beyond the server's message limit: RESOURCE_EXHAUSTED, not retried, one
+    line that says how to fit, exit 2, and the half-written output removed; the server keeps
+    serving (its metadata still answers)."""
+    config = write_model_config(str(tmp_path / "models.config"), {"kuai": kuai_exports["fused"]})
+    server = start_in_process(port=0, model_config_file=config, file_system_poll_wait_seconds=0,
+                              max_message_size_bytes=LIMIT)
+    try:
+        capsys.readouterr()
+        status = cli.main(["abtest", "--world", tiny_log_dir, "--output", str(tmp_path / "o"), "--users", "20",
+                           "--no_progress", "--paired", "--server", f"127.0.0.1:{server.port}",
+                           "--arm", "a=random", "--arm", "b=served:kuai"])
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "tfrec-kuai abtest" in line]
+        from tfrec_kuai.online.served import ServedPolicy
+        from tfrec_kuai.sim.world import World
+        assert ServedPolicy("served:kuai", World(tiny_log_dir), f"127.0.0.1:{server.port}", "kuai").history_length
+    finally:
+        server.stop()
+    assert status == 2 and len(err) == 1, err
+    assert "served:kuai on 127.0.0.1:" in err[0] and "gRPC RESOURCE_EXHAUSTED" in err[0] and "--chunk_users" in err[0]
+    assert not (tmp_path / "o").exists(), "a run stopped part-way leaves no half-written output"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -126,12 +127,24 @@ def run_abtest(world_dir, arms, users, days, seed, output, paired=False, page_si
 
 def _run(world_dir, world, log_rows, user_ids, arms, days, seed, output, paired, page_size, chunk_users,
          replicates, progress, started, server, model_names):
-    from tqdm import tqdm
-
-    names = [name for name, _ in arms]
     assignment = np.zeros(len(user_ids), np.int64) if paired else world.hash_split(user_ids, len(arms))
     # Every arm checked (a served one: its server answers) before any runs or anything is written.
     policies = [make_policy(spec, world, log_rows, server, model_names.get(name)) for name, spec in arms]
+    created = not os.path.exists(output)
+    try:
+        return _serve_arms(world_dir, world, log_rows, user_ids, arms, policies, days, seed, output, paired,
+                           page_size, chunk_users, replicates, progress, started, assignment)
+    except BaseException:
+        if created:       # a run stopped part-way (a refused request) leaves no half-written folder
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _serve_arms(world_dir, world, log_rows, user_ids, arms, policies, days, seed, output, paired, page_size,
+                chunk_users, replicates, progress, started, assignment):
+    from tqdm import tqdm
+
+    names = [name for name, _ in arms]
     os.makedirs(output, exist_ok=True)
     authors = world.catalogue.author_id
     results = {}

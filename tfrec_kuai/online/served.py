@@ -27,16 +27,16 @@ from tfrec_kuai.online.policies import ModelPolicy, parse_spec, resolve_export
 SIGNATURE = "recommend"
 TIMEOUT_S = 60.0
 RETRIES = 2            # extra tries of a request that failed with a transient code
-TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED")   # a server busy or restarting; a refusal stays refused
 MAX_MESSAGE_BYTES = 64 << 20
 
 
-def _rpc_error(where, error):
+def _rpc_error(where, error, hint=""):
     """One line for a gRPC failure: its status code and the server's (first line of) details."""
     code = error.code().name if hasattr(error, "code") and error.code() is not None else "UNKNOWN"
     details = (error.details() if hasattr(error, "details") else "") or ""
     details = details.strip().splitlines()[0] if details.strip() else ""
-    return InputError(f"{where}: gRPC {code}" + (f": {details}" if details else ""))
+    return InputError(f"{where}: gRPC {code}" + (f": {details}" if details else "") + hint)
 
 
 class ServedPolicy(ModelPolicy):
@@ -99,7 +99,10 @@ class ServedPolicy(ModelPolicy):
             except self.grpc.RpcError as error:
                 self.failed_requests += 1
                 if error.code().name not in TRANSIENT or attempt == RETRIES:
-                    raise _rpc_error(self.where, error) from None
+                    hint = (f" ({len(inputs['user_id'])} users in one request: lower --chunk_users or "
+                            "raise the server's --max_message_size_bytes)"
+                            if error.code().name == "RESOURCE_EXHAUSTED" and "user_id" in inputs else "")
+                    raise _rpc_error(self.where, error, hint) from None
                 time.sleep(0.2 * (attempt + 1))
         return tf.make_ndarray(response.outputs["video_id"])
 
