@@ -10,7 +10,7 @@ import pytest
 from serving.server import start_in_process
 from tfrec_kuai import cli
 from tfrec_kuai.online.abtest import run_abtest
-from tfrec_kuai.online.served import write_model_config
+from serving.model_config import pinned_versions, write_model_config
 from tests.fixtures_serving import free_port
 
 LIMIT = 24_000    # bytes: the export's metadata fits, a page request of 20 users does not
@@ -50,8 +50,8 @@ def test_served_arm_calls_the_server_named_by_server(capsys, kuai_exports, tiny_
     models from one multi-model config (the fused and the portable export); the fused model's arm
     equals the in-process arm of the same export, the portable one serves too; a model name the
     server lacks is refused with its gRPC code."""
-    config = write_model_config(str(tmp_path / "models.config"),
-                                {"kuai": kuai_exports["fused"], "kuai_portable": kuai_exports["portable"]})
+    exports = {"kuai": kuai_exports["fused"], "kuai_portable": kuai_exports["portable"]}
+    config = write_model_config(str(tmp_path / "models.config"), pinned_versions(exports))
     server = start_in_process(port=0, model_config_file=config, file_system_poll_wait_seconds=0)
     try:
         status = cli.main(["abtest", "--world", tiny_log_dir, "--output", str(tmp_path / "o"), "--users", "8",
@@ -91,7 +91,7 @@ def test_a_request_the_server_refuses_is_one_line_with_its_code(capsys, kuai_exp
     """A page request beyond the server's message limit: RESOURCE_EXHAUSTED, not retried, one
     line that says how to fit, exit 2, and the half-written output removed; the server keeps
     serving (its metadata still answers)."""
-    config = write_model_config(str(tmp_path / "models.config"), {"kuai": kuai_exports["fused"]})
+    config = write_model_config(str(tmp_path / "models.config"), pinned_versions({"kuai": kuai_exports["fused"]}))
     server = start_in_process(port=0, model_config_file=config, file_system_poll_wait_seconds=0,
                               max_message_size_bytes=LIMIT)
     try:

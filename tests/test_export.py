@@ -72,10 +72,17 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
         # One rank request per user-group size of the XLA path (export_rank.USER_GROUPS).
         assert sorted(log.predict_log.request.inputs["user_id"].tensor_shape.dim[0].size for log in logs
                       if log.predict_log.request.model_spec.signature_name == "rank") == [1, 4, 8]
-    assert os.path.isfile(os.path.join(kuai_exports["base"], "models.config"))
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
     from serving.batching import BatchingOptions
-    batching = BatchingOptions.from_file(os.path.join(kuai_exports["base"], "batching_parameters.txt"))
-    assert (batching.max_batch_size, batching.batch_timeout_micros, batching.num_batch_threads) == (64, 2000, 1)
+    from serving.model_config import BATCHING_PARAMETERS
+    config = text_format.Parse(open(os.path.join(kuai_exports["base"], "models.config")).read(),
+                               model_server_config_pb2.ModelServerConfig())
+    served = {c.name: c.base_path for c in config.model_config_list.config}
+    assert served == {"kuai_portable": os.path.join(os.path.abspath(kuai_exports["base"]), "kuai_portable")}
+    # The server's shipped batching parameters, one set for the whole project.
+    written = BatchingOptions.from_file(os.path.join(kuai_exports["base"], "batching_parameters.txt"))
+    assert vars(written) == vars(BatchingOptions.from_file(BATCHING_PARAMETERS))
     info = json.load(open(os.path.join(kuai_exports["fused"], "assets.extra", "export_info.json")))
     # Which rank path the export chose: the shared-history one only when it matched model(features).
     assert info["rank_path"].startswith(("shared-history path matches", "shared-history path failed",

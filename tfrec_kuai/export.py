@@ -458,27 +458,6 @@ def save_version(module, export_base, model_name="kuai", version=None, warmup=()
     return final
 
 
-def write_serving_configs(export_base, model_name, batching=True):
-    """``models.config`` (text ModelServerConfig) and ``batching_parameters.txt`` next to the models,
-    ready for ``tensorflow_model_server --model_config_file=...`` or ``python -m serving.server``."""
-    base = os.path.abspath(export_base)
-    models = os.path.join(base, "models.config")
-    with open(models, "w") as f:
-        f.write("model_config_list {\n  config {\n"
-                f"    name: \"{model_name}\"\n    base_path: \"{os.path.join(base, model_name)}\"\n"
-                "    model_platform: \"tensorflow\"\n"
-                "    model_version_policy { latest { num_versions: 1 } }\n  }\n}\n")
-    batching_path = os.path.join(base, "batching_parameters.txt")
-    if batching:
-        from serving.batching import BatchingOptions
-        with open(batching_path, "w") as f:
-            # One batch thread: a batch already uses every core through the model's intra-op
-            # threads (serving/configs/batching_parameters.txt has the measurement).
-            f.write(BatchingOptions(max_batch_size=64, batch_timeout_micros=2000, max_enqueued_batches=100,
-                                    num_batch_threads=1).to_text())
-    return models, batching_path
-
-
 def export_models(ranking_model, retrieval_model, corpus, history_length, export_base, model_name="kuai",
                   version=None, top_n=20, retrieve_k=100, warmup_serialized=(), extra_info=None, xla=False,
                   exclude_history=True):
@@ -517,7 +496,7 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
 
 
 def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False, model_name="kuai", version=None,
-           top_n=20, retrieve_k=100, warmup_examples=None, write_configs=True, log=None, xla=None,
+           top_n=20, retrieve_k=100, warmup_examples=None, log=None, xla=None,
            exclude_history=True):
     """``tfrec-kuai export``: load both trained models, build the signatures, save one version.
 
@@ -555,7 +534,5 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
                                      "ranking_dir": os.path.abspath(ranking_dir),
                                      "retrieval_dir": os.path.abspath(retrieval_dir),
                                      "examples": os.path.abspath(examples_dir)})
-    if write_configs:
-        write_serving_configs(export_base, model_name)
-    log(f"[4/4] wrote {path} and {os.path.join(os.path.abspath(export_base), 'models.config')}")
+    log(f"[4/4] wrote {path}")
     return path

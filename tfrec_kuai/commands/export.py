@@ -45,6 +45,8 @@ def run(args):
                          portable=args.portable, xla={"auto": None, "on": True, "off": False}[args.xla],
                          model_name=args.model_name, version=args.version, exclude_history=args.exclude_history,
                          top_n=args.top_n, retrieve_k=args.retrieve_k, warmup_examples=args.warmup_examples)
-    print(f"exported in {time.monotonic() - started:.1f}s: {path}", file=sys.stderr)
+    from serving.model_config import write_serving_configs
+    config, _ = write_serving_configs(args.export_base, args.model_name)
+    print(f"exported in {time.monotonic() - started:.1f}s: {path} (server config: {config})", file=sys.stderr)
     print(path)
     return 0

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 
+from serving.model_config import pinned_versions, write_model_config
 from tfrec_kuai.errors import InputError
 from tfrec_kuai.online.policies import ModelPolicy, parse_spec, resolve_export
 
@@ -110,24 +111,6 @@ class ServedPolicy(ModelPolicy):
         self.channel.close()
 
 
-def write_model_config(path, models):
-    """A text ModelServerConfig at ``path`` serving ``models`` ({name: version folder}): each
-    model's base path is its version's parent, and exactly that version is served."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
-    for name, version_dir in models.items():
-        entry = config.model_config_list.config.add()
-        entry.name = name
-        entry.base_path = os.path.dirname(os.path.abspath(version_dir))
-        entry.model_platform = "tensorflow"
-        entry.model_version_policy.specific.versions.append(int(os.path.basename(version_dir)))
-    with open(path, "w") as f:
-        f.write(text_format.MessageToString(config))
-    return path
-
-
 def served_exports(arms, server):
     """{arm name: version folder} of the ``served:<export dir>`` arms a local server must serve
     (none when ``server`` names one: then every ``served:`` argument is a model name on it)."""
@@ -168,7 +151,7 @@ class LocalServer:
 
     def start(self):
         self.folder = tempfile.mkdtemp(prefix="abtest_server_")
-        config = write_model_config(os.path.join(self.folder, "models.config"), self.models)
+        config = write_model_config(os.path.join(self.folder, "models.config"), pinned_versions(self.models))
         self.stderr = open(os.path.join(self.folder, "stderr.txt"), "w+")
         command = [sys.executable, "-m", "serving.server", "--host=127.0.0.1", "--port=0",
                    f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
