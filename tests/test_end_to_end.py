@@ -1,4 +1,4 @@
-"""End to end through the entry points of ``make demo`` on a tiny log (issue 6).
+"""End to end through the entry points of ``make demo`` on a tiny log.
 
 simulate → Beam job → train both stages → evaluate → export (fused + portable) → a real
 ``python -m serving.server`` process → gRPC Predict(recommend) with the official stubs → report.

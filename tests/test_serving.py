@@ -1,6 +1,6 @@
 """The server against a real SavedModel, over real loopback gRPC (official stubs) and HTTP.
 
-Every API of TF Serving the server claims, every bad request of the issue with its status code,
+Every API of TF Serving the server claims, every bad request of docs/errors.md with its status code,
 and after each bad request a good one still answers.
 """
 import base64
