@@ -7,7 +7,7 @@ every score NaN with status OK, ``duration_s = 1e30`` wins every ranking, ``hist
 is read as 5 after the model's int32 cast. Two kinds of rules, both vectorised NumPy
 (O(elements), one pass per rule, no per-element Python):
 
-* inputs named as the example features of DESIGN.md §6 (the names the exported ``recommend``,
+* inputs named as the example features of docs/design.md §6 (the names the exported ``recommend``,
   ``rank`` and ``retrieve`` signatures take) must lie in the range the data contract gives them:
   float features finite and in [0, a bound] (NaN / ±inf / 1e30 → INVALID_ARGUMENT naming the
   input), ids >= -1, ``hist_feedback`` a set of the nine bits, ``hist_len`` in [0, L] with L read
@@ -24,7 +24,7 @@ import numpy as np
 
 from serving.errors import invalid_argument
 
-ID_PADDING = -1  # DESIGN.md §6: -1 pads the history and stands for an unknown tag / author
+ID_PADDING = -1  # docs/design.md §6: -1 pads the history and stands for an unknown tag / author
 
 # §6 id features: >= -1. A non-negative id the vocabularies do not know is out-of-vocabulary
 # (the model embeds it as such); -1 is padding in the history and "unknown" for a target.

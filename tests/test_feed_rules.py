@@ -1,4 +1,4 @@
-"""The feed rules of the export (DESIGN.md §8): ``recommend`` / ``retrieve`` never return a video of
+"""The feed rules of the export (docs/design.md §8): ``recommend`` / ``retrieve`` never return a video of
 the request's history (unless exported with ``--no_exclude_history``) nor one of the extra ids of
 ``recommend_excluding`` / ``retrieve_excluding``; fused = portable; served = in-process."""
 import json

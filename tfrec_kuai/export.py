@@ -1,4 +1,4 @@
-"""Export the trained models as one SavedModel in TF Serving's layout (DESIGN.md §8).
+"""Export the trained models as one SavedModel in TF Serving's layout (docs/design.md §8).
 
 ``<export_base>/<model_name>/<version>/`` holds ``saved_model.pb``, ``variables/``, ``assets/`` and
 ``assets.extra/tf_serving_warmup_requests``; the version folder is written aside and renamed in,
@@ -19,7 +19,7 @@ so a watching server never sees half a version. Signatures (inputs are §6 featu
   ``tf.Example`` → ``outputs`` (the ranking score), a regression signature for Regress. (TF
   Serving allows a regression signature exactly one output, so they cannot be one signature.)
 
-**Feed rules** (DESIGN.md §8): the four retrieving signatures never return a video of the
+**Feed rules** (docs/design.md §8): the four retrieving signatures never return a video of the
 request's history (``hist_video_id`` at the positions ``< hist_len``), unless the export was made
 with ``exclude_history=False`` (``tfrec-kuai export --no_exclude_history``), nor one of
 ``exclude_video_id``. Excluded corpus rows get the retrieval score ``-inf`` before the top-K, so

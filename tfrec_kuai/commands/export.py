@@ -1,4 +1,4 @@
-"""``tfrec-kuai export``: the trained models as a SavedModel in TF Serving's layout (DESIGN.md §8)."""
+"""``tfrec-kuai export``: the trained models as a SavedModel in TF Serving's layout (docs/design.md §8)."""
 from tfrec_kuai.commands import non_negative_int, positive_int
 
 

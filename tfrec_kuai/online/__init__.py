@@ -1,4 +1,4 @@
-"""The recommender in the loop (DESIGN.md §10): policies that drive the simulator's world and the
+"""The recommender in the loop (docs/design.md §10): policies that drive the simulator's world and the
 A/B test that compares them.
 
 This package stands on top of everything else — the world (``tfrec_kuai.sim.world``), the Beam

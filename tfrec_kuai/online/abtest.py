@@ -1,4 +1,4 @@
-"""``tfrec-kuai abtest``: an online A/B test of policies in the simulator's world (DESIGN.md §10).
+"""``tfrec-kuai abtest``: an online A/B test of policies in the simulator's world (docs/design.md §10).
 
 Users of the world are drawn with the seed; with a hash split each goes to one arm by a hash of
 its id (as a real A/B test), with ``paired`` every arm replays all of them with common random

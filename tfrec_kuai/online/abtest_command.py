@@ -1,4 +1,4 @@
-"""``tfrec-kuai abtest``: the command line of ``tfrec_kuai.online.abtest`` (DESIGN.md §10).
+"""``tfrec-kuai abtest``: the command line of ``tfrec_kuai.online.abtest`` (docs/design.md §10).
 
 TensorFlow is imported only when an arm runs a ``savedmodel:`` or ``served:`` policy.
 """

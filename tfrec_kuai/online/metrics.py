@@ -1,4 +1,4 @@
-"""The A/B test's metrics (DESIGN.md §10) and their lifts with user-level bootstrap intervals.
+"""The A/B test's metrics (docs/design.md §10) and their lifts with user-level bootstrap intervals.
 
 Every metric is a ratio of two sums over users (watch seconds / user-days, skips / impressions,
 ...), so each arm is summarised by one row of per-user sums and a bootstrap replicate is a

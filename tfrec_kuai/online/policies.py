@@ -1,5 +1,5 @@
 """The policies an A/B arm can run: ``random``, ``popular``, ``logging``, ``oracle`` and
-``savedmodel:<export dir>`` and ``served:<model name or export dir>`` (DESIGN.md §10).
+``savedmodel:<export dir>`` and ``served:<model name or export dir>`` (docs/design.md §10).
 
 A policy answers "the next N videos for these users now" (:class:`tfrec_kuai.sim.world.Page`)
 with catalogue indices ``[b, N]`` and, for the log's ``is_rand`` column, which of them were

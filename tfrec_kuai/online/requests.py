@@ -1,7 +1,7 @@
 """Requests for model policies, built from the world's own log by the Beam job's history builder.
 
 A model scores a user *now* from the features the Beam job would have written for an impression
-at this moment: the user's events strictly before it, newest first, ``L`` long (DESIGN.md §6).
+at this moment: the user's events strictly before it, newest first, ``L`` long (docs/design.md §6).
 So the request is built by the same code: the user's newest log rows plus a *probe* row at the
 request time go through ``beam_pipelines.user_examples.batch_columns`` — the function the Beam
 job calls, with the native C++ window builder — and the probe's columns are the request. The

@@ -1,5 +1,5 @@
 """The ``served`` policy: an export's ``recommend`` called over gRPC through a model server
-(DESIGN.md §10), so an A/B arm measures the serving path a deployment uses, not only the model.
+(docs/design.md §10), so an A/B arm measures the serving path a deployment uses, not only the model.
 
 ``served:<model name>`` calls that model on ``--server ADDRESS`` (a running ``python -m
 serving.server`` or ``tensorflow_model_server``); ``served:<export dir>`` arms are served by a

@@ -18,7 +18,7 @@ from tfrec_kuai.simulator import RANDOM_LOG, STANDARD_LOG, VIDEO_TABLE
 
 
 def read_world_log(folder):
-    """All rows of the folder's standard and random logs, [n, 19] int64 in DESIGN.md §3 order."""
+    """All rows of the folder's standard and random logs, [n, 19] int64 in docs/design.md §3 order."""
     parts = []
     for name in (STANDARD_LOG, RANDOM_LOG):
         path = os.path.join(folder, name)
