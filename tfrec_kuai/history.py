@@ -9,7 +9,7 @@ The Beam job calls :func:`build_history_windows`, which uses the C++ builder of 
 module ``tfrec_kuai._native`` (one pass over the sorted events, GIL released) and falls back, with
 a logged warning, to :func:`build_history_windows_python` when the module is not built. The Python
 version is the reference the tests hold the native one to; it does the same O(N·L) work in Python
-loops, ~50x slower (benchmarks/RESULTS.md), which is why the native one exists.
+loops, far slower (benchmarks/RESULTS.md has the ratio), which is why the native one exists.
 """
 from __future__ import annotations
 
