@@ -1,5 +1,8 @@
 """Apache Beam jobs of tfrec-kuai."""
 
+COUNTER_NAMESPACE = "build_examples"
+"""The namespace of the job's Beam counters (``rows_in``, ``dead_letter_<reason>``, ...)."""
+
 
 class InputError(Exception):
     """An input the job cannot use (a glob matching nothing, a bad header, a truncated gzip file,

@@ -1,8 +1,8 @@
-"""The job's summary: merging of per-bundle statistics, vocabularies, corpus rows, metadata.json.
+"""What the job writes: the examples' and the corpus's TFRecord shards, the vocabularies, metadata.json.
 
-Statistics travel as small dicts (one per read range and one per bundle of users, never one per
-row) and are merged by :class:`StatsCombineFn`; everything written from them is a pure function
-of the merged dict, so the vocabulary files, the corpus and ``metadata.json`` always agree.
+The vocabularies, the corpus and ``metadata.json`` are pure functions of the merged statistics
+(``stats.py``), so they always agree with each other and with the examples; the layout of the
+folder is docs/design.md §6 (``metadata.json``: docs/INTERFACES.md).
 """
 from __future__ import annotations
 
@@ -10,50 +10,11 @@ import json
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
 
+from beam_pipelines import example_encoder
+from beam_pipelines.date_split import eval_dates_of
 from tfrec_kuai.schema import CORPUS_FEATURES, LABEL_NAMES, VOCAB_FEATURES
-
-_MAX_KEYS = ("video_duration_ms",)
-
-
-def merge_stats(a, b):
-    """Recursive merge: numbers add, ``video_duration_ms`` keeps the max, dicts merge key-wise."""
-    for key, value in b.items():
-        if key not in a:
-            a[key] = value if not isinstance(value, dict) else merge_stats({}, value)
-        elif key in _MAX_KEYS:
-            for k, v in value.items():
-                a[key][k] = max(a[key].get(k, v), v)
-        elif isinstance(value, dict):
-            merge_stats(a[key], value)
-        else:
-            a[key] = a[key] + value
-    return a
-
-
-class StatsCombineFn(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, element):
-        return merge_stats(acc, element)
-
-    def merge_accumulators(self, accs):
-        out = {}
-        for acc in accs:
-            merge_stats(out, acc)
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
-def eval_dates_of(dates, eval_days):
-    """The last ``eval_days`` distinct dates (the eval split); the rest trains."""
-    dates = sorted(int(d) for d in dates)
-    if eval_days <= 0:
-        return []
-    return dates[-eval_days:] if len(dates) > eval_days else dates[1:] if len(dates) > 1 else []
 
 
 def vocabulary(counts, min_count):
@@ -152,19 +113,91 @@ def write_text(path, text):
         f.write(text.encode("utf-8"))
 
 
-def write_summary(stats, output, video_table_path, meta_kwargs, vocab_min_count):
+def write_summary(stats, output, tables, meta_kwargs, vocab_min_count):
     """Vocabulary files and metadata.json (runs once, on the merged statistics)."""
-    from beam_pipelines.side_tables import VideoTable
-
     ids = stats.get("ids", {})
     sizes = {}
     for feature in VOCAB_FEATURES:
         vocab = vocabulary(ids.get(feature, {}), vocab_min_count)
         sizes[feature] = len(vocab)
         write_text(f"{output}/vocab/{feature}.txt", "".join(f"{v}\n" for v in vocab))
-    table = VideoTable.load(video_table_path) if video_table_path else None
-    cols, missing = corpus_rows(stats, table)
+    cols, missing = corpus_rows(stats, tables.video_table())
     meta = build_metadata(stats, vocab_sizes=sizes, vocab_min_count=vocab_min_count,
                           corpus_videos=len(cols["video_id"]), corpus_missing=missing, **meta_kwargs)
     write_text(f"{output}/metadata.json", json.dumps(meta, indent=2, sort_keys=False) + "\n")
     return meta
+
+
+class WriteTFRecords(beam.PTransform):
+    """Writes serialised records as gzip TFRecord shards ``FOLDER/part-*-of-*.tfrecord.gz``.
+
+    Args:
+      folder: the shards' folder (``OUTPUT/train``, ``OUTPUT/eval``, ``OUTPUT/corpus``).
+    """
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def expand(self, records):
+        return records | "Write" >> beam.io.WriteToTFRecord(
+            f"{self.folder}/part", file_name_suffix=".tfrecord.gz", compression_type=CompressionTypes.GZIP)
+
+
+class CorpusFn(beam.DoFn):
+    """The merged statistics → the corpus's serialised rows (:func:`corpus_rows`)."""
+
+    def __init__(self, tables):
+        self.tables = tables
+
+    def process(self, stats):
+        cols, _ = corpus_rows(stats, self.tables.video_table())
+        yield from example_encoder.encode_examples(cols, corpus_spec())
+
+
+class WriteCorpus(beam.PTransform):
+    """Writes ``OUTPUT/corpus/``: one row per video known to the video table or seen in the log.
+
+    Applied to the merged statistics (a single dict, ``stats.MergeStats``).
+
+    Args:
+      output: the examples folder being written.
+      tables: the side tables' paths (:class:`side_tables.SideTablePaths`): author, tag and
+        duration come from the video table when one is given.
+    """
+
+    def __init__(self, output, tables):
+        super().__init__()
+        self.output = output
+        self.tables = tables
+
+    def expand(self, stats):
+        return (stats
+                | "Rows" >> beam.ParDo(CorpusFn(self.tables))
+                | "Write" >> WriteTFRecords(f"{self.output}/corpus"))
+
+
+class WriteSummary(beam.PTransform):
+    """Writes ``OUTPUT/vocab/*.txt`` and ``OUTPUT/metadata.json`` from the merged statistics.
+
+    Args:
+      output: the examples folder being written.
+      tables: the side tables' paths (the video table's durations decide which videos the
+        corpus, and so ``rows.corpus_videos``, holds).
+      meta_kwargs: what ``metadata.json`` records that the statistics do not know (the spec,
+        the flags, the command, the inputs...): the keyword arguments of :func:`build_metadata`.
+      vocab_min_count: ids seen fewer times in train are left out of the vocabularies.
+
+    Returns a single-element PCollection, the ``metadata.json`` dict.
+    """
+
+    def __init__(self, output, tables, meta_kwargs, vocab_min_count):
+        super().__init__()
+        self.output = output
+        self.tables = tables
+        self.meta_kwargs = meta_kwargs
+        self.vocab_min_count = vocab_min_count
+
+    def expand(self, stats):
+        return stats | "Write" >> beam.Map(write_summary, self.output, self.tables, self.meta_kwargs,
+                                           self.vocab_min_count)

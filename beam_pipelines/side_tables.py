@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections import namedtuple
 
 import numpy as np
 
@@ -228,3 +229,41 @@ class UserTable:
         """``{user_<col>: scalar}`` of one user (the caller checked the user is known)."""
         pos = int(np.searchsorted(self.user_id, user_id))
         return {name: values[pos] for name, values in self.columns.items()}
+
+
+class SideTablePaths(namedtuple("SideTablePaths", ["video_features", "user_features"])):
+    """Where the side tables are (``--video_features``, ``--user_features``; None: not given).
+
+    What a DoFn carries instead of the tables: each worker loads them in ``setup`` (see the module
+    docstring), and a lookup of an id a table lacks gives -1, out of vocabulary, never a dropped row.
+    """
+
+    __slots__ = ()
+
+    def video_table(self):
+        """The :class:`VideoTable`, or None when none was given."""
+        return VideoTable.load(self.video_features) if self.video_features else None
+
+    def load(self):
+        """``(VideoTable or None, UserTable or None)``."""
+        return self.video_table(), UserTable.load(self.user_features) if self.user_features else None
+
+    def load_checked(self):
+        """:meth:`load` for the launcher: a path that does not exist is an :class:`InputError` naming its flag.
+
+        The launcher loads the tables once before the pipeline is built, so that a bad table
+        stops the job before it starts.
+        """
+        from apache_beam.io.filesystems import FileSystems
+        tables = []
+        for flag, path, cls in zip(self._fields, self, (VideoTable, UserTable)):
+            if path is not None and not FileSystems.exists(path):
+                raise InputError(f"--{flag} {path!r}: no such file")
+            tables.append(cls.load(path) if path is not None else None)
+        return tuple(tables)
+
+
+def side_information(video_table, user_table):
+    """``metadata.json``'s ``side_information``: what each side table gave, null when it was absent."""
+    return {"video_features": video_table.summary() if video_table is not None else None,
+            "user_features": user_table.summary() if user_table is not None else None}
