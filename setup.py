@@ -67,8 +67,6 @@ setup(
     # Namespace packages too: the data folders (tfrec_kuai/configs, tfrec_kuai/data/kuairand_pure,
     # serving/configs) have no __init__.py, and a package list without them builds a wheel that
     # lacks the default configs and the KuaiRand-Pure tables (an editable install hides it).
-    # ``tfrec_kuai.data`` the folder holds only kuairand_pure/; ``import tfrec_kuai.data`` still
-    # finds the module data.py (a module wins over a folder without __init__.py).
     packages=find_namespace_packages(include=["tfrec_kuai", "tfrec_kuai.*", "beam_pipelines", "beam_pipelines.*",
                                               "serving", "serving.*"]),
     package_data={"tfrec_kuai.configs": ["*.json"], "tfrec_kuai.data.kuairand_pure": ["*.csv", "*.md"],

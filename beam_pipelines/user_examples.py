@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfrec_kuai import history
+from tfrec_kuai.data import history
 from tfrec_kuai.schema import BINARY_LABELS, COLUMN_INDEX, LABEL_NAMES, compute_labels, feedback_bits, local_calendar
 
 C = COLUMN_INDEX

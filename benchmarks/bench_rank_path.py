@@ -53,7 +53,7 @@ def parse_args(argv=None):
 
 def exports(work_dir, ranking_config=None):
     """{'on': version dir, 'off': version dir}, exported from the benchmark's models if missing."""
-    from tfrec_kuai import export
+    from tfrec_kuai.export import saved_model
     ranking_dir, retrieval_dir, examples = bench_serving.build_models(work_dir, IMPRESSIONS, HISTORY_LENGTH,
                                                                       ranking_config=ranking_config)
     out = {}
@@ -61,7 +61,7 @@ def exports(work_dir, ranking_config=None):
         base = os.path.join(work_dir, f"export_xla_{xla}")
         model_base = os.path.join(base, "kuai")
         if not (os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base))):
-            export.export(ranking_dir, retrieval_dir, examples, base, xla=xla == "on")
+            saved_model.export(ranking_dir, retrieval_dir, examples, base, xla=xla == "on")
         out[xla] = os.path.join(model_base, max((v for v in os.listdir(model_base) if v.isdigit()), key=int))
     return out
 

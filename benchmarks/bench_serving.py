@@ -120,9 +120,9 @@ def build_models(work_dir, impressions, history_length=50, ranking_config=None):
     depend on the weights) ranking and retrieval models, each reused when already there and built
     with the config asked for. ``ranking_config``: a ranking config file instead of the packaged
     default (another size). Returns (ranking_dir, retrieval_dir, examples)."""
-    from tfrec_kuai import training
+    from tfrec_kuai.train import training
     from tfrec_kuai.config import load_config
-    from tfrec_kuai.simulator import SimParams, simulate
+    from tfrec_kuai.sim.simulator import SimParams, simulate
     from beam_pipelines import build_examples
     log_dir, examples = os.path.join(work_dir, "log"), os.path.join(work_dir, "examples")
     if not os.path.exists(os.path.join(examples, "metadata.json")):
@@ -153,18 +153,18 @@ def build_models(work_dir, impressions, history_length=50, ranking_config=None):
 
 def build_export(work_dir, impressions, model_name, history_length=50, ranking_config=None):
     """``build_models``, then their fused export (reused when there). Returns (base, examples)."""
-    from tfrec_kuai import export
+    from tfrec_kuai.export import saved_model
     base = os.path.join(work_dir, "export")
     model_base = os.path.join(base, model_name)
     ranking_dir, retrieval_dir, examples = build_models(work_dir, impressions, history_length, ranking_config)
     if not (os.path.isdir(model_base) and any(v.isdigit() for v in os.listdir(model_base))):
-        export.export(ranking_dir, retrieval_dir, examples, base, model_name=model_name)
+        saved_model.export(ranking_dir, retrieval_dir, examples, base, model_name=model_name)
     return base, examples
 
 
 def make_requests(examples, candidates):
     """{signature: inputs} for one user (recommend) and one user x ``candidates`` videos (rank)."""
-    from tfrec_kuai import export as E
+    from tfrec_kuai.export import saved_model as E
     serialized = E.read_serialized_examples(examples, "eval", 1)
     history_length = json.load(open(os.path.join(examples, "metadata.json")))["history_length"]
     features = E.parse_examples(serialized, history_length)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 def rank_request_arrays(candidates, history):
     """A ``rank`` request's inputs (``export_rank.sample_request``, the export's own well-formed
     request, for 1 user) and an answer of the model's outputs, ``[1, candidates]`` each."""
-    from tfrec_kuai.export_rank import sample_request
+    from tfrec_kuai.export.shared_history import sample_request
     from tfrec_kuai.models.ranking import OUTPUT_NAMES
     rng = np.random.default_rng(0)
     corpus = {"video_id": np.arange(1000, dtype=np.int64), "author_id": rng.integers(0, 300, 1000),

@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tfrec_kuai  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
-from tfrec_kuai import ops, training  # noqa: E402
+from tfrec_kuai import ops  # noqa: E402
+from tfrec_kuai.train import training  # noqa: E402
 from tfrec_kuai.config import Config, load_config  # noqa: E402
 
 
@@ -84,9 +85,9 @@ def main(argv=None):
     p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "bench_training.jsonl"),
                    help="JSON lines file a run appends its result to (default: benchmarks/out/, not tracked)")
     args = p.parse_args(argv)
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples
     config = load_config(args.config, "ranking").override("train", batch_size=args.batch_size)
-    config = config.override("model", history_length=int(data.load_metadata(args.examples)["history_length"]))
+    config = config.override("model", history_length=int(examples.load_metadata(args.examples)["history_length"]))
     bs = config.train.batch_size
     rows = [("tf.data input alone", input_rate(args.examples, config, args.steps))]
     impls = ["fused", "composite"] if ops.fused_available() else ["composite"]

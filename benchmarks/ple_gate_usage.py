@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from skip_gap_analysis import model_inputs, validation_date, validation_day_batches  # noqa: E402
-from tfrec_kuai import training  # noqa: E402
+from tfrec_kuai.train import training  # noqa: E402
 from tfrec_kuai.models.ranking import PLE, TASK_GROUPS  # noqa: E402
 
 

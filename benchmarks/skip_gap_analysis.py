@@ -26,7 +26,9 @@ import numpy as np  # noqa: E402
 import tfrec_kuai  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
-from tfrec_kuai import data, evaluation as E, training  # noqa: E402
+from tfrec_kuai.data import examples  # noqa: E402
+from tfrec_kuai.evaluate import evaluation as E  # noqa: E402
+from tfrec_kuai.train import training  # noqa: E402
 from tfrec_kuai.sim import behaviour  # noqa: E402
 
 
@@ -37,13 +39,13 @@ def logit(p):
 
 def validation_date(examples_dir):
     """The last training day: held out from training (TrainConfig.validation), never the eval day."""
-    return sorted(data.load_metadata(examples_dir)["date_split"]["train_dates"])[-1]
+    return sorted(examples.load_metadata(examples_dir)["date_split"]["train_dates"])[-1]
 
 
 def validation_day_batches(examples_dir, rows, batch_size=2048):
     """Batches (dicts of tensors, labels included) of the validation day's first ``rows`` rows or so."""
     val_date, n = validation_date(examples_dir), 0
-    for b in data.make_dataset(examples_dir, "train", batch_size):
+    for b in examples.make_dataset(examples_dir, "train", batch_size):
         keep = b["date"].numpy() == val_date
         if not keep.any():
             continue

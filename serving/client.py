@@ -288,7 +288,7 @@ def _run(args):
         return 0
     serialized, corpus = [], None
     if args.examples:
-        from tfrec_kuai.export import read_corpus, read_serialized_examples
+        from tfrec_kuai.export.saved_model import read_corpus, read_serialized_examples
         serialized = read_serialized_examples(args.examples, "eval", args.index + args.count)[args.index:]
         try:
             corpus = read_corpus(args.examples)

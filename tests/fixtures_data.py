@@ -15,7 +15,7 @@ TINY_SEED = 11
 @pytest.fixture(scope="session")
 def tiny_log_dir(tmp_path_factory):
     """Folder with log_standard_sim.csv, log_random_sim.csv, side tables, ground_truth.csv, params.json."""
-    from tfrec_kuai.simulator import SimParams, simulate
+    from tfrec_kuai.sim.simulator import SimParams, simulate
 
     out = tmp_path_factory.mktemp("tiny_log")
     simulate(str(out), SimParams(impressions=TINY_IMPRESSIONS, seed=TINY_SEED, users=20, days=4), progress=False)

@@ -19,7 +19,7 @@ def tiny_config(stage="ranking", variant="full", **train):
 @pytest.fixture(scope="session")
 def tiny_ranking_model_dir(tiny_examples_dir, tmp_path_factory):
     """A trained ranking model directory (config.json, vocab/, weights/)."""
-    from tfrec_kuai import training
+    from tfrec_kuai.train import training
     out = str(tmp_path_factory.mktemp("tiny_ranking_model"))
     training.train(tiny_examples_dir, out, tiny_config("ranking"), verbose=0, log=lambda *a: None)
     return out
@@ -28,7 +28,7 @@ def tiny_ranking_model_dir(tiny_examples_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_retrieval_model_dir(tiny_examples_dir, tmp_path_factory):
     """A trained retrieval model directory (both towers)."""
-    from tfrec_kuai import training
+    from tfrec_kuai.train import training
     out = str(tmp_path_factory.mktemp("tiny_retrieval_model"))
     training.train(tiny_examples_dir, out, tiny_config("retrieval", validation="none", epochs=1), verbose=0,
                    log=lambda *a: None)

@@ -164,13 +164,14 @@ def _model_dirs_from_fixtures(request):
 @pytest.fixture(scope="session")
 def export_model_dirs(request, tiny_examples_dir, tmp_path_factory):
     """(ranking_dir, retrieval_dir): the model area's trained tiny models, or else models built
-    (not trained) and saved by ``tfrec_kuai.training`` — the same folder layout and load path."""
+    (not trained) and saved by ``tfrec_kuai.train.training`` — the same folder layout and load path."""
     found = _model_dirs_from_fixtures(request)
     if found is not None:
         return found
-    from tfrec_kuai import data, training
+    from tfrec_kuai.data import examples
+    from tfrec_kuai.train import training
     from tfrec_kuai.config import load_config
-    history_length = data.load_metadata(tiny_examples_dir)["history_length"]
+    history_length = examples.load_metadata(tiny_examples_dir)["history_length"]
     vocabularies = training.read_vocabularies(tiny_examples_dir)
     root = tmp_path_factory.mktemp("export_models")
     dirs = []

@@ -13,7 +13,7 @@ from tfrec_kuai.online.policies import PopularPolicy
 from tfrec_kuai.online.requests import RequestBuilder
 from tfrec_kuai.online.worldlog import read_world_log
 from tfrec_kuai.sim.world import World
-from tfrec_kuai.simulator import SimParams, simulate
+from tfrec_kuai.sim.simulator import SimParams, simulate
 
 CONTRACT_KEYS = {"users", "impressions", "watch_time_per_user_day", "skip_rate", "valid_rate", "long_rate",
                  "likes_per_1000", "hates_per_1000", "visits_per_user_day", "distinct_videos", "repeat_rate",
@@ -88,7 +88,7 @@ def test_requests_carry_what_the_beam_job_writes(tiny_log_dir, tmp_path):
     """Requests a model policy gets, built at run time from the world's log, equal the features the
     Beam job writes for the impression served at that moment, on the same log."""
     from beam_pipelines import build_examples
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples as data
 
     world = World(tiny_log_dir, seed=4)
     log = read_world_log(tiny_log_dir)

@@ -6,7 +6,7 @@ import sys
 import tfrec_kuai  # noqa: F401
 
 from tests.fixtures_model import tiny_config
-from tfrec_kuai import training
+from tfrec_kuai.train import training
 from tfrec_kuai.config import load_config
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))

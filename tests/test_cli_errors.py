@@ -4,7 +4,7 @@ Flag values are refused by argparse (exit 2); inputs the command cannot use rais
 ``tfrec_kuai.errors.InputError``, which ``tfrec_kuai.cli.main`` prints as
 ``tfrec-kuai <command>: error: ...`` and returns 2. The folders are real: the tiny examples of the
 data fixtures, a copy of them with a file truncated, examples of another history length from the
-same log, and model folders saved by ``tfrec_kuai.training``.
+same log, and model folders saved by ``tfrec_kuai.train.training``.
 """
 import glob
 import os
@@ -39,7 +39,7 @@ def one_line(err):
 def model_dirs(tiny_examples_dir, tmp_path_factory):
     """Saved (untrained) model folders on the tiny examples: ranking/full, ranking/no_feedback,
     retrieval/full — the layout ``tfrec-kuai train`` writes."""
-    from tfrec_kuai import training
+    from tfrec_kuai.train import training
     vocabularies = training.read_vocabularies(tiny_examples_dir)
     root = tmp_path_factory.mktemp("cli_error_models")
     dirs = {}

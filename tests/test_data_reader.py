@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from tfrec_kuai import data
+from tfrec_kuai.data import examples
 from tfrec_kuai.schema import LABEL_NAMES, example_feature_spec
 
 
@@ -17,7 +17,7 @@ def _all(ds):
 
 
 def test_metadata_reconciles_and_describes_features(tiny_examples_dir):
-    meta = data.load_metadata(tiny_examples_dir)
+    meta = examples.load_metadata(tiny_examples_dir)
     rows = meta["rows"]
     assert rows["input"] == 3000
     assert rows["input"] == rows["used"] + rows["dead_letter"]
@@ -31,9 +31,9 @@ def test_metadata_reconciles_and_describes_features(tiny_examples_dir):
 
 
 def test_reader_round_trip_matches_the_log(tiny_examples_dir, tiny_log_dir):
-    meta = data.load_metadata(tiny_examples_dir)
-    train = _all(data.make_dataset(tiny_examples_dir, "train", batch_size=256))
-    evals = _all(data.make_dataset(tiny_examples_dir, "eval", batch_size=256))
+    meta = examples.load_metadata(tiny_examples_dir)
+    train = _all(examples.make_dataset(tiny_examples_dir, "train", batch_size=256))
+    evals = _all(examples.make_dataset(tiny_examples_dir, "eval", batch_size=256))
     assert len(train["video_id"]) == meta["rows"]["train_examples"]
     assert len(evals["video_id"]) == meta["rows"]["eval_examples"]
     assert train["hist_video_id"].shape[1] == 50 and train["hist_play_s"].dtype == np.float32
@@ -60,10 +60,10 @@ def test_reader_round_trip_matches_the_log(tiny_examples_dir, tiny_log_dir):
 
 
 def test_vocabulary_and_corpus(tiny_examples_dir):
-    meta = data.load_metadata(tiny_examples_dir)
-    vocab = data.read_vocabulary(tiny_examples_dir, "video_id")
+    meta = examples.load_metadata(tiny_examples_dir)
+    vocab = examples.read_vocabulary(tiny_examples_dir, "video_id")
     assert len(vocab) == meta["vocab_sizes"]["video_id"] and len(set(vocab)) == len(vocab)
-    corpus = _all(data.make_corpus_dataset(tiny_examples_dir, batch_size=1000))
+    corpus = _all(examples.make_corpus_dataset(tiny_examples_dir, batch_size=1000))
     assert len(corpus["video_id"]) == meta["rows"]["corpus_videos"]
     assert set(vocab) <= set(corpus["video_id"].tolist())
     assert np.all(corpus["duration_s"] > 0)

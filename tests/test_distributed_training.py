@@ -43,7 +43,7 @@ def distributed_setup(tiny_examples_dir, tmp_path_factory):
 
 
 def _auc_skip(examples, model_dir, output):
-    from tfrec_kuai.evaluation import evaluate
+    from tfrec_kuai.evaluate.evaluation import evaluate
     return evaluate(examples, model_dir, output, log=lambda *a: None)["auc_skip"]
 
 
@@ -81,7 +81,7 @@ def test_two_workers_match_one_worker(distributed_setup):
 def test_multi_worker_strategy_gets_the_longer_heartbeat_timeout():
     """The coordination service the strategy uses is the one configured with HEARTBEAT_TIMEOUT_S
     (a one-worker cluster, in its own process: the service is configured once per process)."""
-    code = ("from tfrec_kuai import distribute\n"
+    code = ("from tfrec_kuai.train import distribute\n"
             "from tensorflow.python.eager import context\n"
             "distribute.make_strategy('multi_worker')\n"
             "c = context.context().config.experimental.coordination_config\n"

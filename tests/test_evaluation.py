@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from tfrec_kuai import evaluation as E
+from tfrec_kuai.evaluate import evaluation as E
 
 
 def _brute_auc(y, s):

@@ -12,7 +12,7 @@ import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tfrec_kuai import export as E
+from tfrec_kuai.export import saved_model as E
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +69,7 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
         excluding = [tf.make_ndarray(log.predict_log.request.inputs["exclude_video_id"]) for log in logs
                      if log.predict_log.request.model_spec.signature_name.endswith("_excluding")]
         assert len(excluding) == 6 and all(e.shape[1] == 2 and (e[:, 1] == -1).all() for e in excluding)
-        # One rank request per user-group size of the XLA path (export_rank.USER_GROUPS).
+        # One rank request per user-group size of the XLA path (shared_history.USER_GROUPS).
         assert sorted(log.predict_log.request.inputs["user_id"].tensor_shape.dim[0].size for log in logs
                       if log.predict_log.request.model_spec.signature_name == "rank") == [1, 4, 8]
     from google.protobuf import text_format
@@ -96,7 +96,7 @@ def test_tf_serving_layout_and_warmup(kuai_exports):
 
 def test_bucket_sizes_are_few_and_pad_little():
     """XLA compiles once per shape: ``bucket_size`` maps every size to one of a few per octave."""
-    from tfrec_kuai.export_rank import bucket_size
+    from tfrec_kuai.export.shared_history import bucket_size
     n = np.arange(1, 2049)
     for steps in (4, 8):
         sizes = bucket_size(tf.constant(n), steps).numpy()
@@ -216,10 +216,11 @@ def test_saved_model_cli_lists_named_inputs_and_outputs(kuai_exports):
 
 @pytest.mark.parametrize("xla", [False, True])
 def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir, export_model_dirs, xla):
-    """export_rank.verify decides (and, the path being the model's own history encoder with
+    """shared_history.verify decides (and, the path being the model's own history encoder with
     ``repeat``, it must pick the shared path); rank's outputs are model(features)'s, with the
     XLA-compiled parts too, for batches and candidate counts that are and are not bucket sizes."""
-    from tfrec_kuai import export_rank, training
+    from tfrec_kuai.export import shared_history
+    from tfrec_kuai.train import training
     ranking = training.load_ranking_model(export_model_dirs[0], attention_implementation="composite")
     retrieval = training.load_retrieval_model(export_model_dirs[1], attention_implementation="composite")
     corpus = {k: v[:50] for k, v in E.read_corpus(tiny_examples_dir).items()}
@@ -229,7 +230,7 @@ def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir
     # Under XLA: 17 candidates padded to 18; 13 users = groups of 8, 4 and 1; 3 users = three of
     # one; and the empty requests.
     for users, candidates in ((13, 17), (3, 1), (2, 0), (0, 4)):
-        user, cand = export_rank.sample_request(corpus, L, users=users, candidates=candidates, seed=3)
+        user, cand = shared_history.sample_request(corpus, L, users=users, candidates=candidates, seed=3)
         user = {k: tf.constant(v) for k, v in user.items()}
         cand = {k: tf.constant(v) for k, v in cand.items()}
         served = module._rank_rows(user, cand)
@@ -241,9 +242,9 @@ def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir
     # request shape above and both ranking signatures call it: a trace goes through every Keras
     # layer and takes seconds, and the SavedModel keeps one copy of each.
     module.signatures()
-    assert len(module.rank_programs) == (len(export_rank.USER_GROUPS) if xla else 1)
+    assert len(module.rank_programs) == (len(shared_history.USER_GROUPS) if xla else 1)
     assert [p.experimental_get_tracing_count() for p in module.rank_programs.values()] == [1] * len(module.rank_programs)
-    user, cand = export_rank.sample_request(corpus, L, users=2, candidates=5, seed=3)
+    user, cand = shared_history.sample_request(corpus, L, users=2, candidates=5, seed=3)
     user = {k: tf.constant(v) for k, v in user.items()}
     cand = {k: tf.constant(v) for k, v in cand.items()}
     reference = module._rank_rows_plain(user, cand)

@@ -11,7 +11,7 @@ import pytest
 import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 
-from tfrec_kuai import export as E
+from tfrec_kuai.export import saved_model as E
 from tests.test_serving_export import _predict, kuai_server, kuai_stub  # noqa: F401  (module fixtures)
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tfrec_kuai import history
+from tfrec_kuai.data import history
 from tests.native_required import missing_native
 
 

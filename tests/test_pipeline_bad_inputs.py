@@ -185,7 +185,7 @@ def test_date_checks_and_the_split_boundary(tmp_path):
     assert meta["rows"]["dead_letter_by_reason"] == {"date_mismatch": 2, "out_of_range": 1, "too_long": 1}
     assert meta["date_split"]["eval_dates"] == [20220410]
     assert meta["date_split"]["train_dates"] == [20220408, 20220409]
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples as data
     splits = {}
     for split in ("train", "eval"):
         batch = next(iter(data.make_dataset(str(tmp_path / "out"), split, batch_size=10)))
@@ -222,7 +222,7 @@ def test_picture_posts_are_history_and_quirks_are_kept(tmp_path):
     side = meta["side_information"]["video_features"]
     assert side["rows_skipped"] == {"broken_row": 1, "duplicate_row": 1} and side["videos"] == 4
     assert side["log_rows_not_in_table"] == 1
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples as data
     batch = next(iter(data.make_dataset(str(tmp_path / "out"), "train", batch_size=10)))
     cols = {k: v.numpy() for k, v in batch.items()}
     order = np.argsort(cols["time_ms"])

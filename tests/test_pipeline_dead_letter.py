@@ -115,7 +115,7 @@ def test_the_model_side_reads_a_partial_video_table(dead_run):
     """A video the side table lacks is out-of-vocabulary for the model, and what the trainer, the
     evaluation and the report print about the side information says the table was partial."""
     import shlex
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples as data
     argv = shlex.split(dead_run[0]["command"])
     out = argv[argv.index("--output") + 1]
     info = data.side_information(out)

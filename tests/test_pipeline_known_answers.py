@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from beam_pipelines import build_examples
-from tfrec_kuai import data
+from tfrec_kuai.data import examples as data
 from tests.log_rows import T0
 from tfrec_kuai.schema import LOG_COLUMNS
 

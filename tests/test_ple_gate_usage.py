@@ -11,7 +11,8 @@ import ple_gate_usage  # noqa: E402
 from skip_gap_analysis import model_inputs  # noqa: E402
 
 from tests.fixtures_model import tiny_config
-from tfrec_kuai import data, training
+from tfrec_kuai.data import examples
+from tfrec_kuai.train import training
 from tfrec_kuai.models.ranking import TASK_GROUPS
 
 
@@ -27,7 +28,7 @@ def test_linear_cka_is_one_for_a_rotation_and_small_for_unrelated_rows():
 
 def test_gate_statistics_follow_the_layers_forward_pass(tiny_examples_dir):
     model = training.build_model(tiny_config("ranking"), training.read_vocabularies(tiny_examples_dir))
-    batch = model_inputs(next(iter(data.make_dataset(tiny_examples_dir, "train", 64))))
+    batch = model_inputs(next(iter(examples.make_dataset(tiny_examples_dir, "train", 64))))
     levels, outputs = ple_gate_usage.gate_statistics(model, batch)
     expected = model.bottom(model.features_vector(batch))
     assert len(levels) == model.model_config.ple_levels and len(outputs) == len(TASK_GROUPS)

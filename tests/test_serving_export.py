@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, i
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
                                      regression_pb2)
 
-from tfrec_kuai import export as E
+from tfrec_kuai.export import saved_model as E
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import pytest
 from tfrec_kuai.schema import LOG_COLUMNS
 from tfrec_kuai.sim import behaviour
 from tfrec_kuai.sim.catalogue import PURE_VIDEOS
-from tfrec_kuai.simulator import TRUTH_COLUMNS, SimParams, simulate
+from tfrec_kuai.sim.simulator import TRUTH_COLUMNS, SimParams, simulate
 
 
 def _load(folder):

@@ -9,7 +9,7 @@ import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 
 from tests.fixtures_model import tiny_config
-from tfrec_kuai import training
+from tfrec_kuai.train import training
 from tfrec_kuai.models import OUTPUT_NAMES
 
 
@@ -46,10 +46,10 @@ def test_killed_and_resumed_run_ends_where_an_unbroken_run_ends(tiny_examples_di
 
 
 def test_model_dir_is_self_contained_and_reloads_with_composite(tiny_ranking_model_dir, tiny_examples_dir):
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples
     for name in ("config.json", "vocab/video_id.txt", "vocab/user_id.txt"):
         assert os.path.exists(os.path.join(tiny_ranking_model_dir, name))
-    batch = next(iter(data.make_dataset(tiny_examples_dir, "eval", 16)))
+    batch = next(iter(examples.make_dataset(tiny_examples_dir, "eval", 16)))
     inputs = {k: v for k, v in batch.items() if not k.startswith("label_")}
     auto = training.load_ranking_model(tiny_ranking_model_dir)(inputs)
     composite = training.load_ranking_model(tiny_ranking_model_dir, attention_implementation="composite")(inputs)
@@ -61,9 +61,9 @@ def test_model_dir_is_self_contained_and_reloads_with_composite(tiny_ranking_mod
 
 
 def test_retrieval_model_dir_reloads(tiny_retrieval_model_dir, tiny_examples_dir):
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples
     model = training.load_retrieval_model(tiny_retrieval_model_dir, attention_implementation="composite")
-    batch = next(iter(data.make_dataset(tiny_examples_dir, "eval", 8)))
+    batch = next(iter(examples.make_dataset(tiny_examples_dir, "eval", 8)))
     q = model.query_tower(batch)
     c = model.candidate_tower({k: batch[k] for k in ("video_id", "author_id", "tag", "duration_s")})
     assert q.shape == (8, 8) and c.shape == (8, 8)
@@ -112,7 +112,7 @@ def test_early_stopping_state_is_kept(tiny_ranking_model_dir):
 
 
 def test_evaluate_retrieval(tiny_retrieval_model_dir, tiny_examples_dir, tmp_path):
-    from tfrec_kuai import evaluation
+    from tfrec_kuai.evaluate import evaluation
     m = evaluation.evaluate(tiny_examples_dir, tiny_retrieval_model_dir, str(tmp_path), log=lambda *a: None)
     assert 0.0 <= m["recall_at_50"] <= m["recall_at_100"] <= 1.0
     assert m["eval_queries"] > 0 and m["corpus_size"] > 50

@@ -86,9 +86,9 @@ def test_the_installed_package_runs_outside_the_source_tree(installed, tmp_path)
     venv, new_site, _log, _wheel = installed
     python, env = str(venv / "bin" / "python"), clean_env()
     where = subprocess.run(
-        [python, "-c", "import json, os, sys, tfrec_kuai, serving, beam_pipelines, tfrec_kuai.data;"
+        [python, "-c", "import json, os, sys, tfrec_kuai, serving, beam_pipelines, tfrec_kuai.data.examples;"
                        "print(json.dumps([os.path.realpath(p) for p in sys.path]));"
-                       "[print(m.__file__) for m in (tfrec_kuai, serving, beam_pipelines, tfrec_kuai.data)]"],
+                       "[print(m.__file__) for m in (tfrec_kuai, serving, beam_pipelines, tfrec_kuai.data.examples)]"],
         cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout.splitlines()
     assert not [p for p in json.loads(where[0]) if p.startswith(ROOT + os.sep) or p == ROOT], where[0]
     for module_file in where[1:]:

@@ -140,7 +140,7 @@ def test_arms_meet_the_same_users_and_visits(world, world_log):
 def test_leave_params_round_trip_through_params_json(tiny_log_dir):
     world = World(tiny_log_dir, leave=LeaveParams(base=-1.0))
     assert world.leave.base == -1.0
-    from tfrec_kuai.simulator import SimParams
+    from tfrec_kuai.sim.simulator import SimParams
     params = SimParams(leave=LeaveParams(satisfying=0.1), like_topics=(1, 3))
     assert SimParams.from_dict(params.to_dict()) == params
     without = params.to_dict()

@@ -154,7 +154,7 @@ class ServerProcess:
 def pick_users(examples_dir, count, min_history=5):
     """One eval example each for ``count`` different users with some history (serialized + parsed)."""
     from serving.client import _example_features  # noqa: PLC2701  (one parser for client and demo)
-    from tfrec_kuai.export import read_serialized_examples
+    from tfrec_kuai.export.saved_model import read_serialized_examples
 
     chosen, users = [], set()
     for record in read_serialized_examples(examples_dir, "eval", 5000):

@@ -3,7 +3,7 @@
 The simulator writes the log columns, the Beam job turns them into labels and example features,
 the reader and the models parse those features: all of them import the names from here so that a
 renamed column or a new label is changed once. Nothing here imports TensorFlow (the simulator and
-the Beam workers must not pay for it); ``data.py`` turns :func:`example_feature_spec` into
+the Beam workers must not pay for it); ``data/examples.py`` turns :func:`example_feature_spec` into
 ``tf.io.FixedLenFeature``\\ s.
 """
 from __future__ import annotations

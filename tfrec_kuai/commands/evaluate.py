@@ -23,7 +23,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from tfrec_kuai import evaluation
+    from tfrec_kuai.evaluate import evaluation
     if args.ground_truth and not os.path.isfile(args.ground_truth):
         raise InputError(f"--ground_truth {args.ground_truth}: no such file")
     evaluation.evaluate(args.examples, args.model_dir, args.output, ground_truth=args.ground_truth,

@@ -30,18 +30,20 @@ def run(args):
     import sys
     import time
 
-    from tfrec_kuai import data, export, training
+    from tfrec_kuai.data import examples
+    from tfrec_kuai.export import saved_model
+    from tfrec_kuai.train import training
 
     # Refused before anything is built: each folder is what its flag says, and of the examples' L.
-    history_length = data.load_metadata(args.examples)["history_length"]
-    data._files(args.examples, "corpus")
+    history_length = examples.load_metadata(args.examples)["history_length"]
+    examples._files(args.examples, "corpus")
     training.check_model_dir(args.ranking_dir, stage="ranking", history_length=history_length)
     training.check_model_dir(args.retrieval_dir, stage="retrieval", history_length=history_length)
     started = time.monotonic()
     variant = "portable (composite attention)" if args.portable else "fused (custom op)"
     print(f"exporting {variant}: ranking={args.ranking_dir} retrieval={args.retrieval_dir} ...", file=sys.stderr,
           flush=True)
-    path = export.export(args.ranking_dir, args.retrieval_dir, args.examples, args.export_base,
+    path = saved_model.export(args.ranking_dir, args.retrieval_dir, args.examples, args.export_base,
                          portable=args.portable, xla={"auto": None, "on": True, "off": False}[args.xla],
                          model_name=args.model_name, version=args.version, exclude_history=args.exclude_history,
                          top_n=args.top_n, retrieve_k=args.retrieve_k, warmup_examples=args.warmup_examples)

@@ -26,7 +26,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from tfrec_kuai.report import build_report
+    from tfrec_kuai.evaluate.report import build_report
 
     path = build_report(args.output, args.examples, ranking_dir=args.ranking_dir, retrieval_dir=args.retrieval_dir,
                         ranking_evals=dict(args.ranking_eval), retrieval_eval=args.retrieval_eval,

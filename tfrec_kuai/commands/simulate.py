@@ -6,7 +6,7 @@ import argparse
 import datetime
 
 from tfrec_kuai.commands import non_negative_int, positive_int
-from tfrec_kuai.simulator import SimParams, simulate
+from tfrec_kuai.sim.simulator import SimParams, simulate
 
 
 def _iso_date(text):

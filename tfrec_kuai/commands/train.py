@@ -30,11 +30,11 @@ def add_arguments(parser):
                         help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
     parser.add_argument("--distribute", choices=("none", "mirrored", "multi_worker", "parameter_server"),
                         default="none", help="tf.distribute strategy; multi_worker / parameter_server read TF_CONFIG "
-                                             "(see tfrec_kuai/distribute.py)")
+                                             "(see tfrec_kuai/train/distribute.py)")
 
 
 def run(args):
-    from tfrec_kuai import training
+    from tfrec_kuai.train import training
     from tfrec_kuai.config import load_config
     from tfrec_kuai.errors import InputError
     try:
@@ -50,7 +50,7 @@ def run(args):
                              max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed)
     if args.restart:
         training.clear_model_dir(args.model_dir)
-    from tfrec_kuai.distribute import make_strategy
+    from tfrec_kuai.train.distribute import make_strategy
     strategy = make_strategy(args.distribute)  # before any other TF op: multi-worker needs that
     history = training.train(args.examples, args.model_dir, config, verbose=args.verbose, strategy=strategy)
     last = {k: v[-1] for k, v in history.items() if v}

@@ -178,7 +178,7 @@ def read_ground_truth(path, keys=None):
         first = next(reader)
         try:
             float(first[0])
-            from tfrec_kuai.simulator import TRUTH_COLUMNS
+            from tfrec_kuai.sim.simulator import TRUTH_COLUMNS
             header = list(TRUTH_COLUMNS)
             rows = [first]
         except ValueError:
@@ -345,19 +345,20 @@ def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=
     examples must have the model's history length. A mismatch is an ``InputError`` before any
     work (and before ``output_dir`` is made).
     """
-    from tfrec_kuai import data, training
-    metadata = data.require_examples(examples_dir, "eval")
+    from tfrec_kuai.data import examples
+    from tfrec_kuai.train import training
+    metadata = examples.require_examples(examples_dir, "eval")
     config = training.check_model_dir(model_dir, stage=stage, variant=variant,
                                       history_length=metadata["history_length"])
     stage = config.model.stage
-    side = data.side_information(examples_dir, metadata)
-    log(data.describe_side_information(side))
+    side = examples.side_information(examples_dir, metadata)
+    log(examples.describe_side_information(side))
     os.makedirs(output_dir, exist_ok=True)
-    dataset = data.make_dataset(examples_dir, "eval", batch_size)
+    dataset = examples.make_dataset(examples_dir, "eval", batch_size)
     metrics = {"stage": stage, "variant": config.model.variant, "model_dir": os.path.abspath(model_dir),
                "examples": os.path.abspath(examples_dir), "side_information": side,
                "trained_on": training.read_examples_record(model_dir)}
-    with data.read_errors_as_input_errors(examples_dir, "eval"):
+    with examples.read_errors_as_input_errors(examples_dir, "eval"):
         _evaluate_stage(metrics, model_dir, examples_dir, dataset, output_dir, ground_truth, max_batches,
                         attention_implementation)
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
@@ -369,7 +370,8 @@ def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=
 def _evaluate_stage(metrics, model_dir, examples_dir, dataset, output_dir, ground_truth, max_batches,
                     attention_implementation):
     """Fills ``metrics`` with the stage's keys and plots."""
-    from tfrec_kuai import data, training
+    from tfrec_kuai.data import examples
+    from tfrec_kuai.train import training
     if metrics["stage"] == "ranking":
         model = training.load_ranking_model(model_dir, attention_implementation)
         preds, labels, keys = predict_ranking(model, dataset, max_batches)
@@ -391,7 +393,7 @@ def _evaluate_stage(metrics, model_dir, examples_dir, dataset, output_dir, groun
                 metrics["model_on_matched_rows"] = model_same_rows
     else:
         model = training.load_retrieval_model(model_dir, attention_implementation)
-        corpus_ids, corpus_emb = corpus_embeddings(model, data.make_corpus_dataset(examples_dir, 4096))
+        corpus_ids, corpus_emb = corpus_embeddings(model, examples.make_corpus_dataset(examples_dir, 4096))
         ranks = retrieval_ranks(model, dataset, corpus_ids, corpus_emb, max_batches)
         metrics["eval_queries"] = int(len(ranks))
         metrics["corpus_size"] = int(len(corpus_ids))

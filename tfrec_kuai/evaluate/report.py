@@ -35,12 +35,12 @@ def _bucket_labels():
 
 def data_statistics(examples_dir, split="train", max_examples=200_000):
     """Skip rate, mean watch ratio and count per duration bucket, and the history-length histogram."""
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples
 
     durations, skips, ratios, hist_lens = [], [], [], []
     seen = 0
-    with data.read_errors_as_input_errors(examples_dir, split):
-        for batch in data.make_dataset(examples_dir, split, batch_size=4096):
+    with examples.read_errors_as_input_errors(examples_dir, split):
+        for batch in examples.make_dataset(examples_dir, split, batch_size=4096):
             durations.append(batch["duration_s"].numpy())
             skips.append(batch["label_skip"].numpy())
             ratios.append(batch["label_watch_ratio"].numpy())
@@ -152,13 +152,14 @@ def read_metrics(eval_dir):
 
 def side_information_rows(examples_dir, metadata, model_dirs):
     """(label, text) rows: which side tables the examples (and each model's training data) lacked."""
-    from tfrec_kuai import data, training
-    rows = [("side information", data.describe_side_information(data.side_information(examples_dir, metadata))
+    from tfrec_kuai.data import examples
+    from tfrec_kuai.train import training
+    rows = [("side information", examples.describe_side_information(examples.side_information(examples_dir, metadata))
              .removeprefix("side information: "))]
     for name, model_dir in model_dirs.items():
         trained = training.read_examples_record(model_dir).get("side_information")
         if trained:
-            rows.append((f"{name} model trained with", data.describe_side_information(trained)
+            rows.append((f"{name} model trained with", examples.describe_side_information(trained)
                          .removeprefix("side information: ")))
     return rows
 
@@ -273,14 +274,14 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
     ``ranking_evals`` maps a variant name to an evaluation folder (``metrics.json`` + plots); the
     first one is the model the page describes in detail (its calibration and watch-time plots).
     """
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples
 
     os.makedirs(output_dir, exist_ok=True)
     ranking_evals = dict(ranking_evals or {})
-    metadata = data.load_metadata(examples_dir)
+    metadata = examples.load_metadata(examples_dir)
     model_dirs = {name: d for name, d in (("ranking", ranking_dir), ("retrieval", retrieval_dir)) if d}
     for name, model_dir in model_dirs.items():
-        from tfrec_kuai import training
+        from tfrec_kuai.train import training
         training.check_model_dir(model_dir, stage=name)
     ranking_metrics = {name: read_metrics(d) for name, d in ranking_evals.items()}
     retrieval_metrics = read_metrics(retrieval_eval) if retrieval_eval else None

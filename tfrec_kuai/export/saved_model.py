@@ -104,14 +104,14 @@ class ServingModule(tf.Module):
         self.top_n = int(min(top_n, self.retrieve_k))
         embeddings = _corpus_embeddings(retrieval_model, corpus)
         # Rank with the user's history encoded once per request row when that provably gives the
-        # model's own outputs (export_rank.verify); else one full model row per candidate.
+        # model's own outputs (shared_history.verify); else one full model row per candidate.
         self.shared_history, self.rank_path_note = False, "per-candidate model call"
         # The rank path's functions (one per user group with XLA, one without), each traced once
-        # and shared by verify, rank and recommend (export_rank.rank_shared_history).
+        # and shared by verify, rank and recommend (shared_history.rank_shared_history).
         object.__setattr__(self, "rank_programs", {})
         if shared_history:
-            from tfrec_kuai import export_rank
-            self.shared_history, self.rank_path_note = export_rank.verify(
+            from tfrec_kuai.export import shared_history
+            self.shared_history, self.rank_path_note = shared_history.verify(
                 ranking_model, self._rank_rows_plain, corpus, history_length, RANK_OUTPUTS, self.xla,
                 programs=self.rank_programs)
         # Non-trainable variables (not constants): they live in variables/, not in the graph proto.
@@ -146,8 +146,8 @@ class ServingModule(tf.Module):
     def _rank_rows(self, user, candidates):
         """Rank ``[B, C]`` candidates for ``B`` users -> {output: ``[B, C]``}."""
         if self.shared_history:
-            from tfrec_kuai import export_rank
-            return export_rank.rank_shared_history(self.ranking, user, candidates, RANK_OUTPUTS, self.xla,
+            from tfrec_kuai.export import shared_history
+            return shared_history.rank_shared_history(self.ranking, user, candidates, RANK_OUTPUTS, self.xla,
                                                    self.rank_programs)
         return self._rank_rows_plain(user, candidates)
 
@@ -374,9 +374,9 @@ def warmup_logs(model_name, features, serialized, candidates):
 
     # One request per user-group size of the XLA rank path (and all the examples), so that every
     # program `recommend` runs is compiled before the version is AVAILABLE.
-    from tfrec_kuai import export_rank
+    from tfrec_kuai.export import shared_history
     count = len(features["user_id"])
-    for rows in sorted({g for g in export_rank.USER_GROUPS if g <= count} | {count}):
+    for rows in sorted({g for g in shared_history.USER_GROUPS if g <= count} | {count}):
         head = {k: v[:rows] for k, v in features.items()}
         predict("recommend", user_inputs(head))
         predict("retrieve", user_inputs(head))
@@ -463,7 +463,7 @@ def export_models(ranking_model, retrieval_model, corpus, history_length, export
                   exclude_history=True):
     """Build the serving module from model objects and save one version; returns its folder.
 
-    ``xla``: compile the rank path's encoder and prediction part with XLA (``export_rank.rank_shared_history``).
+    ``xla``: compile the rank path's encoder and prediction part with XLA (``shared_history.rank_shared_history``).
     ``exclude_history``: the feed rule that a request's history videos are never returned.
     """
     def build(lean):
@@ -506,14 +506,15 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
 
     ``exclude_history`` (default on): ``recommend`` and ``retrieve`` leave out the request's history.
 
-    ``warmup_examples`` (None: the largest of ``export_rank.USER_GROUPS``, so that the warmup
+    ``warmup_examples`` (None: the largest of ``shared_history.USER_GROUPS``, so that the warmup
     requests reach every group size; 0: no warmup records).
     """
     xla = (not portable) if xla is None else bool(xla)
     import sys
-    from tfrec_kuai import export_rank, training
+    from tfrec_kuai.export import shared_history
+    from tfrec_kuai.train import training
     if warmup_examples is None:
-        warmup_examples = max(export_rank.USER_GROUPS)
+        warmup_examples = max(shared_history.USER_GROUPS)
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     implementation = "composite" if portable else "fused"
     log(f"[1/4] loading the ranking and retrieval models ({implementation} attention)")

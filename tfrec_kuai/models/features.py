@@ -69,7 +69,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
         ``jit_compile``: run the encoder (everything after the embedding lookups, which XLA cannot
         compile) as one XLA-compiled function. Its attention then always takes the shared-history
         form (``ops.shared_history_attention``; the fused op has no XLA kernel), and the caller
-        should keep the set of input shapes small: XLA compiles once per shape (``export_rank``
+        should keep the set of input shapes small: XLA compiles once per shape (``export.shared_history``
         groups users and pads the candidates to a few sizes).
         """
         hist_ids = {"video_id": features["hist_video_id"], "author_id": features["hist_author_id"],

@@ -103,7 +103,7 @@ class RankingModel(StaticGraphModel):
         """Everything after ``features_vector``: ``x`` ``[B, F]`` and ``duration_s`` ``[B]`` → outputs.
 
         Row-wise (no op mixes rows), so a caller may pad rows and slice the outputs back; the
-        export compiles this part with XLA (``export_rank``).
+        export compiles this part with XLA (``export.shared_history``).
         """
         skip_in, depth_in, watch_in, engage_in, hate_in = self.bottom(x)
         logits = tf.concat([self.skip_tower(skip_in), self.depth_tower(depth_in)], -1)

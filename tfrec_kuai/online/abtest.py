@@ -31,7 +31,7 @@ from tfrec_kuai.online.served import LocalServer, served_exports
 from tfrec_kuai.online.worldlog import read_world_log
 from tfrec_kuai.schema import COLUMN_INDEX, LOG_COLUMNS
 from tfrec_kuai.sim.world import World
-from tfrec_kuai.simulator import TRUTH_COLUMNS, write_csv_rows
+from tfrec_kuai.sim.simulator import TRUTH_COLUMNS, write_csv_rows
 
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STANDARD, RANDOM, TRUTH = "log_standard_abtest.csv", "log_random_abtest.csv", "ground_truth.csv"

@@ -14,7 +14,7 @@ import numpy as np
 from beam_pipelines.validation import parse_lines
 from tfrec_kuai.errors import InputError
 from tfrec_kuai.schema import LOG_COLUMNS
-from tfrec_kuai.simulator import RANDOM_LOG, STANDARD_LOG, VIDEO_TABLE
+from tfrec_kuai.sim.simulator import RANDOM_LOG, STANDARD_LOG, VIDEO_TABLE
 
 
 def read_world_log(folder):

@@ -1,1 +1,2 @@
-"""Building blocks of the log simulator (tfrec_kuai.simulator): catalogue and behaviour model."""
+"""The log simulator (``simulator``) and its building blocks: the catalogue, the behaviour model, and
+the world that continues a simulated log for the online evaluation."""

@@ -2,7 +2,7 @@
 
 ``tfrec-kuai simulate`` writes what users did with the feed of a fixed logging policy. The world
 answers the online question instead: what would these users have done with the feed *this*
-policy picks? It continues a simulate folder — the same :class:`~tfrec_kuai.simulator.Population`
+policy picks? It continues a simulate folder — the same :class:`~tfrec_kuai.sim.simulator.Population`
 (catalogue, users, latent affinities, logging-policy tables) rebuilt from its ``params.json`` and
 seed — from the first day after its log ends:
 
@@ -34,7 +34,7 @@ from tfrec_kuai.errors import InputError
 from tfrec_kuai.schema import COLUMN_INDEX, LOG_COLUMNS, compute_labels
 from tfrec_kuai.sim import behaviour, crn
 from tfrec_kuai.sim.leave import leave_probability
-from tfrec_kuai.simulator import (BEIJING, HOUR_WEIGHTS, PARAMS_FILE, TAB_VALUES, TAB_WEIGHTS, TRUTH_COLUMNS,
+from tfrec_kuai.sim.simulator import (BEIJING, HOUR_WEIGHTS, PARAMS_FILE, TAB_VALUES, TAB_WEIGHTS, TRUTH_COLUMNS,
                                   Population, SimParams, log_columns)
 
 DAY_MS = 86_400_000

@@ -4,7 +4,7 @@ A model directory holds::
 
     config.json            the Config tree (model + train), incl. variant and history length
     examples.json          what it was trained on: the examples folder, its history length and
-                           which side tables were absent (``data.side_information``)
+                           which side tables were absent (``examples.side_information``)
     vocab/<feature>.txt     the vocabularies the model was built with (copied from the examples)
     weights/               the final (best on validation) weights, a TF checkpoint
     checkpoints/epoch-N    per-epoch weights
@@ -49,8 +49,8 @@ WEIGHTS = os.path.join("weights", "model")
 # ----------------------------------------------------------------------------- model directory
 
 def read_vocabularies(examples_dir):
-    from tfrec_kuai import data
-    return {name: [int(v) for v in data.read_vocabulary(examples_dir, name)] for name in ID_VOCABULARIES}
+    from tfrec_kuai.data import examples
+    return {name: [int(v) for v in examples.read_vocabulary(examples_dir, name)] for name in ID_VOCABULARIES}
 
 
 def _write_vocabularies(model_dir, vocabularies):
@@ -179,14 +179,14 @@ def validation_date(metadata):
 def shuffled_batches(examples_dir, split, batch_size, seed, shuffle_buffer=20_000, repeat=True):
     """Shuffled, *deterministic* batches of a split: the same seed gives the same stream in any process.
 
-    ``data.make_dataset(shuffle=True)`` trades determinism for interleave speed; a resumable run
+    ``examples.make_dataset(shuffle=True)`` trades determinism for interleave speed; a resumable run
     needs the exact batch sequence back, so this reader keeps every stage ordered (files shuffled
     with ``seed``, a deterministic parallel interleave, a seeded example shuffle that does not
     reshuffle, parsing after batching as the reader does). With ``repeat``: full batches, forever.
     """
-    from tfrec_kuai import data
-    spec = data.feature_spec(data.load_metadata(examples_dir))
-    files = data._files(examples_dir, split)
+    from tfrec_kuai.data import examples
+    spec = examples.feature_spec(examples.load_metadata(examples_dir))
+    files = examples._files(examples_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20),
                        cycle_length=max(1, min(len(files), 4)), block_length=8,
@@ -229,12 +229,12 @@ def _prepare(batch, config, val_date, training):
 
 def validation_data(examples_dir, config: Config, val_date):
     """A fixed, cached validation set: the last training day's rows (or the eval split if asked)."""
-    from tfrec_kuai import data
+    from tfrec_kuai.data import examples
     t = config.train
     if t.validation == "none":
         return None
     if t.validation == "eval":
-        ds = data.make_dataset(examples_dir, "eval", t.batch_size)
+        ds = examples.make_dataset(examples_dir, "eval", t.batch_size)
         ds = ds.map(lambda b: _prepare(b, config, None, training=False))
     elif val_date is None:
         return None
@@ -413,17 +413,18 @@ def _read_train_counter(backup_dir):
 def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=(), log=print, strategy=None):
     """Trains (or resumes training) and writes the model directory. Returns the Keras history dict.
 
-    ``strategy`` is a ``tf.distribute`` strategy (``tfrec_kuai.distribute.make_strategy``); under
+    ``strategy`` is a ``tf.distribute`` strategy (``tfrec_kuai.train.distribute.make_strategy``); under
     a multi-worker strategy every worker runs this same function, the global input stream is
     sharded by element, and only the chief writes ``model_dir`` (the others write a scratch
     folder, ``distribute.writable_model_dir``).
     """
-    from tfrec_kuai import data, distribute
+    from tfrec_kuai.data import examples
+    from tfrec_kuai.train import distribute
     strategy = strategy or tf.distribute.get_strategy()
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     shared_backup_dir = os.path.join(model_dir, "backup")  # BackupAndRestore handles the workers itself
     model_dir = distribute.writable_model_dir(model_dir)
-    metadata = data.require_examples(examples_dir, "train")
+    metadata = examples.require_examples(examples_dir, "train")
     config = config.override("model", history_length=int(metadata["history_length"]))
     t, stage = config.train, config.model.stage
     if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0:
@@ -438,14 +439,14 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
                                  f"{getattr(saved, field)!r}, asked for {getattr(config.model, field)!r}): "
                                  "pass --restart to discard it, or another --model_dir")
     vocabularies = read_vocabularies(examples_dir)
-    side = data.side_information(examples_dir, metadata)
+    side = examples.side_information(examples_dir, metadata)
     os.makedirs(model_dir, exist_ok=True)
     config.save(os.path.join(model_dir, CONFIG_FILE))
     _write_vocabularies(model_dir, vocabularies)
     with open(os.path.join(model_dir, EXAMPLES_FILE), "w") as f:
         json.dump({"examples": os.path.abspath(examples_dir), "history_length": int(metadata["history_length"]),
                    "train_examples": int(metadata["rows"]["train_examples"]), "side_information": side}, f, indent=1)
-    log(data.describe_side_information(side))
+    log(examples.describe_side_information(side))
 
     tf.keras.utils.set_random_seed(t.seed)
     with strategy.scope():
@@ -491,7 +492,7 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     log(f"training {stage}/{config.model.variant}: {t.epochs} epochs x {steps_per_epoch} steps of {t.batch_size}"
         f" (validation: {t.validation if validation is not None else 'none'}"
         f"{'' if val_date is None else f', date {val_date}'})")
-    with data.read_errors_as_input_errors(examples_dir, "train"):
+    with examples.read_errors_as_input_errors(examples_dir, "train"):
         history = model.fit(stream, epochs=t.epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
                             callbacks=callbacks, verbose=verbose)
     if int(model._train_counter.numpy()) <= done_steps:
