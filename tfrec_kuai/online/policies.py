@@ -1,6 +1,15 @@
 """The policies an A/B arm can run: ``random``, ``popular``, ``logging``, ``oracle`` and
 ``savedmodel:<export dir>`` and ``served:<model name or export dir>`` (docs/design.md §10).
 
+A model arm may re-rank what ``recommend`` returns with another ranking score:
+``savedmodel:<export dir>?watch=1&skip=1&hate=2&engage=1`` orders the returned videos by
+``E[watch]^watch · (1 − p_skip)^skip · (1 + engage · Σ w_k p_k) · (1 − p_hate)^hate`` with the
+model's own predictions (``w_k``: the configured engagement weights, like 1, follow 2, comment 1,
+forward 1). The defaults are the exported blend (:class:`Blend`), so ``?`` alone changes nothing;
+``?skip=0&hate=0&engage=0`` orders by ``E[watch]`` alone and ``?watch=0&hate=0&engage=0`` by
+``p_skip`` alone. Export with ``--top_n`` equal to ``--retrieve_k`` so that every ranked
+candidate comes back to be re-ordered.
+
 A policy answers "the next N videos for these users now" (:class:`tfrec_kuai.sim.world.Page`)
 with catalogue indices ``[b, N]`` and, for the log's ``is_rand`` column, which of them were
 random exposures. The baselines bracket a model: ``random`` and ``popular`` are what a model must
@@ -10,7 +19,9 @@ already seen.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import urllib.parse
 import zlib
 
 import numpy as np
@@ -110,6 +121,59 @@ def resolve_export(path, kind="savedmodel"):
                      "or under its one model folder (expected a `tfrec-kuai export` output)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Blend:
+    """The ranking score's exponents and engagement scale (docs/design.md §5); the defaults are
+    the exported score's (``ModelConfig.score_*``), so ``Blend()`` re-ranks nothing."""
+    watch: float = 1.0
+    skip: float = 1.0
+    hate: float = 2.0
+    engage: float = 1.0
+
+    OUTPUTS = ("watch_s", "p_skip", "p_hate", "p_like", "p_follow", "p_comment", "p_forward")
+
+    @classmethod
+    def engage_weights(cls):
+        from tfrec_kuai.config import ModelConfig
+
+        return ModelConfig().score_engage_weights
+
+    def score(self, out):
+        """``[b, n]`` scores of the returned videos; padding (id −1) at −inf."""
+        engage = 1.0 + self.engage * sum(w * out[f"p_{k}"] for k, w in sorted(self.engage_weights().items()))
+        watch = np.maximum(out["watch_s"], 0.0)
+        score = (watch ** self.watch * (1.0 - out["p_skip"]) ** self.skip * engage
+                 * (1.0 - out["p_hate"]) ** self.hate)
+        return np.where(out["video_id"] >= 0, score, -np.inf)
+
+    def text(self):
+        return f"watch={self.watch:g}&skip={self.skip:g}&hate={self.hate:g}&engage={self.engage:g}"
+
+
+def split_blend(argument, kind="savedmodel"):
+    """``(export dir or model name, Blend or None)`` of a model arm's argument ``WHERE[?QUERY]``."""
+    where, sep, query = argument.partition("?")
+    if not sep:
+        return argument, None
+    fields = sorted(f.name for f in dataclasses.fields(Blend))
+    expected = f"{kind}:{argument}: expected ?{'&'.join(f + '=X' for f in fields)} with each X a number >= 0 " \
+               "at most once"
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
+    except ValueError:
+        raise InputError(f"{expected}, got {query!r}") from None
+    values = {}
+    for key, value in pairs:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if key not in fields or key in values or not np.isfinite(number) or number < 0:
+            raise InputError(f"{expected}, got {key}={value!r}")
+        values[key] = number
+    return where, Blend(**values)
+
+
 class ModelPolicy(Policy):
     """An export's ``recommend`` signature as a policy: the part every way of calling it shares.
 
@@ -121,6 +185,12 @@ class ModelPolicy(Policy):
     answer the same way, and can only differ by the path between."""
 
     failed_requests = 0
+    blend = None
+
+    @property
+    def outputs(self):
+        """The ``recommend`` outputs the policy reads: the ids, and what a re-ranking blend needs."""
+        return ("video_id",) + (Blend.OUTPUTS if self.blend is not None else ())
 
     def _set_signature(self, input_dtypes, history_length):
         from tfrec_kuai.online.requests import RequestBuilder
@@ -139,7 +209,11 @@ class ModelPolicy(Policy):
         return {name: np.asarray(features[name], dtype.as_numpy_dtype) for name, dtype in self.input_dtypes.items()}
 
     def recommend(self, page):
-        ids = np.asarray(self.call(self.inputs(page)))
+        out = {name: np.asarray(value) for name, value in self.call(self.inputs(page)).items()}
+        ids = out["video_id"]
+        if self.blend is not None:
+            order = np.argsort(-self.blend.score(out), axis=1, kind="stable")
+            ids = np.take_along_axis(ids, order, 1)
         if ids.ndim != 2 or ids.shape[1] < page.size:
             raise InputError(f"{self.name}: the export returns {ids.shape[-1]} videos per request, "
                              f"fewer than --page_size {page.size}")
@@ -151,6 +225,7 @@ class SavedModelPolicy(ModelPolicy):
 
     def __init__(self, spec, world, export_dir):
         super().__init__(spec, world)
+        export_dir, self.blend = split_blend(export_dir)
         import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
         import tensorflow as tf
 
@@ -168,7 +243,8 @@ class SavedModelPolicy(ModelPolicy):
 
     def call(self, inputs):
         tf = self.tf
-        return self.signature(**{name: tf.constant(value) for name, value in inputs.items()})["video_id"].numpy()
+        out = self.signature(**{name: tf.constant(value) for name, value in inputs.items()})
+        return {name: out[name].numpy() for name in self.outputs}
 
 
 def parse_spec(spec):
@@ -177,6 +253,8 @@ def parse_spec(spec):
     if kind not in KINDS or (kind in ("savedmodel", "served")) != bool(argument):
         raise InputError(f"unknown policy {spec!r}: expected random, popular, logging, oracle, "
                          "savedmodel:<export dir> or served:<model name or export dir>")
+    if argument:
+        split_blend(argument, kind)       # a malformed ?blend is refused with the spec, at parse time
     return kind, argument
 
 
@@ -189,7 +267,7 @@ def make_policy(spec, world, log_rows, server=None, model_name=None):
 
         if server is None:
             raise InputError(f"{spec}: no server to call (give --server ADDRESS, or served:<export dir>)")
-        return ServedPolicy(spec, world, server, model_name or argument)
+        return ServedPolicy(spec, world, server, model_name or split_blend(argument, kind)[0])
     if kind == "random":
         return RandomPolicy(spec, world)
     if kind == "popular":

@@ -23,7 +23,7 @@ import time
 
 from serving.model_config import pinned_versions, write_model_config
 from tfrec_kuai.errors import InputError
-from tfrec_kuai.online.policies import ModelPolicy, parse_spec, resolve_export
+from tfrec_kuai.online.policies import ModelPolicy, parse_spec, resolve_export, split_blend
 
 SIGNATURE = "recommend"
 TIMEOUT_S = 60.0
@@ -48,6 +48,7 @@ class ServedPolicy(ModelPolicy):
 
     def __init__(self, spec, world, address, model_name, timeout=TIMEOUT_S):
         super().__init__(spec, world)
+        _, self.blend = split_blend(parse_spec(spec)[1], "served")
         import grpc
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -89,7 +90,7 @@ class ServedPolicy(ModelPolicy):
         from tensorflow_serving.apis import predict_pb2
 
         tf = self.tf
-        request = predict_pb2.PredictRequest(output_filter=["video_id"])
+        request = predict_pb2.PredictRequest(output_filter=list(self.outputs))
         self._spec(request.model_spec)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=self.input_dtypes[name]))
@@ -105,7 +106,7 @@ class ServedPolicy(ModelPolicy):
                             if error.code().name == "RESOURCE_EXHAUSTED" and "user_id" in inputs else "")
                     raise _rpc_error(self.where, error, hint) from None
                 time.sleep(0.2 * (attempt + 1))
-        return tf.make_ndarray(response.outputs["video_id"])
+        return {name: tf.make_ndarray(response.outputs[name]) for name in self.outputs}
 
     def close(self):
         self.channel.close()
@@ -119,6 +120,7 @@ def served_exports(arms, server):
     exports = {}
     for name, spec in arms:
         kind, argument = parse_spec(spec)
+        argument, _ = split_blend(argument, "served")
         if kind == "served":
             if not os.path.exists(argument):
                 raise InputError(f"served:{argument}: no such folder (to call a model by name, give "
