@@ -1,29 +1,28 @@
 """Training throughput: the full ranking model with fused vs composite attention, and the input alone.
 
-    .venv/bin/python benchmarks/bench_training.py --examples DIR [--steps 60]
+    .venv/bin/python benchmarks/bench_training.py --examples DIR [--examples DIR2 ...] [--rounds 3]
 
-``DIR`` is an examples folder of ``python -m beam_pipelines.build_examples``; ``make bench`` builds a
-small one (``benchmarks/out/examples``) first.
+Each ``DIR`` is an examples folder of ``python -m beam_pipelines.build_examples`` (one per history
+length L to measure; ``make bench`` builds a small L = 50 one in benchmarks/out/examples first).
 
-All three measurements run in the same process on the same stream of batches:
+Measured without order bias. The first fit of a process is the slow one (tracing, thread pools,
+allocator growth), so a ratio of two fits in one process says as much about their order as about
+the op. Here every fit runs in a process of its own (``--worker``), which first runs a discarded
+warm-up fit of the same implementation and then the timed one; the rounds alternate the order
+(fused then composite, composite then fused, ...). For each L the table has the median
+examples/s of each implementation over ``--rounds``, the median of the per-round ratios
+fused / composite with their range, and the tf.data input alone (read + gunzip + shuffle + parse
+and the per-batch masking the training loop does) on the same stream.
 
-1. the tf.data input alone (read + gunzip + shuffle + parse, then the same per-batch masking the
-   training loop does) — examples/s with nothing downstream;
-2. ``model.fit`` of the full ranking model with ``attention_implementation="fused"``;
-3. the same with ``"composite"``.
-
-The first ``--warmup`` steps of each fit (tracing, first-batch costs) are excluded. Results are
-printed as a Markdown table and appended to ``--output`` as JSON lines (by default
-``benchmarks/out/bench_training.jsonl``, which git ignores: a run's record, not a tracked file that
-every run rewrites).
-
-The fused fit always runs first in its process, and the first fit of a process is the slower one,
-so the fused / composite ratio this prints is biased by the order (benchmarks/RESULTS.md,
-"Training throughput"): read it as an upper bound, not as the op's gain.
+The first ``--warmup`` steps of each fit are not timed. Results are printed as a Markdown table
+and appended to ``--output`` as JSON lines (by default ``benchmarks/out/bench_training.jsonl``,
+which git ignores: a run's record, not a tracked file that every run rewrites).
 """
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -75,34 +74,88 @@ def fit_rate(examples_dir, config: Config, implementation, steps, warmup):
     return timer.rate(config.train.batch_size)
 
 
+def _config(examples_dir, config_path, batch_size):
+    from tfrec_kuai.data import examples
+
+    config = load_config(config_path, "ranking").override("train", batch_size=batch_size)
+    return config.override("model", history_length=int(examples.load_metadata(examples_dir)["history_length"]))
+
+
+def worker(args):
+    """One implementation (or the input alone) in this process: a discarded warm-up, then the timed run."""
+    config = _config(args.examples[0], args.config, args.batch_size)
+    if args.worker == "input":
+        input_rate(args.examples[0], config, args.steps)
+        rate = input_rate(args.examples[0], config, args.steps)
+    else:
+        fit_rate(args.examples[0], config, args.worker, max(args.steps // 3, 5), args.warmup)
+        rate = fit_rate(args.examples[0], config, args.worker, args.steps, args.warmup)
+    print(json.dumps({"rate": rate, "batch_size": config.train.batch_size,
+                      "history_length": config.model.history_length}))
+
+
+def _run_worker(args, examples_dir, what):
+    command = [sys.executable, os.path.abspath(__file__), "--worker", what, "--examples", examples_dir,
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--config", args.config] if args.config else []
+    command += ["--batch_size", str(args.batch_size)] if args.batch_size else []
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench_training: the {what} worker failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--examples", required=True, help="examples folder (python -m beam_pipelines.build_examples)")
+    p.add_argument("--examples", required=True, action="append",
+                   help="examples folder (python -m beam_pipelines.build_examples); repeat for several L")
     p.add_argument("--config", default=None)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3, help="processes per implementation and L, order alternating")
+    p.add_argument("--worker", choices=("fused", "composite", "input"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "bench_training.jsonl"),
                    help="JSON lines file a run appends its result to (default: benchmarks/out/, not tracked)")
     args = p.parse_args(argv)
-    from tfrec_kuai.data import examples
-    config = load_config(args.config, "ranking").override("train", batch_size=args.batch_size)
-    config = config.override("model", history_length=int(examples.load_metadata(args.examples)["history_length"]))
-    bs = config.train.batch_size
-    rows = [("tf.data input alone", input_rate(args.examples, config, args.steps))]
+    if args.worker:
+        return worker(args)
     impls = ["fused", "composite"] if ops.fused_available() else ["composite"]
-    for impl in impls:
-        rows.append((f"full model fit, {impl} attention", fit_rate(args.examples, config, impl, args.steps, args.warmup)))
-    print(f"\nbatch size {bs}, {args.steps} timed steps, {os.cpu_count()} CPUs, TF {tf.version.VERSION}\n")
-    print("| what | examples/s |\n|---|---|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:,.0f} |")
+    results = []
+    for examples_dir in args.examples:
+        rates = {impl: [] for impl in impls}
+        ratios = []
+        for r in range(args.rounds):
+            order = impls if r % 2 == 0 else impls[::-1]
+            this = {}
+            for impl in order:
+                measured = _run_worker(args, examples_dir, impl)
+                this[impl] = measured["rate"]
+                rates[impl].append(measured["rate"])
+                print(f"  L={measured['history_length']} round {r + 1} {impl}: {measured['rate']:,.0f} examples/s",
+                      file=sys.stderr)
+            if len(impls) == 2:
+                ratios.append(this["fused"] / this["composite"])
+        input_alone = _run_worker(args, examples_dir, "input")
+        results.append({"examples": examples_dir, "history_length": measured["history_length"],
+                        "batch_size": measured["batch_size"], "input_alone": input_alone["rate"],
+                        "rates": rates, "ratios": ratios})
+    print(f"\nbatch size {results[0]['batch_size']}, {args.steps} timed steps, {args.rounds} rounds "
+          f"(each fit in its own process after a warm-up fit, order alternating), {os.cpu_count()} CPUs, "
+          f"TF {tf.version.VERSION}\n")
+    print("| L | input alone | composite | fused | fused / composite (median, range) |\n|---|---|---|---|---|")
+    for res in results:
+        med = {impl: statistics.median(v) for impl, v in res["rates"].items()}
+        ratio = (f"{statistics.median(res['ratios']):.2f} ({min(res['ratios']):.2f}–{max(res['ratios']):.2f})"
+                 if res["ratios"] else "–")
+        print(f"| {res['history_length']} | {res['input_alone']:,.0f} | {med['composite']:,.0f} | "
+              f"{med.get('fused', float('nan')):,.0f} | {ratio} |")
     if not ops.fused_available():
         print("\n(fused op library not available: composite only)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "batch_size": bs, "steps": args.steps,
-                            "cpus": os.cpu_count(), "results": dict(rows)}) + "\n")
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": args.steps, "rounds": args.rounds,
+                            "cpus": os.cpu_count(), "results": results}) + "\n")
 
 
 if __name__ == "__main__":
