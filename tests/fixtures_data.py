@@ -3,6 +3,7 @@
 Other areas (model, serving) build on ``tiny_examples_dir`` instead of writing their own data:
 it is the real pipeline (simulator -> Beam DirectRunner in-process -> TFRecords) at a size that
 takes a few seconds, with the default history length 50, one eval day and both side tables.
+``world300`` is a world for the online A/B tests, with enough users for a hash split.
 """
 import os
 
@@ -20,6 +21,17 @@ def tiny_log_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_log")
     simulate(str(out), SimParams(impressions=TINY_IMPRESSIONS, seed=TINY_SEED, users=20, days=4), progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def world300(tmp_path_factory):
+    """A simulate folder of 300 users and 30,000 impressions over 3 days, for the A/B tests (the
+    tiny log's 20 users are too few for a hash split)."""
+    from tfrec_kuai.sim.simulator import SimParams, simulate
+
+    out = str(tmp_path_factory.mktemp("world300"))
+    simulate(out, SimParams(impressions=30_000, users=300, days=3, seed=2), progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -13,19 +13,10 @@ from tfrec_kuai.online.policies import PopularPolicy
 from tfrec_kuai.online.requests import RequestBuilder
 from tfrec_kuai.online.worldlog import read_world_log
 from tfrec_kuai.sim.world import World
-from tfrec_kuai.sim.simulator import SimParams, simulate
 
 CONTRACT_KEYS = {"users", "impressions", "watch_time_per_user_day", "skip_rate", "valid_rate", "long_rate",
                  "likes_per_1000", "hates_per_1000", "visits_per_user_day", "distinct_videos", "repeat_rate",
                  "follows_per_1000", "distinct_authors"}
-
-
-@pytest.fixture(scope="module")
-def world300(tmp_path_factory):
-    """A world of 300 users (the session's tiny world has 20, too few for a hash split)."""
-    out = str(tmp_path_factory.mktemp("world300"))
-    simulate(out, SimParams(impressions=30_000, users=300, days=3, seed=2), progress=False)
-    return out
 
 
 def _ab(world, tmp_path, arms, **kw):
@@ -63,6 +54,8 @@ def test_a_paired_policy_against_itself_replays_exactly(world300, tmp_path):
     for metric, lift in out["lift"]["b"].items():
         if lift["value"] is not None:
             assert lift["value"] == 0.0 and lift["low"] in (0.0, None) and lift["high"] in (0.0, None), metric
+    for profile in ("by_day", "skip_rate_by_position", "visit_lengths"):     # the page's plots, intervals too
+        assert out["arms"]["a"][profile] == out["arms"]["b"][profile], profile
     for name in ("log_standard_abtest.csv", "ground_truth.csv"):
         assert filecmp.cmp(tmp_path / "arms" / "a" / name, tmp_path / "arms" / "b" / name, shallow=False)
 

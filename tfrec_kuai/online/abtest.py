@@ -6,12 +6,15 @@ numbers — the same visit times and the same uniforms for every reaction — so
 by what they served, and far fewer users resolve the same lift. Arms run one after another, a
 cohort of users at a time (memory stays flat in the number of users). For every arm the output
 folder gets its served impressions as KuaiRand-format logs (they can feed the Beam job and the
-next model), with their truth, and ``metrics.json`` the metrics and each arm's lift over the
-first arm, the control (``online/metrics.py``).
+next model), with their truth, ``metrics.json`` the metrics and each arm's lift over the
+first arm, the control, and each arm's profile by day, by position in the visit and by visit
+length (``online/metrics.py``), and ``index.html`` the page a person reads, with its plots
+(``online/abtest_page.py``).
 
 Output::
 
     OUTPUT/metrics.json
+    OUTPUT/index.html, watch_by_day.png, skip_by_position.png, visit_lengths.png
     OUTPUT/arms/<arm>/log_standard_abtest.csv, log_random_abtest.csv, ground_truth.csv
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 import numpy as np
 
 from tfrec_kuai.errors import InputError
-from tfrec_kuai.online import metrics
+from tfrec_kuai.online import abtest_page, metrics
 from tfrec_kuai.online.policies import make_policy, parse_spec
 from tfrec_kuai.online.served import LocalServer, served_exports
 from tfrec_kuai.online.worldlog import read_world_log
@@ -74,10 +77,11 @@ class _ArmLog:
 
 
 def run_arm(world, policy, user_ids, log_rows, days, page_size, chunk_users, folder, bar=None):
-    """Serve ``user_ids`` (sorted) with ``policy``: ``(per-user sums, served video mask)``."""
+    """Serve ``user_ids`` (sorted) with ``policy``: ``(per-user sums, served video mask, profile)``,
+    the profile (``metrics.Profile``) what the page plots."""
     V = len(world.catalogue.video_id)
     shown = np.zeros(V, bool)
-    sums = []
+    sums, profiles = [], []
     user_col = log_rows[:, COLUMN_INDEX["user_id"]]
     log = _ArmLog(folder)
     try:
@@ -93,11 +97,13 @@ def run_arm(world, policy, user_ids, log_rows, days, page_size, chunk_users, fol
             visits = np.bincount(r[extra["position"] == 0], minlength=len(chunk)) if len(r) else np.zeros(len(chunk))
             sums.append(metrics.per_user_sums(len(chunk), r, cols, extra.get("repeat", np.zeros(0, bool)),
                                               visits, days))
+            profiles.append(metrics.Profile.of_cohort(len(chunk), r, cols, extra, days))
             if len(r):
                 shown[extra["video"]] = True
     finally:
         log.close()
-    return np.concatenate(sums) if sums else np.zeros((0, len(metrics.SUMS))), shown
+    return (np.concatenate(sums) if sums else np.zeros((0, len(metrics.SUMS))), shown,
+            metrics.Profile.concatenate(profiles, days))
 
 
 def run_abtest(world_dir, arms, users, days, seed, output, paired=False, page_size=10, chunk_users=1000,
@@ -123,6 +129,12 @@ def run_abtest(world_dir, arms, users, days, seed, output, paired=False, page_si
         return _run(*common, server, {})
     with LocalServer(exports) as local:
         return _run(*common, local.address, {name: name for name in exports})
+
+
+def _profile_rng(seed, paired, arm):
+    """The bootstrap of an arm's profile intervals: its own stream (the lifts' draws stay as they
+    are); paired, the same resampled users for every arm, as for the lifts."""
+    return np.random.default_rng([seed, 6] if paired else [seed, 6, arm])
 
 
 def _run(world_dir, world, log_rows, user_ids, arms, days, seed, output, paired, page_size, chunk_users,
@@ -151,21 +163,22 @@ def _serve_arms(world_dir, world, log_rows, user_ids, arms, policies, days, seed
     for index, ((name, spec), policy) in enumerate(zip(arms, policies)):
         mine = user_ids if paired else user_ids[assignment == index]
         with tqdm(total=len(mine) * days, unit="user-day", desc=f"abtest {name}", disable=not progress) as bar:
-            sums, shown = run_arm(world, policy, mine, log_rows, days, page_size, chunk_users,
-                                  os.path.join(output, "arms", name), bar)
+            sums, shown, profile = run_arm(world, policy, mine, log_rows, days, page_size, chunk_users,
+                                           os.path.join(output, "arms", name), bar)
         distinct = (int(shown.sum()), int(len(np.unique(authors[shown]))))
-        results[name] = (sums, distinct)
+        results[name] = (sums, distinct, profile)
         if hasattr(policy, "close"):
             policy.close()
     rng = np.random.default_rng([seed, 5])
     out = {"arms": {}, "lift": {}}
     control = names[0]
     for name in names:
-        sums, (videos, n_authors) = results[name]
+        sums, (videos, n_authors), profile = results[name]
         out["arms"][name] = {"policy": dict(arms)[name], **metrics.arm_metrics(sums, videos, n_authors),
-                             "failed_requests": int(getattr(policies[names.index(name)], "failed_requests", 0))}
+                             "failed_requests": int(getattr(policies[names.index(name)], "failed_requests", 0)),
+                             **profile.to_json(_profile_rng(seed, paired, names.index(name)), replicates)}
         if name != control:
-            c_sums, c_distinct = results[control]
+            c_sums, c_distinct, _ = results[control]
             out["lift"][name] = metrics.lift(sums, c_sums, paired, rng, replicates,
                                              {"distinct_videos": (videos, c_distinct[0]),
                                               "distinct_authors": (n_authors, c_distinct[1])})
@@ -177,4 +190,5 @@ def _serve_arms(world_dir, world, log_rows, user_ids, arms, policies, days, seed
                     "oracle_utility": "expected watch seconds (behaviour model truth), unseen videos only"}
     with open(os.path.join(output, "metrics.json"), "w") as f:
         json.dump(out, f, indent=2)
+    abtest_page.write_page(output, out)
     return out
