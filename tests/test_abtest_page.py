@@ -124,3 +124,23 @@ def test_the_chromium_check_fails_a_page_whose_plot_is_missing(abtest_dir, tmp_p
             dst.write(src.read())
     with pytest.raises(AssertionError, match="not every image"):
         check_page(str(tmp_path / "index.html"), images=3, tmp=str(tmp_path))
+
+
+def test_an_arm_without_users_still_gets_its_page(world300, tmp_path):
+    """A hash split of two users over three arms leaves arms empty: their profiles are empty, their
+    cells "—", and the page and its three plots are still written."""
+    from tfrec_kuai.online.abtest import run_abtest
+
+    out = run_abtest(world300, list(ARMS), users=2, days=1, seed=0, output=str(tmp_path), progress=False,
+                     replicates=50)
+    empty = [name for name, arm in out["arms"].items() if arm["users"] == 0]
+    assert empty
+    for name in empty:
+        arm = out["arms"][name]
+        assert arm["skip_rate_by_position"] == [] and arm["visit_lengths"] == {"visits": 0, "mean": None,
+                                                                                "median": None, "counts": {}}
+        assert arm["by_day"][0]["watch_time_per_user_day"] is None and arm["by_day"][0]["low"] is None
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "<td>—" in page and "hash split: each user goes to one arm" in page
+    for image in ("watch_by_day.png", "skip_by_position.png", "visit_lengths.png"):
+        assert (tmp_path / image).stat().st_size > 5000

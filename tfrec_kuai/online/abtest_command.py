@@ -30,7 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--users", type=positive_int, default=1000, help="users drawn from the world")
     parser.add_argument("--days", type=positive_int, default=1, help="days served, from the day after the log")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="users, visits and every random draw")
-    parser.add_argument("--output", required=True, help="folder for metrics.json and the arms' logs")
+    parser.add_argument("--output", required=True,
+                        help="folder for metrics.json, the page (index.html and its plots) and the arms' logs")
     parser.add_argument("--paired", action="store_true",
                         help="every arm replays the same users with common random numbers (default: hash split)")
     parser.add_argument("--page_size", type=positive_int, default=10, help="videos per request")
@@ -51,5 +52,5 @@ def run(args):
             f"  lift {lift['value']:+.1%} [{lift['low']:+.1%}, {lift['high']:+.1%}]"
         print(f"{name:>14}: watch {m['watch_time_per_user_day']:.1f} s/user-day, skip {m['skip_rate']:.3f}, "
               f"{m['impressions']} impressions{extra}")
-    print(f"wrote {args.output}/metrics.json")
+    print(f"wrote {args.output}/metrics.json and the page {args.output}/index.html")
     return 0

@@ -144,12 +144,16 @@ def plot_profiles(arms, output):
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         lengths, counts = _visit_counts(arms[name])
-        total = max(counts.sum(), 1)
+        if not len(lengths):                       # an arm without users (a hash split of very few)
+            continue
+        total = counts.sum()
         bucket = np.searchsorted(edges, lengths, side="right") - 1
         shares = np.bincount(bucket, weights=counts, minlength=len(edges)) / total
         hist.bar(np.arange(len(edges)) + (i - (len(names) - 1) / 2) * width, shares, width, label=name)
         at_least = 1.0 - np.concatenate([[0], np.cumsum(counts)[:-1]]) / total
-        survival.step(lengths, at_least, where="post", label=f"{name} (mean {_format_mean(arms[name]['visit_lengths']['mean'])})")
+        mean = arms[name]["visit_lengths"]["mean"]
+        survival.step(lengths, at_least, where="post",
+                      label=f"{name} (mean {'—' if mean is None else f'{mean:.1f}'})")
     hist.set_xticks(range(len(edges)), bucket_labels(edges), rotation=30)
     hist.set_xlabel("videos in the visit")
     hist.set_ylabel("share of visits")
@@ -164,10 +168,6 @@ def plot_profiles(arms, output):
     return [(paths[0], "watch time per user-day by day, per arm"),
             (paths[1], "skip rate by position in the visit, per arm"),
             (paths[2], "visit-length distribution, per arm")]
-
-
-def _format_mean(value):
-    return "—" if value is None else f"{value:.1f}"
 
 
 def _line(ax, x, rows, key, label):
