@@ -183,7 +183,7 @@ class Profile:
         weights = _weights(rng, n, replicates)
         d = {name: i for i, name in enumerate(DAY_SUMS)}
         day_total = self.by_day.sum(0)                                   # [days, sums]
-        day_reps = np.einsum("ru,uds->rds", weights, self.by_day)        # [replicates, days, sums]
+        day_reps = _replicates(weights, self.by_day)                   # [replicates, days, sums]
         by_day = []
         for day in range(self.by_day.shape[1]):
             watch = day_reps[:, day, d["watch_s"]] / n if n else np.zeros(0)
@@ -194,7 +194,7 @@ class Profile:
                            "impressions_per_user_day": _num(day_total[day, d["impressions"]] / n) if n else None,
                            "visits_per_user_day": _num(day_total[day, d["visits"]] / n) if n else None})
         pos_total = self.by_position.sum(0)                              # [buckets, (impressions, skips)]
-        pos_reps = np.einsum("ru,ubs->rbs", weights, self.by_position)
+        pos_reps = _replicates(weights, self.by_position)
         by_position = []
         for b, label in enumerate(bucket_labels(POSITION_EDGES)):
             impressions = int(pos_total[b, 0])
@@ -211,6 +211,12 @@ class Profile:
         return {"by_day": by_day, "skip_rate_by_position": by_position,
                 "visit_lengths": {"visits": visits, "mean": _num(mean) if mean is not None else None, "median": median,
                                   "counts": {str(k): int(c) for k, c in enumerate(lengths) if c}}}
+
+
+def _replicates(weights, per_user):
+    """Bootstrap sums ``[replicates, ...]`` of per-user sums ``[users, ...]`` (one matrix product)."""
+    shape = per_user.shape[1:]
+    return (weights @ per_user.reshape(len(per_user), int(np.prod(shape)))).reshape(len(weights), *shape)
 
 
 def _safe(num, den):
