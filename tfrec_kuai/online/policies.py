@@ -229,14 +229,21 @@ class SavedModelPolicy(ModelPolicy):
         import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
         import tensorflow as tf
 
+        from tfrec_kuai import ops
+
         self.tf = tf
         self.path = resolve_export(export_dir)
+        try:                      # a fused export needs the op registered; a portable one loads without it
+            ops.load_op_library()
+            op_problem = ""
+        except ops.OpLibraryError as error:
+            op_problem = f"; {error}"
         try:
             loaded = tf.saved_model.load(self.path)
             self.signature = loaded.signatures["recommend"]
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, RuntimeError, tf.errors.OpError) as error:
             raise InputError(f"savedmodel:{export_dir}: not a loadable export with a `recommend` "
-                             f"signature ({type(error).__name__})") from None
+                             f"signature ({type(error).__name__}){op_problem}") from None
         self._loaded = loaded
         specs = self.signature.structured_input_signature[1]
         self._set_signature({name: spec.dtype for name, spec in specs.items()}, specs["hist_video_id"].shape[1])
