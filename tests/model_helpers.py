@@ -1,6 +1,8 @@
 """In-memory §6 batches for the model tests (no examples folder needed)."""
 import numpy as np
 
+from tfrec_kuai.schema import BINARY_LABELS
+
 L = 8
 VOCABS = {"user_id": list(range(0, 20)), "video_id": list(range(100, 160)), "author_id": list(range(0, 15)),
           "tag": list(range(0, 6))}
@@ -36,7 +38,7 @@ def make_batch(batch=16, history_length=L, seed=0, with_labels=True):
         d = f["duration_s"]
         play_t = (d * rng.uniform(0, 1.3, batch)).astype(np.float32)
         bits = feedback_bits(play_t, d, rng)
-        for i, name in enumerate(("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")):
+        for i, name in enumerate(BINARY_LABELS):
             f[f"label_{name}"] = (bits >> i) & 1
         f["label_watch_s"] = play_t
         f["label_watch_ratio"] = np.clip(play_t / d, 0, 5).astype(np.float32)

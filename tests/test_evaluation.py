@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from tfrec_kuai.evaluate import evaluation as E
+from tfrec_kuai.schema import BINARY_LABELS
 
 
 def _brute_auc(y, s):
@@ -79,9 +80,9 @@ def test_read_ground_truth_and_oracle(tmp_path):
 def test_ranking_metrics_keys():
     rng = np.random.default_rng(0)
     n = 50
-    labels = {o: rng.integers(0, 2, n) for o in E.BINARY}
+    labels = {o: rng.integers(0, 2, n) for o in BINARY_LABELS}
     labels["watch_s"] = rng.uniform(0, 30, n)
-    preds = {f"p_{o}": rng.uniform(size=n) for o in E.BINARY}
+    preds = {f"p_{o}": rng.uniform(size=n) for o in BINARY_LABELS}
     preds["watch_s"] = labels["watch_s"] * 2          # perfectly ordered
     m = E.ranking_metrics(labels, preds, rng.integers(0, 5, n))
     for key in ("auc_skip", "auc_valid", "auc_long", "auc_complete", "auc_like", "gauc_skip", "xauc_watch",

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfrec_kuai.export import saved_model as E
+from tfrec_kuai.schema import BINARY_LABELS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,7 +152,7 @@ def test_portable_and_fused_outputs_match(kuai_exports, requests_from_examples):
     assert recommend["video_id"].shape == (4, 10)
     assert set(recommend["video_id"].ravel()) <= set(corpus["video_id"].tolist())
     assert (np.diff(recommend["score"], axis=1) <= 1e-6).all()  # best first
-    for objective in E.OBJECTIVES:
+    for objective in BINARY_LABELS:
         p = recommend[f"p_{objective}"]
         assert ((p >= 0) & (p <= 1)).all()
     assert fused["rank"]["score"].shape == (4, 30) and fused["retrieve"]["video_id"].shape == (4, 50)

@@ -12,6 +12,7 @@ import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 
 from tfrec_kuai.export import saved_model as E
+from tfrec_kuai.schema import BINARY_LABELS
 from tests.test_serving_export import _predict, kuai_server, kuai_stub  # noqa: F401  (module fixtures)
 
 
@@ -149,7 +150,7 @@ def test_fewer_videos_left_than_asked_pads_with_minus_one(loaded, base_request):
                 assert np.isfinite(out["score"][b, :3]).all() and (out["score"][b, 3:] == -np.inf).all()
             if name == "recommend":
                 assert (out["retrieval_score"][:, 3:] == -np.inf).all()
-                for key in [f"p_{o}" for o in E.OBJECTIVES] + ["watch_s"]:
+                for key in [f"p_{o}" for o in BINARY_LABELS] + ["watch_s"]:
                     assert (out[key][:, 3:] == 0).all(), key
 
 

@@ -9,6 +9,7 @@ from tests.model_helpers import L, VOCABS, make_batch
 from tfrec_kuai.config import Config, ModelConfig
 from tfrec_kuai.models import OUTPUT_NAMES, BatchRecallAtK, RankingModel, RetrievalModel
 from tfrec_kuai.models.retrieval import _recent_skips
+from tfrec_kuai.schema import BINARY_LABELS, HISTORY_INPUTS
 
 
 def small(variant="full", stage="ranking", **kw):
@@ -190,7 +191,7 @@ def test_ranking_loss_is_the_weighted_sum_of_per_row_means(batch):
     out = {k: v.numpy().astype(np.float64) for k, v in model.predict_all(_inputs(batch)).items()}
     w = model.model_config.loss_weights
     expected = 0.0
-    for obj in ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate"):
+    for obj in BINARY_LABELS:
         p = np.clip(out[f"p_{obj}"], 1e-7, 1 - 1e-7)
         y = batch[f"label_{obj}"]
         expected += w[obj] * np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -207,7 +208,7 @@ def test_history_encoder_repeat_equals_explicitly_repeated_rows(batch, variant):
     inputs = _inputs(batch)
     model(inputs)
     users, c = 4, 3                                  # rows 0 (full history) and 1 (empty) included
-    user = {k: v[:users] for k, v in inputs.items() if k in F.HISTORY_FEATURES}
+    user = {k: v[:users] for k, v in inputs.items() if k in HISTORY_INPUTS}
     rows = {k: np.repeat(v[:users], c, axis=0) for k, v in inputs.items()}
     for name in ("video_id", "author_id", "tag", "duration_s"):    # other rows' targets as candidates
         rows[name] = inputs[name][users:users + users * c].copy()

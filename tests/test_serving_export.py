@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, i
                                      regression_pb2)
 
 from tfrec_kuai.export import saved_model as E
+from tfrec_kuai.schema import BINARY_LABELS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,7 +119,7 @@ def test_classify_regress_multi_inference_on_examples(kuai_stub, eval_rows):
         classify.input.example_list.examples.add().ParseFromString(record)
     result = stub.Classify(classify, timeout=60).result
     assert len(result.classifications) == 3
-    assert [c.label for c in result.classifications[0].classes] == list(E.OBJECTIVES)
+    assert [c.label for c in result.classifications[0].classes] == list(BINARY_LABELS)
     assert all(0.0 <= c.score <= 1.0 for r in result.classifications for c in r.classes)
 
     regress = regression_pb2.RegressionRequest()

@@ -11,11 +11,10 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from tfrec_kuai.schema import BINARY_LABELS
+
 VARIANTS = ("full", "no_history", "no_feedback", "no_context", "shared_bottom")
 STAGES = ("ranking", "retrieval")
-BINARY_OBJECTIVES = ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")
-CASCADE_OBJECTIVES = ("skip", "valid", "long", "complete")
-ENGAGE_OBJECTIVES = ("like", "follow", "comment", "forward", "hate")
 
 
 @dataclasses.dataclass
@@ -66,7 +65,7 @@ class ModelConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        unknown = set(self.loss_weights) - set(BINARY_OBJECTIVES) - {"watch"}
+        unknown = set(self.loss_weights) - set(BINARY_LABELS) - {"watch"}
         if unknown:
             raise ValueError(f"loss_weights has unknown objectives {sorted(unknown)}")
         return self

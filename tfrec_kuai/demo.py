@@ -23,8 +23,7 @@ import sys
 import time
 
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
-
-FEEDBACK_BITS = {"skip": 1, "valid": 2, "long": 4, "complete": 8, "like": 16, "follow": 32, "hate": 256}
+from tfrec_kuai.schema import FEEDBACK_BITS
 
 
 def _run(command, log_prefix):

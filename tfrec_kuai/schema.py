@@ -33,27 +33,27 @@ VALID_MS = 7000       # KuaiRand's is_click rule
 LONG_MS = 18000       # KuaiRand's long_view rule
 WATCH_RATIO_CLIP = 5.0
 
-# --- §6: history feedback bits ----------------------------------------------------------------
-FEEDBACK_BITS = OrderedDict([
-    ("skip", 1), ("valid", 2), ("long", 4), ("complete", 8), ("like", 16), ("follow", 32),
-    ("comment", 64), ("forward", 128), ("hate", 256),
-])
+# --- §4: the nine binary labels, which are also the ranking model's nine objectives -----------
+BINARY_LABELS = ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")
+LABEL_NAMES = tuple(f"label_{name}" for name in BINARY_LABELS) + ("label_watch_s", "label_watch_ratio")
+
+# --- §6: history feedback bits: bit i is the i-th binary label (skip 1, valid 2, ..., hate 256) --
+FEEDBACK_BITS = OrderedDict((name, 1 << i) for i, name in enumerate(BINARY_LABELS))
 # label name -> the log flag it copies (the depth labels are computed, not copied)
 FLAG_LABELS = OrderedDict([
     ("like", "is_like"), ("follow", "is_follow"), ("comment", "is_comment"),
     ("forward", "is_forward"), ("hate", "is_hate"),
 ])
-BINARY_LABELS = ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")
-LABEL_NAMES = tuple(f"label_{name}" for name in BINARY_LABELS) + ("label_watch_s", "label_watch_ratio")
-
 FeatureDesc = namedtuple("FeatureDesc", ["dtype", "shape"])  # dtype: "int64" | "float32"
 
 CONTEXT_INT_FEATURES = ("user_id", "video_id", "author_id", "tag", "hour", "tab", "date", "time_ms",
                         "is_rand")
-HISTORY_INT_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_feedback")
-HISTORY_FLOAT_FEATURES = ("hist_play_s", "hist_duration_s", "hist_age_s")
+# The seven per-event sequences of a history window, ``[L]`` each ...
 HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s",
                     "hist_age_s", "hist_feedback")
+HISTORY_FLOAT_FEATURES = ("hist_play_s", "hist_duration_s", "hist_age_s")
+# ... and what a model reads of the history: those sequences and how many events are real.
+HISTORY_INPUTS = HISTORY_FEATURES + ("hist_len",)
 ID_PADDING = -1  # 0 is a real KuaiRand id, so padding and "unknown" are -1
 VOCAB_FEATURES = ("user_id", "video_id", "author_id", "tag")
 CORPUS_FEATURES = OrderedDict([("video_id", "int64"), ("author_id", "int64"), ("tag", "int64"),
@@ -138,8 +138,3 @@ def local_calendar(time_ms):
     ms_of_day = (local - day).astype(np.int64)
     hourmin = (ms_of_day // 3_600_000) * 100 + (ms_of_day // 60_000) % 60
     return date, hourmin
-
-
-def date_to_int(year, month, day):
-    """KuaiRand's ``date`` column: ``YYYYMMDD`` as an integer."""
-    return year * 10000 + month * 100 + day

@@ -17,8 +17,9 @@ import logging
 
 import numpy as np
 
-OUTPUT_KEYS = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s", "hist_age_s",
-               "hist_feedback", "hist_len")
+from tfrec_kuai.schema import HISTORY_INPUTS
+
+OUTPUT_KEYS = HISTORY_INPUTS  # a window is what the model reads of the history: 7 sequences and hist_len
 _warned = False
 
 

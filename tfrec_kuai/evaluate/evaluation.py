@@ -26,8 +26,7 @@ import os
 import numpy as np
 
 from tfrec_kuai.errors import InputError
-
-BINARY = ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")
+from tfrec_kuai.schema import BINARY_LABELS
 RECALL_KS = (10, 50, 100)
 
 
@@ -139,7 +138,7 @@ def ranking_metrics(labels, predictions, user_ids, calibrate=True):
     """The ranking keys of docs/design.md §9 from arrays: ``labels[obj]`` 0/1, ``predictions['p_<obj>']``,
     ``labels['watch_s']`` and ``predictions['watch_s']``."""
     out = {}
-    for obj in BINARY:
+    for obj in BINARY_LABELS:
         key = f"p_{obj}"
         if obj not in labels or key not in predictions:
             continue
@@ -201,7 +200,7 @@ def oracle_predictions(truth, keys):
     """Arrays of the true probabilities / expected watch time in the order of ``keys``; rows
     without truth are reported through the returned mask."""
     found = np.array([k in truth for k in keys])
-    names = ["p_" + o for o in BINARY]
+    names = ["p_" + o for o in BINARY_LABELS]
     preds = {n: np.array([truth[k].get(n, np.nan) if f else np.nan for k, f in zip(keys, found)]) for n in names}
     preds["watch_s"] = np.array([truth[k].get("expected_watch_s", np.nan) if f else np.nan
                                  for k, f in zip(keys, found)])
@@ -221,7 +220,7 @@ def predict_ranking(model, dataset, max_batches=None):
         out = fn({k: v for k, v in batch.items() if not k.startswith("label_")})
         for k, v in out.items():
             preds.setdefault(k, []).append(v.numpy())
-        for obj in BINARY:
+        for obj in BINARY_LABELS:
             labels.setdefault(obj, []).append(batch[f"label_{obj}"].numpy())
         labels.setdefault("watch_s", []).append(batch["label_watch_s"].numpy())
         for k in keys:

@@ -44,12 +44,11 @@ import tensorflow as tf
 
 from tfrec_kuai import schema
 
-OBJECTIVES = ("skip", "valid", "long", "complete", "like", "follow", "comment", "forward", "hate")
-RANK_OUTPUTS = tuple(f"p_{o}" for o in OBJECTIVES) + ("watch_s", "score")
-USER_FEATURES = ("user_id", "hour", "tab")
-HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s", "hist_age_s",
-                    "hist_feedback")
-CANDIDATE_FEATURES = ("video_id", "author_id", "tag", "duration_s")
+from tfrec_kuai.models.ranking import OUTPUT_NAMES as RANK_OUTPUTS
+from tfrec_kuai.schema import BINARY_LABELS, CORPUS_FEATURES, HISTORY_FEATURES, HISTORY_INPUTS
+
+USER_FEATURES = ("user_id", "hour", "tab")  # the request context of the user side
+CANDIDATE_FEATURES = tuple(CORPUS_FEATURES)  # a candidate is a corpus row
 SIGNATURES = ("serving_default", "recommend", "rank", "retrieve", "recommend_excluding", "retrieve_excluding",
               "examples", "examples_score")
 EXCLUDE_INPUT = "exclude_video_id"  # int64 [B, E], -1 pads: the extra ids of the *_excluding signatures
@@ -162,7 +161,7 @@ class ServingModule(tf.Module):
         return {name: tf.reshape(out[name], [b, c]) for name in RANK_OUTPUTS}
 
     def _split(self, inputs):
-        user = {name: inputs[name] for name in USER_FEATURES + HISTORY_FEATURES + ("hist_len",)}
+        user = {name: inputs[name] for name in USER_FEATURES + HISTORY_INPUTS}
         candidates = {name: inputs[name] for name in CANDIDATE_FEATURES if name in inputs}
         return user, candidates
 
@@ -238,8 +237,8 @@ class ServingModule(tf.Module):
     def _classify_examples(self, serialized):
         out = self.ranking(self._parse(serialized), training=False)
         n = tf.shape(serialized)[0]
-        scores = tf.stack([out[f"p_{o}"] for o in OBJECTIVES], axis=1)
-        classes = tf.tile(tf.constant([list(OBJECTIVES)]), [n, 1])
+        scores = tf.stack([out[f"p_{o}"] for o in BINARY_LABELS], axis=1)
+        classes = tf.tile(tf.constant([list(BINARY_LABELS)]), [n, 1])
         return {"classes": classes, "scores": scores}
 
     def _score_examples(self, serialized):
@@ -337,7 +336,7 @@ def parse_examples(serialized, history_length):
 
 
 def user_inputs(features):
-    return {name: features[name] for name in USER_FEATURES + HISTORY_FEATURES + ("hist_len",)}
+    return {name: features[name] for name in USER_FEATURES + HISTORY_INPUTS}
 
 
 def rank_inputs(features, candidates):

@@ -16,7 +16,7 @@ import numpy as np
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from tfrec_kuai.models.features import HISTORY_FEATURES
+from tfrec_kuai.schema import HISTORY_INPUTS
 
 
 class _SharedHistoryView:
@@ -150,7 +150,7 @@ def _rank_rows(model, user, candidates, output_names, jit_compile=False):
     # Per-(user, candidate) rows carry only the cheap scalar user features; the history stays [B, L].
     rows = dict(flat, **{k: tf.repeat(v, shape[1], axis=0) for k, v in user.items()
                          if k in ("user_id", "hour", "tab")})
-    view = _SharedHistoryView(model, {k: user[k] for k in HISTORY_FEATURES}, shape[1], jit_compile=jit_compile)
+    view = _SharedHistoryView(model, {k: user[k] for k in HISTORY_INPUTS}, shape[1], jit_compile=jit_compile)
     x = view.features_vector(rows)
     predictions = model.predictions
     if jit_compile:

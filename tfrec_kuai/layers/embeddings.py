@@ -10,13 +10,15 @@ import math
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from tfrec_kuai.schema import FEEDBACK_BITS
+
 # Duration buckets (seconds): the skip and watch-ratio behaviour changes fastest for short videos,
 # so the boundaries are roughly log-spaced.
 DURATION_BOUNDARIES = [3.0, 5.0, 7.0, 10.0, 14.0, 18.0, 25.0, 35.0, 50.0, 70.0, 100.0, 150.0, 240.0, 400.0]
 # Event age (seconds before the target impression): minutes, hours, days.
 AGE_BOUNDARIES = [30.0, 120.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 8 * 3600.0, 86400.0, 3 * 86400.0,
                   7 * 86400.0, 30 * 86400.0]
-NUM_FEEDBACK_BITS = 9   # skip, valid, long, complete, like, follow, comment, forward, hate
+NUM_FEEDBACK_BITS = len(FEEDBACK_BITS)  # bit i is the i-th binary label (docs/design.md §6)
 
 
 class IdEmbedding(tf.keras.layers.Layer):

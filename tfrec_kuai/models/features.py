@@ -17,16 +17,15 @@ import tensorflow as tf
 from tfrec_kuai.layers import (AGE_BOUNDARIES, DURATION_BOUNDARIES, BucketEmbedding, FeedbackAwareEncoder,
                                IdEmbedding, ItemEmbedding, ModuloEmbedding, feedback_features, log_duration,
                                target_relation)
+from tfrec_kuai.schema import HISTORY_INPUTS
 
 ID_VOCABULARIES = ("user_id", "video_id", "author_id", "tag")
-HISTORY_FEATURES = ("hist_video_id", "hist_author_id", "hist_tag", "hist_play_s", "hist_duration_s",
-                    "hist_age_s", "hist_feedback", "hist_len")
 
 
 def feature_names(history_length_unused=None, with_history=True):
     """The §6 input names the model reads (labels excluded)."""
     names = ["user_id", "video_id", "author_id", "tag", "hour", "tab", "duration_s"]
-    return names + list(HISTORY_FEATURES) if with_history else names
+    return names + list(HISTORY_INPUTS) if with_history else names
 
 
 class HistoryEncoder(tf.keras.layers.Layer):

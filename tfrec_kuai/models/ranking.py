@@ -14,13 +14,13 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec_kuai.config import BINARY_OBJECTIVES, ModelConfig
+from tfrec_kuai.config import ModelConfig
 from tfrec_kuai.layers import CascadeHeads, CGCLayer, DurationAwareWatchHead, SharedBottom, TaskTower
 from tfrec_kuai.models import features as F
 from tfrec_kuai.models.base import StaticGraphModel
+from tfrec_kuai.schema import BINARY_LABELS
 
-OUTPUT_NAMES = ("p_skip", "p_valid", "p_long", "p_complete", "p_like", "p_follow", "p_comment", "p_forward",
-                "p_hate", "watch_s", "score")
+OUTPUT_NAMES = tuple(f"p_{o}" for o in BINARY_LABELS) + ("watch_s", "score")
 TASK_GROUPS = ("skip", "depth", "watch", "engage", "hate")
 ENGAGE = ("like", "follow", "comment", "forward")
 
@@ -76,7 +76,7 @@ class RankingModel(StaticGraphModel):
         # mean over the batch on one replica, and the correct gradient under tf.distribute (TFRS'
         # train_step sums the replicas' gradients and Keras forbids averaging reductions there).
         self.tasks = {}
-        for obj in BINARY_OBJECTIVES:
+        for obj in BINARY_LABELS:
             self.tasks[obj] = tfrs.tasks.Ranking(
                 loss=tf.keras.losses.BinaryCrossentropy(reduction=tf.keras.losses.Reduction.SUM),
                 metrics=[tf.keras.metrics.AUC(name=f"auc_{obj}", num_thresholds=1000)], name=f"task_{obj}")
@@ -134,7 +134,7 @@ class RankingModel(StaticGraphModel):
         out = self.predict_all(features, training)
         weights = self.model_config.loss_weights
         losses = []
-        for obj in BINARY_OBJECTIVES:
+        for obj in BINARY_LABELS:
             label = tf.cast(F._flat(features[f"label_{obj}"]), tf.float32)
             # [B, 1]: Keras' cross-entropy averages the last axis; with [B] it would return the batch
             # mean, and the SUM reduction + division by the global batch below would divide twice.
