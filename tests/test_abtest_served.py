@@ -10,6 +10,7 @@ import pytest
 from serving.server import start_in_process
 from tfrec_kuai import cli
 from tfrec_kuai.online.abtest import run_abtest
+from tfrec_kuai.online.abtest_page import PAGE, PLOTS
 from serving.model_config import pinned_versions, write_model_config
 from tests.fixtures_serving import free_port
 
@@ -41,7 +42,8 @@ def test_served_and_in_process_arms_give_the_same_metrics(kuai_exports, tiny_log
     export = os.path.join(kuai_exports["base"], "kuai")
     out = _ab(tiny_log_dir, tmp_path, [("inproc", f"savedmodel:{export}"), ("grpc", f"served:{export}")])
     _same_arms(out, tmp_path, "inproc", "grpc")
-    assert sorted(os.listdir(tmp_path)) == ["arms", "metrics.json"]       # the server's config is not left here
+    # the server's config is not left here: the folder holds the logs, metrics.json and the page
+    assert sorted(os.listdir(tmp_path)) == sorted(["arms", "metrics.json", PAGE, *PLOTS])
 
 
 @pytest.mark.slow
