@@ -3,7 +3,8 @@
 One sort per user (by time, then video id, then where the row was read), duplicates of
 ``user_id, video_id, time_ms`` dropped after the first, labels and feedback bits vectorised, and
 the history windows from the native builder over the sorted events. Pure NumPy, no Beam: the
-DoFn in ``build_examples.py`` wraps it and the tests call it directly.
+per-user step (``examples_by_user.py``) wraps it, and the request builder of the online loop and
+the tests call it directly.
 
 Split: a row is in the eval split when the Beijing date of its ``time_ms`` is an eval date, the
 same clock that orders the histories, so every eval target is later than every train target
