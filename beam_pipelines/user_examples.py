@@ -44,11 +44,6 @@ def sort_and_dedup(values, tiebreak):
     return order[~dup], order[dup]
 
 
-def user_columns(values, video_table, user_table, history_length, eval_dates, implementation="auto"):
-    """Example columns of one user's (sorted, deduplicated) rows plus ``is_eval`` per row."""
-    return batch_columns([values], video_table, user_table, history_length, eval_dates, implementation)
-
-
 def batch_columns(user_rows, video_table, user_table, history_length, eval_dates, implementation="auto"):
     """Example columns of several users at once, plus ``is_eval`` per row.
 
