@@ -159,7 +159,7 @@ def plot_profiles(arms, output):
     hist.set_ylabel("share of visits")
     hist.set_title("visit lengths")
     survival.set_xscale("log")
-    survival.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    survival.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     survival.set_xlabel("k videos")
     survival.set_ylabel("share of visits with at least k videos")
     survival.set_title("visits lasting at least k videos")
@@ -192,14 +192,13 @@ def _visit_counts(arm):
 
 
 def _finish(fig, ax, path, integer_x=False):
-    if integer_x:
-        from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if integer_x:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
