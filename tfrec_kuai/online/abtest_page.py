@@ -122,6 +122,9 @@ def plot_profiles(arms, output):
         days = [d for d in arms[name]["by_day"] if d["watch_time_per_user_day"] is not None]
         x = np.array([d["day"] + 1 for d in days]) + offset
         _line(ax, x, days, "watch_time_per_user_day", name)
+    last_day = max([d["day"] + 1 for name in names for d in arms[name]["by_day"]] or [1])
+    ax.set_xlim(0.5, last_day + 0.5)          # one day too: the arms' offsets stay small beside it
+    ax.set_xticks(range(1, last_day + 1))
     ax.set_xlabel("day (1 = the first day after the world's log)")
     ax.set_ylabel("watch seconds per user-day")
     ax.set_title("watch time per user-day, by day")
