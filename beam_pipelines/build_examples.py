@@ -146,7 +146,7 @@ def build(pipeline, args, command, options_dict, files=None, out=None, tables=No
     examples.train | "WriteTrain" >> WriteTFRecords(f"{out}/train")
     examples.eval | "WriteEval" >> WriteTFRecords(f"{out}/eval")
     (logs.dead, examples.dead) | "WriteDeadLetter" >> WriteDeadLetter(out)
-    stats = (logs.stats, examples.stats) | "Summary" >> MergeStats()
+    stats = (logs.stats, examples.stats) | "MergeStats" >> MergeStats()
     stats | "WriteCorpus" >> WriteCorpus(out, paths)
     stats | "WriteSummary" >> WriteSummary(out, paths, meta_kwargs, args.vocab_min_count)
     return pipeline
