@@ -1,7 +1,8 @@
 """TF Serving's gRPC services, ``PredictionService`` and ``ModelService``, on the official stubs.
 
 Each method turns the request into NumPy, asks the manager for the servable the ModelSpec
-names, runs it and builds the official response proto. Every ServingError becomes
+names, runs it and builds the official response proto; a successful Predict, Classify or Regress
+is handed to the model's request loggers (``serving.request_logger``: its ``logging_config``). Every ServingError becomes
 ``context.abort(code, message)``; anything unexpected becomes INTERNAL, so one bad request never
 hurts the next.
 """
@@ -82,7 +83,9 @@ def predict(manager, request, fill_limit_bytes=None):
     signature's batch). ``fill_limit_bytes``: see ``Signature.decode``."""
     servable, inputs = _predict_inputs(manager, request, fill_limit_bytes)
     signature_name, outputs = servable.run(request.model_spec.signature_name, inputs, list(request.output_filter))
-    return _predict_response(servable, signature_name, outputs)
+    response = _predict_response(servable, signature_name, outputs)
+    manager.request_logger.log("predict", request, response, servable, signature_name)
+    return response
 
 
 def predict_deferred(manager, request, done, fill_limit_bytes=None):
@@ -103,6 +106,8 @@ def predict_deferred(manager, request, done, fill_limit_bytes=None):
                 response = _predict_response(servable, signature_name, outputs)
             except Exception as failure:
                 error = failure
+            else:
+                manager.request_logger.log("predict", request, response, servable, signature_name)
         answer(response, error)
 
     try:
@@ -170,6 +175,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             servable, request.model_spec.signature_name, inference.serialize_input(request.input))
         response = classification_pb2.ClassificationResponse(result=result)
         _fill_spec(response.model_spec, servable, signature_name)
+        self.manager.request_logger.log("classify", request, response, servable, signature_name)
         return response
 
     @_guarded
@@ -180,6 +186,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             servable, request.model_spec.signature_name, inference.serialize_input(request.input))
         response = regression_pb2.RegressionResponse(result=result)
         _fill_spec(response.model_spec, servable, signature_name)
+        self.manager.request_logger.log("regress", request, response, servable, signature_name)
         return response
 
     @_guarded

@@ -31,6 +31,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.errors import ServingError, failed_precondition, invalid_argument, not_found
+from serving.request_logger import ServerRequestLogger
 from serving.servable import Servable, version_is_ready
 from serving.warmup import run_warmup
 
@@ -89,11 +90,12 @@ class ModelManager:
     """Owns every model's versions; thread-safe lookups, one background poller."""
 
     def __init__(self, config, poll_seconds=1.0, batching_options=None, warmup_iterations=1, enable_warmup=True,
-                 run_gate=None, max_num_load_retries=5, load_retry_interval_s=60.0):
+                 run_gate=None, max_num_load_retries=5, load_retry_interval_s=60.0, request_log_seed=None):
         """``run_gate``: the ``serving.admission.FairGate`` that bounds unbatched model runs across all
         the servables (None: unbounded). ``max_num_load_retries``, ``load_retry_interval_s``: TF
         Serving's load retries (its flags ``--max_num_load_retries``,
-        ``--load_retry_interval_micros``)."""
+        ``--load_retry_interval_micros``). ``request_log_seed``: the request loggers' sampler seed
+        (None: the OS's entropy; ``serving.request_logger``)."""
         self.max_num_load_retries = max(0, int(max_num_load_retries))
         self.load_retry_interval_s = max(0.0, float(load_retry_interval_s))
         self._lock = threading.RLock()
@@ -106,6 +108,7 @@ class ModelManager:
         self.enable_warmup = enable_warmup
         self._stop = threading.Event()
         self._thread = None
+        self.request_logger = ServerRequestLogger(request_log_seed)  # the models' logging_config
         self.set_config(config)
 
     # -- configuration -------------------------------------------------------------------------
@@ -120,10 +123,13 @@ class ModelManager:
         for c in config.model_config_list.config:
             if c.model_platform and c.model_platform != "tensorflow":
                 raise invalid_argument(f"model '{c.name}': unsupported model_platform '{c.model_platform}'")
+        ServerRequestLogger.check(config)
 
     def set_config(self, config):
-        """Adopt a ModelServerConfig: new models are added, removed ones unloaded."""
+        """Adopt a ModelServerConfig: new models are added, removed ones unloaded; request loggers
+        follow the models' logging_config (a log file that cannot be opened refuses the config)."""
         self.check_config(config)
+        self.request_logger.update(config)
         with self._lock:
             old = self._models
             models = {}
@@ -198,6 +204,7 @@ class ModelManager:
             entries = list(self._models.values())
         for entry in entries:
             self._unload_all(entry)
+        self.request_logger.close()  # after the last request: what is queued is written and flushed
 
     def _poll_loop(self):
         """Poll every ``poll_seconds``, and wake for a due load retry. With polling off (0) only the

@@ -39,10 +39,12 @@ def pinned_versions(version_dirs):
             for name, path in version_dirs.items()}
 
 
-def write_model_config(path, models):
-    """``model_server_config(models)`` as a text file at ``path``; returns ``path``."""
+def write_model_config(path, models, request_logging=None):
+    """``model_server_config(models)`` (with ``add_request_logging(…, request_logging)``) as a
+    text file at ``path``; returns ``path``."""
+    config = add_request_logging(model_server_config(models), request_logging or {})
     with open(path, "w") as f:
-        f.write(text_format.MessageToString(model_server_config(models)))
+        f.write(text_format.MessageToString(config))
     return path
 
 
@@ -56,3 +58,20 @@ def write_serving_configs(export_base, model_name, batching=True):
     if batching:
         shutil.copyfile(BATCHING_PARAMETERS, batching_path)
     return models, batching_path
+
+
+def add_request_logging(config, request_logging):
+    """``config`` with a ``logging_config`` on each model of ``request_logging`` = ``{name:
+    (filename_prefix, sampling_rate)}``: the server writes that share of the model's successful
+    requests as ``PredictionLog`` TFRecords named ``<filename_prefix>-…`` (``serving/request_logger.py``;
+    read back with ``serving.prediction_log.read_table``)."""
+    for entry in config.model_config_list.config:
+        if entry.name in request_logging:
+            prefix, rate = request_logging[entry.name]
+            entry.logging_config.log_collector_config.type = "tfrecord"
+            entry.logging_config.log_collector_config.filename_prefix = os.path.abspath(prefix)
+            entry.logging_config.sampling_config.sampling_rate = float(rate)
+    unknown = sorted(set(request_logging) - {entry.name for entry in config.model_config_list.config})
+    if unknown:
+        raise ValueError(f"request logging for models the config lacks: {unknown}")
+    return config

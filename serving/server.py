@@ -69,6 +69,9 @@ def build_parser():
     p.add_argument("--grpc_transport", choices=("auto", "native", "python"), default="auto",
                    help="who does the RPC work: gRPC C++ (native, where it was built), gRPC Python, or "
                         "native when available (auto); the same servicers answer either way")
+    p.add_argument("--request_log_seed", type=int, default=None,
+                   help="seed of the request loggers' samplers (a model config's logging_config); default: "
+                        "the OS's entropy, as TF Serving. Seeded, the same number of the first N calls is logged")
     p.add_argument("--ssl_config_file", default="",
                    help="text-format SSLConfig (server_key, server_cert, custom_ca, client_verify) for gRPC TLS")
     p.add_argument("--op_library", action="append", default=[],
@@ -222,7 +225,7 @@ class ModelServer:
         self.manager = ModelManager(model_server_config(args), args.file_system_poll_wait_seconds, batching,
                                     args.num_request_iterations_for_warmup, args.enable_model_warmup,
                                     admission.FairGate(args.max_concurrent_model_runs), args.max_num_load_retries,
-                                    args.load_retry_interval_micros / 1e6)
+                                    args.load_retry_interval_micros / 1e6, args.request_log_seed)
         self.manager.start()
         self.manager.check_labels()  # as TF Serving: a label must name an available version
         prediction, model = PredictionServicer(self.manager, args.max_message_size_bytes), ModelServicer(self.manager)
