@@ -91,7 +91,7 @@ class TFRecordCollector:
             index = TFRecordCollector._files_opened
             TFRecordCollector._files_opened += 1
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.path = f"{prefix}-{started}-{os.getpid()}-{index:03d}.tfrecord"
+        self.path = f"{prefix}-{started}-{os.getpid()}-{index:05d}.tfrecord"
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._writer = tf.io.TFRecordWriter(self.path)
