@@ -162,13 +162,14 @@ def build_export(work_dir, impressions, model_name, history_length=50, ranking_c
     return base, examples
 
 
-def make_requests(examples, candidates):
+def make_requests(examples_dir, candidates):
     """{signature: inputs} for one user (recommend) and one user x ``candidates`` videos (rank)."""
+    from tfrec_kuai.data import examples
     from tfrec_kuai.export import saved_model as E
-    serialized = E.read_serialized_examples(examples, "eval", 1)
-    history_length = json.load(open(os.path.join(examples, "metadata.json")))["history_length"]
+    serialized = examples.read_serialized_examples(examples_dir, "eval", 1)
+    history_length = examples.load_metadata(examples_dir)["history_length"]
     features = E.parse_examples(serialized, history_length)
-    corpus = E.read_corpus(examples)
+    corpus = examples.read_corpus(examples_dir)
     rows = np.arange(candidates) % len(corpus["video_id"])
     return {"recommend": E.user_inputs(features),
             "rank": E.rank_inputs(features, {k: v[rows] for k, v in corpus.items()})}

@@ -14,6 +14,7 @@ sends TF Serving's REST JSON instead.
 """
 import argparse
 import base64
+import dataclasses
 import json
 import sys
 import urllib.error
@@ -51,7 +52,17 @@ def build_parser():
 
 
 # -- transport -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Which servable a request asks for: a model name and, optionally, a version or a label."""
+    model_name: str = "kuai"
+    version: int | None = None
+    label: str | None = None
+
+
 class GrpcTransport:
+    """TF Serving's gRPC API through the official ``tensorflow-serving-api`` stubs."""
+
     def __init__(self, address, timeout):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -61,20 +72,21 @@ class GrpcTransport:
         self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.timeout = timeout
 
-    def _spec(self, spec, args, signature=None):
-        spec.name = args.model_name
-        if args.version is not None:
-            spec.version.value = args.version
-        elif args.label:
-            spec.version_label = args.label
+    @staticmethod
+    def _spec(spec, target, signature=None):
+        spec.name = target.model_name
+        if target.version is not None:
+            spec.version.value = target.version
+        elif target.label:
+            spec.version_label = target.label
         if signature is not None:
             spec.signature_name = signature
 
-    def signatures(self, args):
+    def signatures(self, target):
         """{name: {"inputs": {key: (dtype name, shape)}, "outputs": {...}}} from GetModelMetadata."""
         from tensorflow_serving.apis import get_model_metadata_pb2
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec, args)
+        self._spec(request.model_spec, target)
         response = self.predict_stub.GetModelMetadata(request, timeout=self.timeout)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
@@ -86,47 +98,51 @@ class GrpcTransport:
         return {name: {"inputs": describe(s.inputs), "outputs": describe(s.outputs)}
                 for name, s in signature_map.signature_def.items()}
 
-    def status(self, args):
+    def status(self, target):
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2
         request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request.model_spec, args)
+        self._spec(request.model_spec, target)
         return json_format.MessageToDict(self.model_stub.GetModelStatus(request, timeout=self.timeout))
 
-    def predict(self, args, inputs):
+    def predict(self, target, signature, inputs):
+        """``(version, {output: ndarray})`` of one Predict call."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
         request = predict_pb2.PredictRequest()
-        self._spec(request.model_spec, args, args.signature)
+        self._spec(request.model_spec, target, signature)
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         response = self.predict_stub.Predict(request, timeout=self.timeout)
         return response.model_spec.version.value, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
-    def infer(self, args, serialized):
+    def infer(self, target, signature, method, serialized):
+        """Classify (``method="classify"``) or Regress serialized examples."""
         from tensorflow_serving.apis import classification_pb2, regression_pb2
-        request = (classification_pb2.ClassificationRequest() if args.method == "classify"
+        request = (classification_pb2.ClassificationRequest() if method == "classify"
                    else regression_pb2.RegressionRequest())
-        self._spec(request.model_spec, args, args.signature)
+        self._spec(request.model_spec, target, signature)
         for record in serialized:
             request.input.example_list.examples.add().ParseFromString(record)
-        if args.method == "classify":
+        if method == "classify":
             result = self.predict_stub.Classify(request, timeout=self.timeout).result
             return [[(c.label, c.score) for c in r.classes] for r in result.classifications]
         return [r.value for r in self.predict_stub.Regress(request, timeout=self.timeout).result.regressions]
 
 
 class RestTransport:
+    """TF Serving's REST API (JSON), the same calls as :class:`GrpcTransport`."""
+
     def __init__(self, url, timeout):
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def _path(self, args):
-        path = f"{self.url}/v1/models/{args.model_name}"
-        if args.version is not None:
-            path += f"/versions/{args.version}"
-        elif args.label:
-            path += f"/labels/{args.label}"
+    def _path(self, target):
+        path = f"{self.url}/v1/models/{target.model_name}"
+        if target.version is not None:
+            path += f"/versions/{target.version}"
+        elif target.label:
+            path += f"/labels/{target.label}"
         return path
 
     def _call(self, url, body=None):
@@ -144,8 +160,8 @@ class RestTransport:
                 message = body[:200].decode("utf-8", "replace")
             raise SystemExit(f"HTTP {error.code}: {message}") from None
 
-    def signatures(self, args):
-        meta = self._call(self._path(args) + "/metadata")["metadata"]["signature_def"]["signature_def"]
+    def signatures(self, target):
+        meta = self._call(self._path(target) + "/metadata")["metadata"]["signature_def"]["signature_def"]
 
         def describe(infos):
             return {k: (v["dtype"], [int(d["size"]) for d in v.get("tensor_shape", {}).get("dim", [])])
@@ -154,22 +170,22 @@ class RestTransport:
         return {name: {"inputs": describe(s.get("inputs", {})), "outputs": describe(s.get("outputs", {}))}
                 for name, s in meta.items()}
 
-    def status(self, args):
-        return self._call(self._path(args))
+    def status(self, target):
+        return self._call(self._path(target))
 
-    def predict(self, args, inputs):
+    def predict(self, target, signature, inputs):
         def jsonable(v):
             if v.dtype == object:
                 return [{"b64": base64.b64encode(x).decode()} for x in v.reshape(-1)] if v.ndim == 1 else v.tolist()
             return v.tolist()
 
-        body = {"signature_name": args.signature, "inputs": {k: jsonable(np.asarray(v)) for k, v in inputs.items()}}
-        outputs = self._call(self._path(args) + ":predict", body)["outputs"]
+        body = {"signature_name": signature, "inputs": {k: jsonable(np.asarray(v)) for k, v in inputs.items()}}
+        outputs = self._call(self._path(target) + ":predict", body)["outputs"]
         if not isinstance(outputs, dict):
             outputs = {"output": outputs}
-        return args.version, {k: np.asarray(v) for k, v in outputs.items()}
+        return target.version, {k: np.asarray(v) for k, v in outputs.items()}
 
-    def infer(self, args, serialized):
+    def infer(self, target, signature, method, serialized):
         import tensorflow as tf
         examples = []
         for record in serialized:
@@ -182,12 +198,14 @@ class RestTransport:
                     values = [{"b64": base64.b64encode(v).decode()} for v in values]
                 row[name] = values
             examples.append(row)
-        body = {"signature_name": args.signature, "examples": examples}
-        return self._call(self._path(args) + (":classify" if args.method == "classify" else ":regress"), body)["results"]
+        body = {"signature_name": signature, "examples": examples}
+        return self._call(self._path(target) + (":classify" if method == "classify" else ":regress"), body)["results"]
 
 
 # -- building inputs ----------------------------------------------------------------------------
-def _example_features(record):
+def example_features(record):
+    """``{feature name: list of values}`` of one serialized ``tf.train.Example``: the rows
+    :func:`build_inputs` fills a request from."""
     import tensorflow as tf
     example = tf.train.Example.FromString(record)
     out = {}
@@ -224,18 +242,19 @@ def build_inputs(signature, rows, overrides, candidates):
     return inputs
 
 
-def _candidates(args, corpus):
+def pick_candidates(corpus, wanted=None, count=10):
+    """Corpus columns of the ``wanted`` video ids (all must be in the corpus), or of the first
+    ``count`` corpus videos: what fills a candidate-axis input."""
     if corpus is None:
         return {}
-    if args.candidates:
-        wanted = [int(v) for v in args.candidates.split(",")]
+    if wanted:
         index = {int(v): i for i, v in enumerate(corpus["video_id"])}
         missing = [v for v in wanted if v not in index]
         if missing:
             raise SystemExit(f"--candidates not in the corpus: {missing}")
         rows = [index[v] for v in wanted]
     else:
-        rows = list(range(min(args.num_candidates, len(corpus["video_id"]))))
+        rows = list(range(min(count, len(corpus["video_id"]))))
     return {name: [values[i].item() for i in rows] for name, values in corpus.items()}
 
 
@@ -262,23 +281,45 @@ def format_predict(outputs):
 
 
 def main(argv=None):
-    """The command: a server's refusal or an unreachable server is one line and exit status 1."""
+    """The command: a server's refusal, an unreachable server or an ``--examples`` folder it cannot
+    read is one line and exit status 1."""
     import grpc
+
+    from tfrec_kuai.errors import InputError
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except InputError as error:
+        raise SystemExit(str(error)) from None
     except grpc.RpcError as error:
         raise SystemExit(f"gRPC {error.code().name} from {args.server}: {error.details()}") from None
     except urllib.error.URLError as error:
         raise SystemExit(f"cannot reach {args.rest}: {error.reason}") from None
 
 
+def _read_examples(examples_dir, index, count):
+    """``(serialized eval examples [index, index + count), corpus or None)`` of an examples folder,
+    through the model package's one reader of that folder."""
+    if not examples_dir:
+        return [], None
+    from tfrec_kuai.data.examples import read_corpus, read_serialized_examples, split_files
+    from tfrec_kuai.errors import InputError
+    serialized = read_serialized_examples(examples_dir, "eval", index + count)[index:]
+    try:
+        split_files(examples_dir, "corpus")
+    except InputError:
+        return serialized, None  # requests without a candidate axis need no corpus
+    return serialized, read_corpus(examples_dir)
+
+
 def _run(args):
     transport = RestTransport(args.rest, args.timeout) if args.rest else GrpcTransport(args.server, args.timeout)
+    target = Target(args.model_name, args.version, args.label)
     if args.status:
-        print(json.dumps(transport.status(args), indent=2))
+        print(json.dumps(transport.status(target), indent=2))
         return 0
-    signatures = transport.signatures(args)
+    serialized, corpus = _read_examples(args.examples, args.index, args.count)  # before any request
+    signatures = transport.signatures(target)
     if args.metadata:
         for name, signature in sorted(signatures.items()):
             print(f"signature '{name}':")
@@ -286,29 +327,22 @@ def _run(args):
                 for key, (dtype, shape) in sorted(signature[side].items()):
                     print(f"  {side[:-1]:6} {key:18} {dtype:10} {shape}")
         return 0
-    serialized, corpus = [], None
-    if args.examples:
-        from tfrec_kuai.export.saved_model import read_corpus, read_serialized_examples
-        serialized = read_serialized_examples(args.examples, "eval", args.index + args.count)[args.index:]
-        try:
-            corpus = read_corpus(args.examples)
-        except FileNotFoundError:
-            corpus = None
     if args.method != "predict":
         if not serialized:
             raise SystemExit("--method classify/regress needs --examples")
-        args.signature = args.signature or ("examples" if args.method == "classify" else "examples_score")
-        results = transport.infer(args, serialized)
+        signature = args.signature or ("examples" if args.method == "classify" else "examples_score")
+        results = transport.infer(target, signature, args.method, serialized)
         print(json.dumps(results, indent=2) if args.json else "\n".join(
             f"example {i}: {r}" for i, r in enumerate(results)))
         return 0
     name = args.signature or "serving_default"
     if name not in signatures:
         raise SystemExit(f"model has no signature '{name}'; it has {sorted(signatures)}")
-    rows = [_example_features(r) for r in serialized]
+    rows = [example_features(r) for r in serialized]
     overrides = dict(_parse_flag(f) for f in args.feature)
-    inputs = build_inputs(signatures[name], rows, overrides, _candidates(args, corpus))
-    version, outputs = transport.predict(args, inputs)
+    wanted = [int(v) for v in args.candidates.split(",")] if args.candidates else None
+    inputs = build_inputs(signatures[name], rows, overrides, pick_candidates(corpus, wanted, args.num_candidates))
+    version, outputs = transport.predict(target, name, inputs)
     if args.json:
         print(json.dumps({k: np.asarray(v).tolist() for k, v in outputs.items()}, default=str))
     else:

@@ -3,8 +3,10 @@ import csv
 import os
 
 import numpy as np
+import pytest
 
 from tfrec_kuai.data import examples
+from tfrec_kuai.errors import InputError
 from tfrec_kuai.schema import LABEL_NAMES, example_feature_spec
 
 
@@ -67,3 +69,52 @@ def test_vocabulary_and_corpus(tiny_examples_dir):
     assert len(corpus["video_id"]) == meta["rows"]["corpus_videos"]
     assert set(vocab) <= set(corpus["video_id"].tolist())
     assert np.all(corpus["duration_s"] > 0)
+
+
+def _copy_with_corpus(source, target, corpus_files):
+    """An examples folder like ``source`` whose corpus/ holds ``corpus_files`` (lists of records)."""
+    import shutil
+
+    import tensorflow as tf
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("corpus"))
+    os.makedirs(os.path.join(target, "corpus"))
+    for i, records in enumerate(corpus_files):
+        with tf.io.TFRecordWriter(os.path.join(target, "corpus", f"part-{i:05d}.tfrecord.gz"), "GZIP") as writer:
+            for record in records:
+                writer.write(record)
+
+
+def test_a_video_twice_in_the_corpus_is_read_once_the_first_row_winning(tiny_examples_dir, tmp_path):
+    """Every corpus reader keeps one row per video, the first read (file order): a hand-merged folder
+    must not give retrieval a duplicate candidate, nor export and evaluation different corpora."""
+    import tensorflow as tf
+    records = [r.numpy() for r in tf.data.TFRecordDataset(examples.split_files(tiny_examples_dir, "corpus"),
+                                                          compression_type="GZIP")]
+    first = examples.read_corpus(tiny_examples_dir)
+    assert len(first["video_id"]) == len(records) == len(set(first["video_id"].tolist()))
+    changed = tf.train.Example.FromString(records[0])
+    changed.features.feature["duration_s"].float_list.value[0] += 100.0  # the same video, another row
+    target = str(tmp_path / "merged")
+    _copy_with_corpus(tiny_examples_dir, target, [records, [changed.SerializeToString()] + records[:3]])
+    corpus = examples.read_corpus(target)
+    for name, values in first.items():
+        np.testing.assert_array_equal(corpus[name], values)
+    batched = _all(examples.make_corpus_dataset(target, batch_size=7))
+    for name, values in first.items():
+        np.testing.assert_array_equal(batched[name], values)
+    assert examples.side_information(target)["video_features"]["corpus_videos"] == len(records)
+
+
+def test_serialized_examples_come_from_eval_and_from_train_when_eval_is_empty(tiny_examples_dir, tmp_path):
+    import shutil
+
+    import tensorflow as tf
+    eval_records = [r.numpy() for r in tf.data.TFRecordDataset(examples.split_files(tiny_examples_dir, "eval"),
+                                                               compression_type="GZIP").take(3)]
+    assert examples.read_serialized_examples(tiny_examples_dir, "eval", 3) == eval_records
+    target = tmp_path / "no_eval"
+    shutil.copytree(tiny_examples_dir, target, ignore=shutil.ignore_patterns("eval"))
+    train = examples.read_serialized_examples(str(target), "eval", 2)
+    assert len(train) == 2 and train[0] not in eval_records
+    with pytest.raises(InputError, match="has no train examples"):
+        examples.read_serialized_examples(str(tmp_path), "eval", 1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfrec_kuai import demo
-from tfrec_kuai.export.saved_model import read_corpus
+from tfrec_kuai.data.examples import read_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from tfrec_kuai.data import examples
 from tfrec_kuai.export import saved_model as E
 from tfrec_kuai.schema import BINARY_LABELS
 
@@ -33,10 +34,10 @@ def _graph_ops(version_dir):
 @pytest.fixture(scope="module")
 def requests_from_examples(kuai_exports, tiny_examples_dir):
     """Real eval examples as inputs for every signature (4 users, rank over 30 corpus videos)."""
-    serialized = E.read_serialized_examples(tiny_examples_dir, "eval", 4)
+    serialized = examples.read_serialized_examples(tiny_examples_dir, "eval", 4)
     history_length = json.load(open(os.path.join(tiny_examples_dir, "metadata.json")))["history_length"]
     features = E.parse_examples(serialized, history_length)
-    corpus = E.read_corpus(tiny_examples_dir)
+    corpus = examples.read_corpus(tiny_examples_dir)
     candidates = {k: v[:30] for k, v in corpus.items()}
     return {
         "recommend": E.user_inputs(features),
@@ -224,7 +225,7 @@ def test_shared_history_rank_path_is_used_only_when_it_matches(tiny_examples_dir
     from tfrec_kuai.train import training
     ranking = training.load_ranking_model(export_model_dirs[0], attention_implementation="composite")
     retrieval = training.load_retrieval_model(export_model_dirs[1], attention_implementation="composite")
-    corpus = {k: v[:50] for k, v in E.read_corpus(tiny_examples_dir).items()}
+    corpus = {k: v[:50] for k, v in examples.read_corpus(tiny_examples_dir).items()}
     L = int(ranking.model_config.history_length)
     module = E.ServingModule(ranking, retrieval, corpus, L, top_n=5, retrieve_k=20, xla=xla)
     assert module.shared_history, module.rank_path_note

@@ -11,6 +11,7 @@ import pytest
 import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 
+from tfrec_kuai.data import examples
 from tfrec_kuai.export import saved_model as E
 from tfrec_kuai.schema import BINARY_LABELS
 from tests.test_serving_export import _predict, kuai_server, kuai_stub  # noqa: F401  (module fixtures)
@@ -38,9 +39,9 @@ def loaded(kuai_exports, flag_off_export):
 
 @pytest.fixture(scope="module")
 def base_request(tiny_examples_dir):
-    serialized = E.read_serialized_examples(tiny_examples_dir, "eval", 4)
+    serialized = examples.read_serialized_examples(tiny_examples_dir, "eval", 4)
     history_length = json.load(open(os.path.join(tiny_examples_dir, "metadata.json")))["history_length"]
-    return E.user_inputs(E.parse_examples(serialized, history_length)), E.read_corpus(tiny_examples_dir)
+    return E.user_inputs(E.parse_examples(serialized, history_length)), examples.read_corpus(tiny_examples_dir)
 
 
 def _call(signatures, name, inputs):

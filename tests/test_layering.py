@@ -71,3 +71,13 @@ def test_the_package_root_holds_only_the_drivers_and_the_shared_names():
     # root keeps the drivers, the contract's names and what the native build writes beside ops.py.
     root = {p.stem for p in (ROOT / "tfrec_kuai").glob("*.py")}
     assert root == {"__init__", "cli", "demo", "config", "schema", "errors", "quiet", "ops"}
+
+
+def test_serving_stands_on_the_op_and_the_examples_reader_not_on_the_model_code():
+    # The server loads SavedModels (and the op they call); the client reads requests from an
+    # examples folder through the one reader of it. Neither needs the models, training or export.
+    allowed = ("tfrec_kuai.ops", "tfrec_kuai.quiet", "tfrec_kuai.errors", "tfrec_kuai.data.examples")
+    found = [v for v in _violations("serving", ("tfrec_kuai",))
+             if not _under(v.split(" imports ")[1], allowed) and v.split(" imports ")[1] not in ("tfrec_kuai",
+                                                                                              "tfrec_kuai.data")]
+    assert found == []

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tfrec_kuai import demo
-from tfrec_kuai.export.saved_model import read_corpus
+from tfrec_kuai.data.examples import read_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_the_fused_export_serves_recommendations(logs_only_dir):
 
 def test_the_portable_export_recommends_through_its_signature(logs_only_dir):
     import tensorflow as tf
-    from tfrec_kuai.export.saved_model import read_serialized_examples
+    from tfrec_kuai.data.examples import read_serialized_examples
     out, _ = logs_only_dir
     base = os.path.join(out, "serving_portable", "kuai")
     loaded = tf.saved_model.load(os.path.join(base, max(os.listdir(base), key=lambda v: int(v) if v.isdigit() else -1)))

@@ -22,6 +22,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, i
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
                                      regression_pb2)
 
+from tfrec_kuai.data import examples
 from tfrec_kuai.export import saved_model as E
 from tfrec_kuai.schema import BINARY_LABELS
 
@@ -69,9 +70,9 @@ def kuai_stub(kuai_server):
 
 @pytest.fixture(scope="module")
 def eval_rows(tiny_examples_dir):
-    serialized = E.read_serialized_examples(tiny_examples_dir, "eval", 3)
+    serialized = examples.read_serialized_examples(tiny_examples_dir, "eval", 3)
     history_length = json.load(open(os.path.join(tiny_examples_dir, "metadata.json")))["history_length"]
-    return serialized, E.parse_examples(serialized, history_length), E.read_corpus(tiny_examples_dir)
+    return serialized, E.parse_examples(serialized, history_length), examples.read_corpus(tiny_examples_dir)
 
 
 def _predict(stub, model, signature, inputs):

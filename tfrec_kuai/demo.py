@@ -152,12 +152,12 @@ class ServerProcess:
 
 def pick_users(examples_dir, count, min_history=5):
     """One eval example each for ``count`` different users with some history (serialized + parsed)."""
-    from serving.client import _example_features  # noqa: PLC2701  (one parser for client and demo)
-    from tfrec_kuai.export.saved_model import read_serialized_examples
+    from serving.client import example_features
+    from tfrec_kuai.data.examples import read_serialized_examples
 
     chosen, users = [], set()
     for record in read_serialized_examples(examples_dir, "eval", 5000):
-        features = _example_features(record)
+        features = example_features(record)
         user = features["user_id"][0]
         if user in users or features["hist_len"][0] < min_history:
             continue
@@ -179,14 +179,14 @@ def describe_history(features):
 
 def recommend_for_users(port, examples_dir, users=3, model_name="kuai", show=10):
     """Sends one gRPC Predict(recommend) per user with the official stubs; prints and returns answers."""
-    from serving.client import GrpcTransport, build_inputs
+    from serving.client import GrpcTransport, Target, build_inputs
 
-    args = argparse.Namespace(model_name=model_name, version=None, label=None, signature="recommend")
+    target = Target(model_name)
     transport = GrpcTransport(f"127.0.0.1:{port}", timeout=30)
-    signature = transport.signatures(args)["recommend"]
+    signature = transport.signatures(target)["recommend"]
     answers = []
     for features in pick_users(examples_dir, users):
-        version, outputs = transport.predict(args, build_inputs(signature, [features], {}, {}))
+        version, outputs = transport.predict(target, "recommend", build_inputs(signature, [features], {}, {}))
         history = describe_history(features)
         print(f"\nuser {features['user_id'][0]} (model version {version}, history of {features['hist_len'][0]} events)")
         for what, ids in history.items():

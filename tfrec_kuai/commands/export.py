@@ -36,7 +36,7 @@ def run(args):
 
     # Refused before anything is built: each folder is what its flag says, and of the examples' L.
     history_length = examples.load_metadata(args.examples)["history_length"]
-    examples._files(args.examples, "corpus")
+    examples.split_files(args.examples, "corpus")
     training.check_model_dir(args.ranking_dir, stage="ranking", history_length=history_length)
     training.check_model_dir(args.retrieval_dir, stage="retrieval", history_length=history_length)
     started = time.monotonic()

@@ -60,7 +60,7 @@ def require_examples(examples_dir, split):
     """The metadata, after checking that ``split`` has examples (an empty split is a user error,
     not something to train or evaluate on)."""
     metadata = load_metadata(examples_dir)
-    _files(examples_dir, split)
+    split_files(examples_dir, split)
     if split in ("train", "eval") and not int(metadata["rows"].get(f"{split}_examples", 0)):
         raise InputError(f"{examples_dir} has no {split} examples (metadata.json counts 0 of "
                          f"{metadata['rows'].get('input', 0)} input rows): nothing to "
@@ -80,11 +80,10 @@ def side_information(examples_dir, metadata=None):
     sizes = metadata.get("vocab_sizes", {})
     video = {"author_vocabulary": int(sizes.get("author_id", 0)), "tag_vocabulary": int(sizes.get("tag", 0))}
     unknown, total = 0, 0
-    if tf.io.gfile.glob(os.path.join(examples_dir, "corpus", "*.tfrecord.gz")):
-        with read_errors_as_input_errors(examples_dir, "corpus"):
-            for batch in make_corpus_dataset(examples_dir, 8192):
-                total += int(batch["video_id"].shape[0])
-                unknown += int(np.sum((batch["author_id"].numpy() < 0) & (batch["tag"].numpy() < 0)))
+    if tf.io.gfile.glob(_pattern(examples_dir, "corpus")):
+        corpus = read_corpus(examples_dir)
+        total = len(corpus["video_id"])
+        unknown = int(np.sum((corpus["author_id"] < 0) & (corpus["tag"] < 0)))
     video.update(corpus_videos=total, videos_without_author_or_tag=unknown)
     if not video["author_vocabulary"] and not video["tag_vocabulary"]:
         video["status"] = "absent"
@@ -118,11 +117,17 @@ def feature_spec(metadata):
             for name, desc in metadata["features"].items()}
 
 
-def _files(examples_dir, split):
-    pattern = os.path.join(examples_dir, split, "*.tfrecord.gz")
-    files = sorted(tf.io.gfile.glob(pattern))
+def _pattern(examples_dir, split):
+    return os.path.join(examples_dir, split, "*.tfrecord.gz")
+
+
+def split_files(examples_dir, split):
+    """The TFRecord files of ``split`` ("train", "eval" or "corpus"), sorted: the one listing of
+    the folder, so that every reader sees the same files in the same order."""
+    files = sorted(tf.io.gfile.glob(_pattern(examples_dir, split)))
     if not files:
-        raise InputError(f"{examples_dir} has no {split} examples: no files match {pattern} ({_MAKE_EXAMPLES})")
+        raise InputError(f"{examples_dir} has no {split} examples: no files match {_pattern(examples_dir, split)} "
+                         f"({_MAKE_EXAMPLES})")
     return files
 
 
@@ -155,7 +160,7 @@ def read_errors_as_input_errors(examples_dir, split):
     try:
         yield
     except tf.errors.DataLossError as error:
-        found = corrupt_file(sorted(tf.io.gfile.glob(os.path.join(examples_dir, split, "*.tfrecord.gz"))))
+        found = corrupt_file(sorted(tf.io.gfile.glob(_pattern(examples_dir, split))))
         where, reason = found if found else (os.path.join(examples_dir, split), _tf_message(error))
         raise InputError(f"corrupt TFRecord file {where}: {reason}; rebuild the examples folder") from None
     except tf.errors.InvalidArgumentError as error:
@@ -181,7 +186,7 @@ def make_dataset(examples_dir, split, batch_size, shuffle=False, repeat=False, s
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     spec = feature_spec(load_metadata(examples_dir))
-    ds = _records(_files(examples_dir, split), shuffle, seed, num_parallel)
+    ds = _records(split_files(examples_dir, split), shuffle, seed, num_parallel)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -191,8 +196,38 @@ def make_dataset(examples_dir, split, batch_size, shuffle=False, repeat=False, s
     return ds.prefetch(AUTOTUNE)
 
 
-def make_corpus_dataset(examples_dir, batch_size):
-    """The candidate videos (``video_id, author_id, tag, duration_s``), one row per video."""
+def read_corpus(examples_dir):
+    """The candidate videos as NumPy arrays of ``video_id, author_id, tag, duration_s``.
+
+    One row per video id, in file order: the Beam job writes one example per video, and should a
+    folder hold a video twice (files merged by hand), the first row read is kept and the others
+    dropped, so retrieval, evaluation and export all rank the same candidates, each once.
+    """
     spec = {name: tf.io.FixedLenFeature([], _DTYPES[dtype]) for name, dtype in CORPUS_FEATURES.items()}
-    ds = _records(_files(examples_dir, "corpus"), False, 0, AUTOTUNE).batch(batch_size)
-    return ds.map(lambda records: tf.io.parse_example(records, spec), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    columns = {name: [] for name in CORPUS_FEATURES}
+    with read_errors_as_input_errors(examples_dir, "corpus"):
+        for batch in tf.data.TFRecordDataset(split_files(examples_dir, "corpus"), compression_type="GZIP").batch(8192):
+            parsed = tf.io.parse_example(batch, spec)
+            for name in CORPUS_FEATURES:
+                columns[name].append(parsed[name].numpy())
+    corpus = {name: np.concatenate(values) for name, values in columns.items()}
+    _, first = np.unique(corpus["video_id"], return_index=True)
+    keep = np.sort(first)
+    return {name: values[keep] for name, values in corpus.items()}
+
+
+def make_corpus_dataset(examples_dir, batch_size):
+    """:func:`read_corpus` as batches of tensors (the corpus is one row per video: it fits in memory)."""
+    return tf.data.Dataset.from_tensor_slices(read_corpus(examples_dir)).batch(batch_size)
+
+
+def read_serialized_examples(examples_dir, split="eval", count=8):
+    """The first ``count`` serialized ``tf.train.Example`` of ``split`` (warmup requests, the
+    demo's and the client's requests); the train split when the folder has no eval files."""
+    try:
+        files = split_files(examples_dir, split)
+    except InputError:
+        if split != "eval":
+            raise
+        files = split_files(examples_dir, "train")
+    return [record.numpy() for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)]

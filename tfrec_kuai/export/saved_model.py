@@ -293,42 +293,6 @@ def _corpus_embeddings(retrieval_model, corpus, batch_size=4096):
     return np.concatenate(parts, 0).astype(np.float32)
 
 
-# -- reading the examples folder ---------------------------------------------------------------
-def _tfrecord_files(examples_dir, split):
-    folder = os.path.join(examples_dir, split)
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if ".tfrecord" in f) if os.path.isdir(folder) else []
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files in {folder}")
-    return files
-
-
-def _dataset(files):
-    compression = "GZIP" if files[0].endswith(".gz") else ""
-    return tf.data.TFRecordDataset(files, compression_type=compression)
-
-
-def read_corpus(examples_dir):
-    """The corpus folder (one example per video) as NumPy arrays of ``video_id, author_id, tag, duration_s``."""
-    spec = {name: tf.io.FixedLenFeature([], _dtype(name)) for name in CANDIDATE_FEATURES}
-    columns = {name: [] for name in CANDIDATE_FEATURES}
-    for batch in _dataset(_tfrecord_files(examples_dir, "corpus")).batch(4096):
-        parsed = tf.io.parse_example(batch, spec)
-        for name in CANDIDATE_FEATURES:
-            columns[name].append(parsed[name].numpy())
-    corpus = {name: np.concatenate(values) for name, values in columns.items()}
-    _, first = np.unique(corpus["video_id"], return_index=True)  # one row per video
-    return {name: values[np.sort(first)] for name, values in corpus.items()}
-
-
-def read_serialized_examples(examples_dir, split="eval", count=8):
-    """The first ``count`` serialized tf.Example of a split (warmup requests, tests, the client)."""
-    try:
-        files = _tfrecord_files(examples_dir, split)
-    except FileNotFoundError:
-        files = _tfrecord_files(examples_dir, "train")
-    return [record.numpy() for record in _dataset(files).take(count)]
-
-
 def parse_examples(serialized, history_length):
     """Serialized examples -> {§6 name: ndarray} for the request inputs."""
     parsed = tf.io.parse_example(tf.constant(serialized), parse_spec(history_length))
@@ -499,7 +463,7 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
            exclude_history=True):
     """``tfrec-kuai export``: load both trained models, build the signatures, save one version.
 
-    ``xla`` (None: on unless ``portable``): compile the rank path with XLA (``export_rank``). The
+    ``xla`` (None: on unless ``portable``): compile the rank path with XLA (``shared_history``). The
     portable export leaves it off by default because stock TF Serving runs XLA-compiled functions
     only when started with ``--xla_cpu_compilation_enabled``.
 
@@ -510,6 +474,7 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
     """
     xla = (not portable) if xla is None else bool(xla)
     import sys
+    from tfrec_kuai.data import examples
     from tfrec_kuai.export import shared_history
     from tfrec_kuai.train import training
     if warmup_examples is None:
@@ -524,8 +489,8 @@ def export(ranking_dir, retrieval_dir, examples_dir, export_base, portable=False
         raise ValueError(f"ranking (L={history_length}) and retrieval (L={retrieval.model_config.history_length}) "
                          "models were trained with different history lengths")
     log("[2/4] reading the corpus and the warmup examples")
-    corpus = read_corpus(examples_dir)
-    serialized = read_serialized_examples(examples_dir, "eval", warmup_examples) if warmup_examples else []
+    corpus = examples.read_corpus(examples_dir)
+    serialized = examples.read_serialized_examples(examples_dir, "eval", warmup_examples) if warmup_examples else []
     log(f"[3/4] embedding {len(corpus['video_id'])} corpus videos, tracing the signatures, saving")
     path = export_models(ranking, retrieval, corpus, history_length, export_base, model_name, version, top_n,
                          retrieve_k, serialized, xla=xla, exclude_history=exclude_history,

@@ -186,7 +186,7 @@ def shuffled_batches(examples_dir, split, batch_size, seed, shuffle_buffer=20_00
     """
     from tfrec_kuai.data import examples
     spec = examples.feature_spec(examples.load_metadata(examples_dir))
-    files = examples._files(examples_dir, split)
+    files = examples.split_files(examples_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20),
                        cycle_length=max(1, min(len(files), 4)), block_length=8,
@@ -249,10 +249,9 @@ def validation_data(examples_dir, config: Config, val_date):
 
 def count_video_impressions(examples_dir):
     """Impressions per raw video id in the training split (for the logQ correction)."""
-    import glob
-    files = sorted(glob.glob(os.path.join(examples_dir, "train", "*.tfrecord*")))
-    compression = "GZIP" if files and files[0].endswith(".gz") else None
-    ds = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=2).batch(4096)
+    from tfrec_kuai.data import examples
+    files = examples.split_files(examples_dir, "train")
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2).batch(4096)
     ds = ds.map(lambda s: tf.io.parse_example(s, {"video_id": tf.io.FixedLenFeature([], tf.int64)})["video_id"])
     counts = {}
     for ids in ds:
