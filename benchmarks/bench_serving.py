@@ -90,11 +90,10 @@ def parse_args(argv=None):
                    help="the server's --grpc_max_threads (at least the clients, so none waits for a thread)")
     p.add_argument("--server_args", default="",
                    help="more server flags, space-separated (e.g. --server_args=--max_concurrent_model_runs=0)")
-    p.add_argument("--max_batch_size", type=int, default=32)
-    p.add_argument("--num_batch_threads", type=int, default=1,
-                   help="batches run at once with batching on (1: one batch uses every core through the "
-                        "model's own intra-op threads; measured better than 2 on 2 cores)")
-    p.add_argument("--batch_timeout_micros", type=int, default=1000)
+    shipped = "default: serving/configs/batching_parameters.txt's"
+    p.add_argument("--max_batch_size", type=int, default=None, help=shipped)
+    p.add_argument("--num_batch_threads", type=int, default=None, help=f"batches run at once ({shipped})")
+    p.add_argument("--batch_timeout_micros", type=int, default=None, help=shipped)
     p.add_argument("--allowed_batch_sizes", default="",
                    help="comma-separated; a batch is padded up to the next (the last must be --max_batch_size)")
     p.add_argument("--impressions", type=int, default=30000, help="simulated log size when building")
@@ -474,7 +473,7 @@ def main(argv=None):
             raise SystemExit(f"--transports: unknown {sorted(unknown)}; choose from {sorted(SERVER_OF_TRANSPORT)}")
         for batching in args.batching.split(","):  # all stay up: rounds alternate between them
             options = BatchingOptions(max_batch_size=args.max_batch_size,
-                                      batch_timeout_micros=args.batch_timeout_micros, max_enqueued_batches=100,
+                                      batch_timeout_micros=args.batch_timeout_micros,
                                       num_batch_threads=args.num_batch_threads,
                                       allowed_batch_sizes=[int(x) for x in args.allowed_batch_sizes.split(",") if x])
             for grpc_transport in sorted({SERVER_OF_TRANSPORT[t] for t in transports}):

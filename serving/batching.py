@@ -58,11 +58,36 @@ def _batching_parameters_class():
 BatchingParameters = _batching_parameters_class()
 
 
-class BatchingOptions:
-    """The effective batching knobs (TF Serving's defaults where the file leaves one out)."""
+_KNOBS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+_shipped = {}
 
-    def __init__(self, max_batch_size=32, batch_timeout_micros=1000, max_enqueued_batches=100,
-                 num_batch_threads=2, allowed_batch_sizes=(), pad_variable_length_inputs=False):
+
+def shipped_knobs():
+    """``{knob: value}`` of the shipped ``serving/configs/batching_parameters.txt``: the one place
+    the defaults are written, with the measurements behind each value in its comments. Every knob
+    a caller or a file leaves out takes its value from there."""
+    if not _shipped:
+        from serving.model_config import BATCHING_PARAMETERS
+        with open(BATCHING_PARAMETERS) as f:
+            params = text_format.Parse(f.read(), BatchingParameters())
+        missing = [name for name in _KNOBS if not params.HasField(name)]
+        if missing:
+            raise ValueError(f"{BATCHING_PARAMETERS} must set every batching knob; it lacks {missing}")
+        _shipped.update({name: getattr(params, name).value for name in _KNOBS})
+    return dict(_shipped)
+
+
+class BatchingOptions:
+    """The effective batching knobs; each one not given is the shipped file's (:func:`shipped_knobs`)."""
+
+    def __init__(self, max_batch_size=None, batch_timeout_micros=None, max_enqueued_batches=None,
+                 num_batch_threads=None, allowed_batch_sizes=(), pad_variable_length_inputs=False):
+        given = dict(max_batch_size=max_batch_size, batch_timeout_micros=batch_timeout_micros,
+                     max_enqueued_batches=max_enqueued_batches, num_batch_threads=num_batch_threads)
+        if any(value is None for value in given.values()):
+            defaults = shipped_knobs()
+            max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads = (
+                defaults[name] if value is None else value for name, value in given.items())
         self.max_batch_size = int(max_batch_size)
         self.batch_timeout_micros = int(batch_timeout_micros)
         self.max_enqueued_batches = int(max_enqueued_batches)
@@ -79,7 +104,7 @@ class BatchingOptions:
         """Parse a text-format BatchingParameters proto."""
         params = text_format.Parse(text, BatchingParameters())
         kwargs = {}
-        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+        for name in _KNOBS:
             if params.HasField(name):
                 kwargs[name] = getattr(params, name).value
         kwargs["allowed_batch_sizes"] = list(params.allowed_batch_sizes)
