@@ -174,6 +174,25 @@ def test_report_with_an_evaluation_folder_that_is_not_one(capsys, tiny_examples_
     assert one_line(err).startswith(f"tfrec-kuai report: error: {tmp_path} is not an evaluation folder")
 
 
+def test_report_with_a_benchmarks_file_that_is_not_one(capsys, tiny_examples_dir, tmp_path):
+    status, err = run_cli(capsys, "report", "--examples", tiny_examples_dir, "--output", str(tmp_path / "report"),
+                          "--benchmarks", str(tmp_path / "RESULTS.md"))
+    assert status == 2
+    assert one_line(err).startswith(f"tfrec-kuai report: error: --benchmarks {tmp_path / 'RESULTS.md'} is not a file")
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_report_holds_benchmark_tables_only_when_asked(capsys, tiny_examples_dir, tmp_path):
+    tables = tmp_path / "tables.md"
+    tables.write_text("## Serving on this machine\n\n| clients | p99 ms |\n|---|---|\n| 8 | 41.2 |\n")
+    for name, extra in (("plain", []), ("with_tables", ["--benchmarks", str(tables)])):
+        status, _ = run_cli(capsys, "report", "--examples", tiny_examples_dir, "--output", str(tmp_path / name), *extra)
+        assert status == 0
+    assert "Serving on this machine" not in (tmp_path / "plain" / "index.html").read_text(encoding="utf-8")
+    page = (tmp_path / "with_tables" / "index.html").read_text(encoding="utf-8")
+    assert "Serving on this machine" in page and "41.2" in page
+
+
 @pytest.mark.slow
 def test_the_installed_command_prints_one_line_and_no_tensorflow_noise(tmp_path):
     """A real process, as a user runs it: the error line is all of stderr (TensorFlow's oneDNN and

@@ -20,7 +20,9 @@ def add_arguments(parser):
                         help="an evaluation folder of `tfrec-kuai evaluate` for a ranking model; repeat for "
                              "variants (the first is shown in detail)")
     parser.add_argument("--retrieval_eval", default=None, help="evaluation folder of the retrieval model")
-    parser.add_argument("--benchmarks", default="benchmarks/RESULTS.md", help="benchmark tables to include")
+    parser.add_argument("--benchmarks", default=None, metavar="FILE.md",
+                        help="a Markdown file of benchmark tables to append, e.g. benchmarks/RESULTS.md (none by "
+                             "default: the report is about this run)")
     parser.add_argument("--max_examples", type=positive_int, default=200_000, help="train examples read for statistics")
     parser.add_argument("--title", default="tfrec-kuai report")
 

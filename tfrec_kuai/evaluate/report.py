@@ -1,8 +1,9 @@
 """The report a user reads: one HTML page with PNG figures beside it.
 
 It gathers what the other steps already wrote — the examples folder (``metadata.json`` and the
-TFRecords), each model's ``history.json``, each evaluation's ``metrics.json`` and plots, and the
-benchmark tables of ``benchmarks/RESULTS.md`` — and adds the data statistics a recommender
+TFRecords), each model's ``history.json``, each evaluation's ``metrics.json`` and plots, and, when
+asked (``benchmarks_md``), a Markdown file of benchmark tables such as ``benchmarks/RESULTS.md`` —
+and adds the data statistics a recommender
 engineer looks at first: skip rate and watch ratio by duration bucket, and history lengths.
 Nothing is recomputed that a step already measured; every number on the page names its source.
 """
@@ -273,9 +274,14 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
 
     ``ranking_evals`` maps a variant name to an evaluation folder (``metrics.json`` + plots); the
     first one is the model the page describes in detail (its calibration and watch-time plots).
+    ``benchmarks_md``: a Markdown file appended as the last section (none by default: a user's
+    report is about their run, not the project's benchmark machine).
     """
     from tfrec_kuai.data import examples
 
+    if benchmarks_md and not os.path.isfile(benchmarks_md):
+        raise InputError(f"--benchmarks {benchmarks_md} is not a file (give a Markdown file such as "
+                         "benchmarks/RESULTS.md, or leave the flag out)")
     os.makedirs(output_dir, exist_ok=True)
     ranking_evals = dict(ranking_evals or {})
     metadata = examples.load_metadata(examples_dir)
@@ -351,7 +357,7 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
                 sections.append("<h3>Retrieval</h3>" + _img(target, "recall at k"))
 
     # -- benchmarks ------------------------------------------------------------------------------
-    if benchmarks_md and os.path.exists(benchmarks_md):
+    if benchmarks_md:
         with open(benchmarks_md) as f:
             sections.append(markdown_to_html(f.read()))
 
