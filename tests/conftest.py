@@ -1,8 +1,8 @@
-"""Shared pytest setup: fixture modules, one per area, are loaded when present.
+"""Shared pytest setup: the fixture modules, one per area.
 
 Each area keeps its (session-scoped, expensive) fixtures in ``tests/fixtures_<area>.py`` so that
-the TensorFlow import, the op build, the simulated log and the trained tiny models are made once
-per test session and shared.
+the simulated log, the examples folder, the trained tiny models and the exports are made once per
+test session and shared.
 
 ``make test`` runs the suite on every core (``pytest -n auto --dist loadfile``, pytest-xdist):
 each worker process is its own test session, so a session fixture is built once per worker that
@@ -18,12 +18,7 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_HERE = pathlib.Path(__file__).parent
-pytest_plugins = [
-    f"tests.{name}"
-    for name in ("fixtures_op", "fixtures_data", "fixtures_model", "fixtures_serving")
-    if (_HERE / f"{name}.py").exists()
-]
+pytest_plugins = ["tests.fixtures_data", "tests.fixtures_model", "tests.fixtures_serving"]
 
 # Fixtures that take tens of seconds to build (trained models, exports): a test using one is slow
 # (``make test-fast`` leaves it out; ``make test`` and CI run it).
