@@ -43,7 +43,7 @@ import time
 
 from tensorflow_serving.apis import logging_pb2, prediction_log_pb2
 
-from serving.errors import invalid_argument
+from serving.errors import ServingError, invalid_argument
 
 log = logging.getLogger("serving.request_log")
 
@@ -229,7 +229,10 @@ class ServerRequestLogger:
                     key = model.logging_config.SerializeToString(deterministic=True)
                     logger = by_config.get(key) or self._by_config.get(key)
                     if logger is None:
-                        logger = RequestLogger(model.logging_config, self.seed, self.queue_records)
+                        try:
+                            logger = RequestLogger(model.logging_config, self.seed, self.queue_records)
+                        except ServingError as error:
+                            raise invalid_argument(f"model '{model.name}': {error.message}") from None
                         opened.append(logger)
                         log.info("model %s: logging %g of its requests to %s", model.name, logger.rate,
                                  logger.collector.path)

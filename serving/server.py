@@ -280,6 +280,8 @@ def main(argv=None):
         versions = server.manager.available_versions(name)
         print(f"model {name}: " + (f"serving versions {versions}" if versions else
                                    f"NOTHING servable yet ({server.manager.health(name)})"), flush=True)
+    for path in server.manager.request_logger.files():
+        print(f"request log: {path}", flush=True)
     print(f"gRPC listening on {args.host}:{server.port}", flush=True)
     if server.rest_port:
         print(f"REST listening on {args.host}:{server.rest_port}", flush=True)

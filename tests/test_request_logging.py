@@ -20,7 +20,8 @@ from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, publish_vers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _serve(tmp_path, toy_versions, logging, transport="python", poll=0, seed=None, models=(TOY_MODEL_NAME,)):
+def _serve(tmp_path, toy_versions, logging, transport="python", poll=0, seed=None, models=(TOY_MODEL_NAME,),
+           batching=False):
     """A server over a fresh base path holding version 1, for ``models`` (all on that base path),
     with ``logging`` = {model: (prefix, rate)} written by ``serving.model_config``."""
     from serving.model_config import write_model_config
@@ -33,6 +34,8 @@ def _serve(tmp_path, toy_versions, logging, transport="python", poll=0, seed=Non
                  grpc_transport=require_transport(transport))
     if seed is not None:
         flags["request_log_seed"] = seed
+    if batching:
+        flags["enable_batching"] = "true"
     server = start_in_process(**flags)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -160,10 +163,12 @@ def test_sampling_rate_zero_logs_nothing_and_half_logs_about_half(tmp_path, toy_
 
 def test_each_record_names_the_version_that_answered_across_a_swap(tmp_path, toy_versions):
     """Version 2 appears in the base path while four clients send requests: every record names
-    the version that answered it, and both versions are in the log."""
+    the version that answered it, and both versions are in the log. With batching on the C++
+    transport, so the records are written from the batch threads that answer."""
     from serving.prediction_log import read_table
     prefix = str(tmp_path / "logs" / "toy")
-    server, base, channel, stub = _serve(tmp_path, toy_versions, {TOY_MODEL_NAME: (prefix, 1.0)}, poll=0.2)
+    server, base, channel, stub = _serve(tmp_path, toy_versions, {TOY_MODEL_NAME: (prefix, 1.0)}, "native", poll=0.2,
+                                         batching=True)
     answered, errors, stop = {}, [], threading.Event()
     lock = threading.Lock()
 
@@ -236,6 +241,8 @@ def test_a_log_still_being_written_reads_up_to_its_last_complete_record(tmp_path
     with open(collector.path, "ab") as f:
         f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00half a record")  # a length, then fewer bytes than it says
     assert [r.log_metadata.timestamp_secs for r in read_records(collector.path)] == [0, 1, 2]
+    with pytest.raises(FileNotFoundError, match="no request log files .*nosuch-\\*.tfrecord"):
+        list(read_records(str(tmp_path / "nosuch")))
 
 
 BAD_LOGGING = {
@@ -263,6 +270,17 @@ def test_a_bad_logging_config_is_refused_at_startup(tmp_path, toy_base, case):
                          grpc_transport="python")
     text = str(stopped.value)
     assert text.startswith("cannot start: model 'toy': ") and message in text and "\n" not in text
+
+
+def test_a_log_that_cannot_be_opened_is_refused_at_startup(tmp_path, toy_base):
+    from serving.server import start_in_process
+    (tmp_path / "a_file").write_text("")
+    config = _bad_config(tmp_path, toy_base, f'type: "tfrecord" filename_prefix: "{tmp_path}/a_file/toy"', 1.0)
+    with pytest.raises(SystemExit) as stopped:
+        start_in_process(port=0, model_config_file=config, grpc_transport="python")
+    text = str(stopped.value)
+    assert text.startswith(f"cannot start: model 'toy': cannot open the request log {tmp_path}/a_file/toy-")
+    assert "\n" not in text
 
 
 @pytest.mark.slow
