@@ -28,7 +28,8 @@ SLOW_FIXTURES = {"kuai_exports", "export_model_dirs", "tiny_ranking_model_dir", 
 # about 2 minutes on 2 cores) are one scheduling unit.
 SHARED_FIXTURE_GROUPS = {"test_export": "kuai_exports", "test_serving_export": "kuai_exports",
                          "test_abtest": "kuai_exports", "test_abtest_served": "kuai_exports",
-                         "test_feed_rules": "kuai_exports", "test_blend": "kuai_exports"}
+                         "test_feed_rules": "kuai_exports", "test_blend": "kuai_exports",
+                         "test_request_logging": "kuai_exports"}
 
 
 @pytest.hookimpl(tryfirst=True)   # before ``-m "not slow"`` deselects

@@ -332,3 +332,43 @@ def test_a_reload_keeps_an_unchanged_log_opens_a_changed_one_and_refuses_a_bad_o
         server.stop()
     first, second = log_files(prefix)
     assert [row["input.ids"] for row in read_table(first)] == [0, 1, 2] and read_table(second) == []
+
+
+def test_the_exported_recommender_s_log_reads_back_as_users_and_their_feeds(kuai_exports, tiny_examples_dir,
+                                                                             tmp_path):
+    """The ``recommend`` signature of a real export, logged and read back: one row per user with its
+    ``user_id`` and ``hist_len`` and the ``top_n`` videos it was served, under the version that served."""
+    import json
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tfrec_kuai.data import examples
+    from tfrec_kuai.export import saved_model as E
+    from serving.model_config import write_model_config
+    from serving.prediction_log import read_table
+    from serving.server import start_in_process
+    prefix = str(tmp_path / "logs" / "kuai")
+    config = write_model_config(str(tmp_path / "models.config"),
+                                {"kuai": (os.path.join(kuai_exports["base"], "kuai_portable"), None)},
+                                {"kuai": (prefix, 1.0)})
+    history_length = json.load(open(os.path.join(tiny_examples_dir, "metadata.json")))["history_length"]
+    features = E.parse_examples(examples.read_serialized_examples(tiny_examples_dir, "eval", 4), history_length)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "kuai", "recommend"
+    for key, value in E.user_inputs(features).items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    server = start_in_process(port=0, model_config_file=config, file_system_poll_wait_seconds=0,
+                              grpc_transport="python")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    finally:
+        channel.close()
+        server.stop()
+    served = tf.make_ndarray(response.outputs["video_id"])
+    rows = read_table(prefix, signature="recommend")
+    assert len(rows) == len(features["user_id"]) == served.shape[0]
+    for i, row in enumerate(rows):
+        assert (row["model"], row["version"], row["row"]) == ("kuai", 1, i)
+        assert row["input.user_id"] == features["user_id"][i] and row["input.hist_len"] == features["hist_len"][i]
+        np.testing.assert_array_equal(row["output.video_id"], served[i])
+        assert row["output.video_id"].shape == (10,)  # the fixture exports top_n 10
