@@ -245,6 +245,24 @@ def test_a_log_still_being_written_reads_up_to_its_last_complete_record(tmp_path
         list(read_records(str(tmp_path / "nosuch")))
 
 
+def test_models_with_the_same_logging_config_share_one_file_as_in_tf_serving(tmp_path):
+    from serving.model_config import add_request_logging, model_server_config
+    from serving.request_logger import ServerRequestLogger
+    prefix = str(tmp_path / "shared")
+    config = add_request_logging(model_server_config({"a": (str(tmp_path), None), "b": (str(tmp_path), None),
+                                                      "c": (str(tmp_path), None)}),
+                                 {"a": (prefix, 0.5), "b": (prefix, 0.5), "c": (prefix, 1.0)})
+    loggers = ServerRequestLogger()
+    try:
+        loggers.update(config)
+        assert loggers.files("a") == loggers.files("b") != loggers.files("c")
+        assert len(loggers.stats()) == 2
+    finally:
+        loggers.close()
+    with pytest.raises(ValueError, match="models the config lacks: \\['d'\\]"):
+        add_request_logging(model_server_config({"a": (str(tmp_path), None)}), {"d": (prefix, 1.0)})
+
+
 BAD_LOGGING = {
     "type": ('type: "kafka" filename_prefix: "/tmp/x"', 1.0,
              "logging_config.log_collector_config.type 'kafka' is not supported (this server writes: tfrecord)"),
