@@ -9,7 +9,7 @@ from tests.model_helpers import L, VOCABS, make_batch
 from tfrec_kuai.config import Config, ModelConfig
 from tfrec_kuai.models import OUTPUT_NAMES, BatchRecallAtK, RankingModel, RetrievalModel
 from tfrec_kuai.models.retrieval import _recent_skips
-from tfrec_kuai.schema import BINARY_LABELS, HISTORY_INPUTS
+from tfrec_kuai.schema import BINARY_LABELS, CORPUS_FEATURES, HISTORY_INPUTS
 
 
 def small(variant="full", stage="ranking", **kw):
@@ -134,7 +134,7 @@ def test_retrieval_towers_and_loss_matches_hand_computation(batch):
     model.set_candidate_probabilities(counts)
     inputs = _inputs(batch)
     q = model.query_tower(inputs).numpy()
-    cand_in = {k: batch[k] for k in ("video_id", "author_id", "tag", "duration_s")}
+    cand_in = {k: batch[k] for k in CORPUS_FEATURES}
     c = model.candidate_tower(cand_in).numpy()
     assert q.shape == (32, 8) and c.shape == (32, 8)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1, rtol=1e-5)
@@ -162,8 +162,8 @@ def test_retrieval_hard_negatives_raise_the_loss_and_fit(batch):
     without = RetrievalModel(small(stage="retrieval", skip_hard_negatives=False), VOCABS)
     with_hard(_inputs(batch))
     without(_inputs(batch))
-    without.candidate_tower({k: batch[k] for k in ("video_id", "author_id", "tag", "duration_s")})
-    with_hard.candidate_tower({k: batch[k] for k in ("video_id", "author_id", "tag", "duration_s")})
+    without.candidate_tower({k: batch[k] for k in CORPUS_FEATURES})
+    with_hard.candidate_tower({k: batch[k] for k in CORPUS_FEATURES})
     without.set_weights(with_hard.get_weights())
     # More negatives in every softmax can only raise the cross-entropy.
     assert float(with_hard.compute_loss(batch)) > float(without.compute_loss(batch))
@@ -210,7 +210,7 @@ def test_history_encoder_repeat_equals_explicitly_repeated_rows(batch, variant):
     users, c = 4, 3                                  # rows 0 (full history) and 1 (empty) included
     user = {k: v[:users] for k, v in inputs.items() if k in HISTORY_INPUTS}
     rows = {k: np.repeat(v[:users], c, axis=0) for k, v in inputs.items()}
-    for name in ("video_id", "author_id", "tag", "duration_s"):    # other rows' targets as candidates
+    for name in CORPUS_FEATURES:    # other rows' targets as candidates
         rows[name] = inputs[name][users:users + users * c].copy()
     rows["video_id"][0], rows["author_id"][0] = user["hist_video_id"][0, 0], user["hist_author_id"][0, 0]
     rows["tag"][c] = user["hist_tag"][1, 0]          # -1 padding never matches

@@ -9,8 +9,9 @@ import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 
 from tests.fixtures_model import tiny_config
-from tfrec_kuai.train import training
 from tfrec_kuai.models import OUTPUT_NAMES
+from tfrec_kuai.schema import CORPUS_FEATURES
+from tfrec_kuai.train import training
 
 
 def _weights(model_dir, stage="ranking"):
@@ -65,7 +66,7 @@ def test_retrieval_model_dir_reloads(tiny_retrieval_model_dir, tiny_examples_dir
     model = training.load_retrieval_model(tiny_retrieval_model_dir, attention_implementation="composite")
     batch = next(iter(examples.make_dataset(tiny_examples_dir, "eval", 8)))
     q = model.query_tower(batch)
-    c = model.candidate_tower({k: batch[k] for k in ("video_id", "author_id", "tag", "duration_s")})
+    c = model.candidate_tower({k: batch[k] for k in CORPUS_FEATURES})
     assert q.shape == (8, 8) and c.shape == (8, 8)
     probability = model.candidate_probability.numpy()
     assert abs(probability.sum() - 1) < 1e-4 and probability.max() > probability.min()   # logQ was set

@@ -56,6 +56,8 @@ HISTORY_FLOAT_FEATURES = ("hist_play_s", "hist_duration_s", "hist_age_s")
 HISTORY_INPUTS = HISTORY_FEATURES + ("hist_len",)
 ID_PADDING = -1  # 0 is a real KuaiRand id, so padding and "unknown" are -1
 VOCAB_FEATURES = ("user_id", "video_id", "author_id", "tag")
+# A request's user side besides the history: who, and the request context (hour of day, tab).
+USER_CONTEXT_FEATURES = ("user_id", "hour", "tab")
 CORPUS_FEATURES = OrderedDict([("video_id", "int64"), ("author_id", "int64"), ("tag", "int64"),
                                ("duration_s", "float32")])
 

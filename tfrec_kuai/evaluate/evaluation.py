@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from tfrec_kuai.errors import InputError
-from tfrec_kuai.schema import BINARY_LABELS
+from tfrec_kuai.schema import BINARY_LABELS, CORPUS_FEATURES
 RECALL_KS = (10, 50, 100)
 
 
@@ -235,7 +235,7 @@ def corpus_embeddings(model, corpus_dataset):
     """(raw video ids [N], candidate embeddings [N, d]) for the whole corpus."""
     ids, embs = [], []
     for batch in corpus_dataset:
-        embs.append(model.candidate_tower({k: batch[k] for k in ("video_id", "author_id", "tag", "duration_s")}).numpy())
+        embs.append(model.candidate_tower({k: batch[k] for k in CORPUS_FEATURES}).numpy())
         ids.append(batch["video_id"].numpy())
     return np.concatenate(ids), np.concatenate(embs)
 

@@ -45,9 +45,9 @@ import tensorflow as tf
 from tfrec_kuai import schema
 
 from tfrec_kuai.models.ranking import OUTPUT_NAMES as RANK_OUTPUTS
-from tfrec_kuai.schema import BINARY_LABELS, CORPUS_FEATURES, HISTORY_FEATURES, HISTORY_INPUTS
+from tfrec_kuai.schema import (BINARY_LABELS, CORPUS_FEATURES, HISTORY_FEATURES, HISTORY_INPUTS,
+                               USER_CONTEXT_FEATURES)
 
-USER_FEATURES = ("user_id", "hour", "tab")  # the request context of the user side
 CANDIDATE_FEATURES = tuple(CORPUS_FEATURES)  # a candidate is a corpus row
 SIGNATURES = ("serving_default", "recommend", "rank", "retrieve", "recommend_excluding", "retrieve_excluding",
               "examples", "examples_score")
@@ -60,7 +60,7 @@ def _dtype(name):
 
 def user_specs(history_length):
     """Input specs of the user side (§6 names): request context ``[B]``, history ``[B, L]``."""
-    specs = {name: tf.TensorSpec([None], tf.int64, name=name) for name in USER_FEATURES}
+    specs = {name: tf.TensorSpec([None], tf.int64, name=name) for name in USER_CONTEXT_FEATURES}
     for name in HISTORY_FEATURES:
         specs[name] = tf.TensorSpec([None, history_length], _dtype(name), name=name)
     specs["hist_len"] = tf.TensorSpec([None], tf.int64, name="hist_len")
@@ -161,7 +161,7 @@ class ServingModule(tf.Module):
         return {name: tf.reshape(out[name], [b, c]) for name in RANK_OUTPUTS}
 
     def _split(self, inputs):
-        user = {name: inputs[name] for name in USER_FEATURES + HISTORY_INPUTS}
+        user = {name: inputs[name] for name in USER_CONTEXT_FEATURES + HISTORY_INPUTS}
         candidates = {name: inputs[name] for name in CANDIDATE_FEATURES if name in inputs}
         return user, candidates
 
@@ -274,7 +274,7 @@ def parse_spec(history_length):
     """tf.io.parse_example spec for the ``examples`` signatures: the target video and context are
     required; a missing history means an empty history (padding), as for a new user."""
     L = int(history_length)
-    spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in USER_FEATURES + ("video_id", "author_id", "tag")}
+    spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in USER_CONTEXT_FEATURES + ("video_id", "author_id", "tag")}
     spec["duration_s"] = tf.io.FixedLenFeature([], tf.float32)
     for name in HISTORY_FEATURES:
         pad = 0.0 if name in schema.HISTORY_FLOAT_FEATURES else (0 if name == "hist_feedback" else schema.ID_PADDING)
@@ -300,7 +300,7 @@ def parse_examples(serialized, history_length):
 
 
 def user_inputs(features):
-    return {name: features[name] for name in USER_FEATURES + HISTORY_INPUTS}
+    return {name: features[name] for name in USER_CONTEXT_FEATURES + HISTORY_INPUTS}
 
 
 def rank_inputs(features, candidates):

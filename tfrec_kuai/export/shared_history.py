@@ -16,7 +16,7 @@ import numpy as np
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from tfrec_kuai.schema import HISTORY_INPUTS
+from tfrec_kuai.schema import CORPUS_FEATURES, HISTORY_INPUTS, USER_CONTEXT_FEATURES
 
 
 class _SharedHistoryView:
@@ -149,7 +149,7 @@ def _rank_rows(model, user, candidates, output_names, jit_compile=False):
     flat = {k: tf.reshape(v, [-1]) for k, v in candidates.items()}
     # Per-(user, candidate) rows carry only the cheap scalar user features; the history stays [B, L].
     rows = dict(flat, **{k: tf.repeat(v, shape[1], axis=0) for k, v in user.items()
-                         if k in ("user_id", "hour", "tab")})
+                         if k in USER_CONTEXT_FEATURES})
     view = _SharedHistoryView(model, {k: user[k] for k in HISTORY_INPUTS}, shape[1], jit_compile=jit_compile)
     x = view.features_vector(rows)
     predictions = model.predictions
@@ -182,7 +182,7 @@ def sample_request(corpus, history_length, users=3, candidates=7, seed=0):
     }
     user = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v.astype(np.int64)) for k, v in user.items()}
     rows = rng.integers(0, n, (users, candidates))
-    cand = {k: np.asarray(corpus[k])[rows] for k in ("video_id", "author_id", "tag", "duration_s")}
+    cand = {k: np.asarray(corpus[k])[rows] for k in CORPUS_FEATURES}
     return user, cand
 
 

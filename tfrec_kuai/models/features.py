@@ -17,9 +17,8 @@ import tensorflow as tf
 from tfrec_kuai.layers import (AGE_BOUNDARIES, DURATION_BOUNDARIES, BucketEmbedding, FeedbackAwareEncoder,
                                IdEmbedding, ItemEmbedding, ModuloEmbedding, feedback_features, log_duration,
                                target_relation)
-from tfrec_kuai.schema import HISTORY_INPUTS
+from tfrec_kuai.schema import HISTORY_INPUTS, VOCAB_FEATURES
 
-ID_VOCABULARIES = ("user_id", "video_id", "author_id", "tag")
 
 
 def feature_names(history_length_unused=None, with_history=True):
@@ -99,10 +98,10 @@ class HistoryEncoder(tf.keras.layers.Layer):
 
 
 def vocabularies_from(vocabularies):
-    missing = [k for k in ID_VOCABULARIES if k not in vocabularies]
+    missing = [k for k in VOCAB_FEATURES if k not in vocabularies]
     if missing:
         raise ValueError(f"vocabularies missing for {missing}")
-    return {k: [int(v) for v in vocabularies[k]] for k in ID_VOCABULARIES}
+    return {k: [int(v) for v in vocabularies[k]] for k in VOCAB_FEATURES}
 
 
 def build_front_end(owner, model_config, vocabularies):

@@ -27,6 +27,7 @@ from tfrec_kuai.config import ModelConfig
 from tfrec_kuai.layers import BucketEmbedding, DURATION_BOUNDARIES, log_duration
 from tfrec_kuai.models import features as F
 from tfrec_kuai.models.metrics import BatchRecallAtK
+from tfrec_kuai.schema import CORPUS_FEATURES
 
 NUM_HARD_NEGATIVES = 4
 SKIP_BIT = 1
@@ -164,5 +165,5 @@ def _recent_skips(features, k):
     valid = tf.pad(tf.gather(skipped, order, batch_dims=1), [[0, 0], [0, 0]])
     valid = valid & (tf.range(k) < num_positions)[tf.newaxis]
     hard = {name: tf.gather(features[f"hist_{name}"], order, batch_dims=1)
-            for name in ("video_id", "author_id", "tag", "duration_s")}
+            for name in CORPUS_FEATURES}
     return hard, valid

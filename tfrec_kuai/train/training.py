@@ -38,7 +38,7 @@ import tensorflow as tf
 from tfrec_kuai.config import Config, ModelConfig
 from tfrec_kuai.errors import InputError
 from tfrec_kuai.models import RankingModel, RetrievalModel
-from tfrec_kuai.models.features import ID_VOCABULARIES
+from tfrec_kuai.schema import CORPUS_FEATURES, VOCAB_FEATURES
 
 _LOG = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -50,7 +50,7 @@ WEIGHTS = os.path.join("weights", "model")
 
 def read_vocabularies(examples_dir):
     from tfrec_kuai.data import examples
-    return {name: [int(v) for v in examples.read_vocabulary(examples_dir, name)] for name in ID_VOCABULARIES}
+    return {name: [int(v) for v in examples.read_vocabulary(examples_dir, name)] for name in VOCAB_FEATURES}
 
 
 def _write_vocabularies(model_dir, vocabularies):
@@ -62,7 +62,7 @@ def _write_vocabularies(model_dir, vocabularies):
 
 def _read_model_vocabularies(model_dir):
     out = {}
-    for name in ID_VOCABULARIES:
+    for name in VOCAB_FEATURES:
         path = os.path.join(model_dir, "vocab", f"{name}.txt")
         if not os.path.exists(path):
             raise InputError(f"{model_dir} is an incomplete model folder: {path} is missing")
@@ -93,7 +93,7 @@ def _build(model, history_length):
     features = dummy_features(history_length)
     model(features)
     if isinstance(model, RetrievalModel):
-        model.candidate_tower({k: features[k] for k in ("video_id", "author_id", "tag", "duration_s")})
+        model.candidate_tower({k: features[k] for k in CORPUS_FEATURES})
 
 
 def save_model_dir(model, config: Config, model_dir):
