@@ -47,10 +47,11 @@ import shlex  # noqa: E402
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from beam_pipelines import COUNTER_NAMESPACE, InputError, inputs, output_folder  # noqa: E402
+from beam_pipelines import COUNTER_NAMESPACE, InputError, history_context, inputs, output_folder  # noqa: E402
 from beam_pipelines.date_split import EvalDates  # noqa: E402
 from beam_pipelines.dead_letter import WriteDeadLetter  # noqa: E402
 from beam_pipelines.examples_by_user import ExamplesByUser  # noqa: E402
+from beam_pipelines.history_context import WriteHistoryState  # noqa: E402
 from beam_pipelines.outputs import WriteCorpus, WriteSummary, WriteTFRecords  # noqa: E402
 from beam_pipelines.read_logs import ReadLogs  # noqa: E402
 from beam_pipelines.side_tables import SideTablePaths, side_information  # noqa: E402
@@ -72,6 +73,14 @@ def parse_args(argv):
     parser.add_argument("--input", required=True, action="append",
                         help="glob of KuaiRand-format log CSVs (plain or gzip); repeat or comma-separate")
     parser.add_argument("--output", required=True, help="examples folder (local path or gs://...)")
+    parser.add_argument("--history_input", action="append", default=None,
+                        help="incremental run: glob of earlier days' logs, read only as the history of --input's "
+                             "users (never examples); repeat or comma-separate")
+    parser.add_argument("--history_state", default=None,
+                        help="incremental run: a folder written by --write_history_state (each user's last L rows "
+                             "and the vocabulary counts), read instead of the earlier logs")
+    parser.add_argument("--write_history_state", default=None,
+                        help="also write the history state after this run's rows into this folder (swapped in whole)")
     parser.add_argument("--video_features", default=None, help="video_features_basic*.csv (author, tag, duration)")
     parser.add_argument("--user_features", default=None, help="user_features*.csv (user_<column> features)")
     parser.add_argument("--history_length", type=int, default=50, help="L: events per history window")
@@ -87,6 +96,7 @@ def parse_args(argv):
     parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's C++ start-up messages")
     args, beam_args = parser.parse_known_args(argv)
     args.input = [p for item in args.input for p in item.split(",") if p]
+    args.history_input = [p for item in args.history_input or () for p in item.split(",") if p]
     for flag, ok, rule in (("history_length", args.history_length >= 1, ">= 1"),
                            ("eval_days", args.eval_days >= 0, ">= 0"),
                            ("vocab_min_count", args.vocab_min_count >= 1, ">= 1"),
@@ -121,14 +131,44 @@ def side_table_paths(args):
     return SideTablePaths(args.video_features, args.user_features)
 
 
-def build(pipeline, args, command, options_dict, files=None, out=None, tables=None, empty_inputs=()):
+def incremental(args):
+    """Whether the run reads a history (``--history_input`` or ``--history_state``)."""
+    return bool(args.history_input) or args.history_state is not None
+
+
+def resolve_history(args, files):
+    """What an incremental run reads as history (None for a full run): ``{"files", "empty_files",
+    "state", "state_files", "state_summary"}``; :class:`InputError` on a glob matching nothing, a
+    file also in ``--input``, or an unusable state (``history_context.read_state_summary``)."""
+    if not incremental(args):
+        return None
+    found, empty = inputs.resolve(args.history_input, "--history_input", need_rows=False) if args.history_input \
+        else ([], [])
+    both = sorted({f.path for f in files} & {f.path for f in found})
+    if both:
+        raise InputError(f"{both[0]} is in both --input and --history_input: a file is new rows or history, not both")
+    out = {"files": found, "empty_files": empty, "state": None, "state_files": [], "state_summary": None}
+    if args.history_state is not None:
+        summary, pattern = history_context.read_state_summary(args.history_state, args.history_length)
+        state_files, _ = inputs.resolve([pattern], "--history_state", need_rows=False) if summary["rows"] else ([], [])
+        out.update(state=args.history_state.rstrip("/"), state_files=state_files, state_summary=summary)
+    return out
+
+
+def build(pipeline, args, command, options_dict, files=None, out=None, tables=None, empty_inputs=(), history=None,
+          state_out=None):
     """The job's transforms on ``pipeline``, writing to ``out`` (the staging folder ``run`` swaps in).
 
-    ``files``, ``empty_inputs`` (``inputs.resolve``) and ``tables`` (the loaded side tables) are
-    what the launcher already read; None reads them here.
+    ``files``, ``empty_inputs`` (``inputs.resolve``), ``tables`` (the loaded side tables) and
+    ``history`` (:func:`resolve_history`) are what the launcher already read; None reads them
+    here. ``state_out``: where the history state is written (``--write_history_state``'s staging
+    folder; None: ``--write_history_state`` itself, or no state).
     """
     if files is None:
         files, empty_inputs = inputs.resolve(args.input)
+    if history is None:
+        history = resolve_history(args, files)
+    state_out = state_out or args.write_history_state
     paths = side_table_paths(args)
     video_table, user_table = paths.load_checked() if tables is None else tables
     user_spec, user_codes = (user_table.feature_spec, user_table.codes) if user_table is not None else ([], {})
@@ -138,18 +178,55 @@ def build(pipeline, args, command, options_dict, files=None, out=None, tables=No
                        user_codes=user_codes, eval_days=args.eval_days, command=command, options=options_dict,
                        side_information=side_information(video_table, user_table),
                        inputs={"files": [f.path for f in files], "empty_files": list(empty_inputs)})
+    range_bytes = int(args.read_range_mb * (1 << 20))
 
-    logs = pipeline | "ReadLogs" >> ReadLogs(files, int(args.read_range_mb * (1 << 20)), paths)
+    logs = pipeline | "ReadLogs" >> ReadLogs(files, range_bytes, paths)
+    rows, dead, all_stats = logs.rows, (logs.dead,), (logs.stats,)
+    if history is not None:
+        meta_kwargs["history"] = {"files": [f.path for f in history["files"]],
+                                  "empty_files": list(history["empty_files"]), "state": history["state"],
+                                  "state_written": args.write_history_state}
+        rows, more_dead, more_stats = read_history(pipeline, history, range_bytes, paths, args.history_length)
+        rows = (logs.rows,) + rows | "WithHistory" >> beam.Flatten()
+        dead, all_stats = dead + more_dead, all_stats + more_stats
     eval_dates = logs.stats | "EvalDates" >> EvalDates(args.eval_days)
-    examples = logs.rows | "ExamplesByUser" >> ExamplesByUser(
-        spec, paths, args.history_length, eval_dates, args.history_implementation, args.encode_batch)
+    examples = rows | "ExamplesByUser" >> ExamplesByUser(
+        spec, paths, args.history_length, eval_dates, args.history_implementation, args.encode_batch,
+        write_state=state_out is not None)
     examples.train | "WriteTrain" >> WriteTFRecords(f"{out}/train")
     examples.eval | "WriteEval" >> WriteTFRecords(f"{out}/eval")
-    (logs.dead, examples.dead) | "WriteDeadLetter" >> WriteDeadLetter(out)
-    stats = (logs.stats, examples.stats) | "MergeStats" >> MergeStats()
+    dead + (examples.dead,) | "WriteDeadLetter" >> WriteDeadLetter(out)
+    stats = all_stats + (examples.stats,) | "MergeStats" >> MergeStats()
     stats | "WriteCorpus" >> WriteCorpus(out, paths)
     stats | "WriteSummary" >> WriteSummary(out, paths, meta_kwargs, args.vocab_min_count)
+    if state_out is not None:
+        (examples.state, stats) | "WriteHistoryState" >> WriteHistoryState(state_out.rstrip("/"), args.history_length)
     return pipeline
+
+
+def read_history(pipeline, history, range_bytes, paths, history_length):
+    """The history's transforms: ``(rows, dead letters, statistics)``, each a tuple of PCollections.
+
+    The earlier logs (``ReadHistory``, their ids and durations counted for the vocabularies and
+    the corpus) and the state's rows (``ReadHistoryState``; the state's counts come from its
+    ``state.json``) are read and validated like ``--input``, counted apart, and cut to each
+    user's last L events before the shuffle (``history_context.LastEvents``).
+    """
+    reads, stats = [], []
+    if history["files"]:
+        reads.append(pipeline | "ReadHistory" >> ReadLogs(history["files"], range_bytes, paths, history=True,
+                                                          count_ids=True))
+    if history["state_files"]:
+        reads.append(pipeline | "ReadHistoryState" >> ReadLogs(history["state_files"], range_bytes, paths,
+                                                               history=True))
+    if history["state_summary"] is not None:
+        stats.append(pipeline | "HistoryStateStats" >> beam.Create(
+            [history_context.state_stats(history["state_summary"])]))
+    if not reads:
+        return (), (), tuple(stats)
+    last = (tuple(r.rows for r in reads) | "HistoryRows" >> beam.Flatten()
+            | "LastEvents" >> history_context.LastEvents(history_length))
+    return (last,), tuple(r.dead for r in reads), tuple(r.stats for r in reads) + tuple(stats)
 
 
 def run(argv=None, return_result=False):
@@ -160,15 +237,18 @@ def run(argv=None, return_result=False):
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         beam_args = ["--runner=DirectRunner"] + beam_args
     files, empty_inputs = inputs.resolve(args.input)
+    history = resolve_history(args, files)
     tables = side_table_paths(args).load_checked()
     staging = output_folder.prepare(args.output, args.overwrite)
+    state_staging = None if args.write_history_state is None else output_folder.prepare(
+        args.write_history_state, args.overwrite, "--write_history_state")
     options = PipelineOptions(beam_args)
     command = "python -m beam_pipelines.build_examples " + " ".join(shlex.quote(a) for a in argv)
     options_dict = {k: v for k, v in options.get_all_options(drop_default=True).items()
                     if isinstance(v, (str, int, float, bool, list))}
     try:
         pipeline = beam.Pipeline(runner=local_runner(options), options=options)
-        build(pipeline, args, command, options_dict, files, staging, tables, empty_inputs)
+        build(pipeline, args, command, options_dict, files, staging, tables, empty_inputs, history, state_staging)
         result = pipeline.run()
         result.wait_until_finish()
         from apache_beam.io.filesystems import FileSystems
@@ -176,17 +256,23 @@ def run(argv=None, return_result=False):
             meta = json.loads(f.read().decode("utf-8"))
     except Exception as e:
         output_folder.discard(staging)
+        if state_staging is not None:
+            output_folder.discard(state_staging)
         cause = _input_error(e)
         if cause is not None:
             raise InputError(cause) from e
         raise
     rows = meta["rows"]
     if rows["train_examples"] == 0:
+        if state_staging is not None:
+            output_folder.discard(state_staging)
         reasons = ", ".join(f"{k} {v}" for k, v in rows["dead_letter_by_reason"].items()) or "none"
         raise InputError(f"no train example: of {rows['input']} rows, {rows['dead_letter']} were rejected "
                          f"({reasons}) and {rows['history_only']} are history only; --output {args.output!r} is "
                          f"left as it was, this run's folder (dead letters included) is {staging!r}")
     output_folder.publish(staging, args.output)
+    if state_staging is not None:
+        output_folder.publish(state_staging, args.write_history_state)
     logging.info("examples: %s", rows)
     return (meta, result) if return_result else meta
 

@@ -17,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from beam_pipelines import COUNTER_NAMESPACE, example_encoder, user_examples
+from beam_pipelines import COUNTER_NAMESPACE, example_encoder, history_context, user_examples
 from beam_pipelines.dead_letter import dead_letter_json
 from beam_pipelines.stats import merge_stats
 
@@ -32,17 +32,19 @@ class UserExamplesFn(beam.DoFn):
     ``dead_letter_duplicate_event``, ``history_only_picture_post``.
     """
 
-    def __init__(self, spec, tables, history_length, implementation, encode_batch):
+    def __init__(self, spec, tables, history_length, implementation, encode_batch, write_state=False):
         self.spec = spec
         self.tables = tables
         self.history_length = history_length
         self.implementation = implementation
         self.encode_batch = encode_batch
+        self.write_state = write_state
 
     def setup(self):
         self.video_table, self.user_table = self.tables.load()
         self.written, self.next_log = 0, 100_000
         self.dup_counter = Metrics.counter(COUNTER_NAMESPACE, "dead_letter_duplicate_event")
+        self.history_dup_counter = Metrics.counter(COUNTER_NAMESPACE, "history_dead_letter_duplicate_event")
         self.picture_counter = Metrics.counter(COUNTER_NAMESPACE, "history_only_picture_post")
         self.examples_counter = {s: Metrics.counter(COUNTER_NAMESPACE, f"{s}_examples") for s in SPLITS}
 
@@ -55,26 +57,62 @@ class UserExamplesFn(beam.DoFn):
     def process(self, element, eval_dates):
         user_id, groups = element
         groups = list(groups)
-        paths = sorted({g[0] for g in groups})
+        history = [g for g in groups if history_context.is_history(g)]
+        groups = [g for g in groups if not history_context.is_history(g)]
+        if history:  # one per user from the combiner; several only if the history came in pieces
+            history = history_context.cut(history, self.history_length)
+            groups.insert(0, (None, history["values"], history["offsets"]))
+        # History rows rank first among copies of one event: they were read on an earlier day.
+        hist_paths = list(history["paths"]) if history else []
+        paths = hist_paths + sorted({g[0] for g in groups if g[0] is not None})
         path_rank = {p: i for i, p in enumerate(paths)}
         values = np.concatenate([g[1] for g in groups])
         offsets = np.concatenate([g[2] for g in groups])
-        source = np.concatenate([np.full(len(g[1]), path_rank[g[0]], np.int64) for g in groups])
+        source = np.concatenate([history["source"] if g[0] is None else np.full(len(g[1]), path_rank[g[0]], np.int64)
+                                 for g in groups])
         keep, dups = user_examples.sort_and_dedup(values, source * (1 << 40) + offsets)
-        if len(dups):
-            merge_stats(self.stats, {"dead": {"duplicate_event": len(dups)}})
-        for j in dups:
+        in_history = source < len(hist_paths)
+        new_dups = [j for j in dups if not in_history[j]]
+        if new_dups:
+            merge_stats(self.stats, {"dead": {"duplicate_event": len(new_dups)}})
+        for j in new_dups:
             self.dup_counter.inc()
             yield beam.pvalue.TaggedOutput("dead", dead_letter_json(
                 "duplicate_event", f"{paths[source[j]]}:{offsets[j]}", ",".join(map(str, values[j].tolist()))))
+        if history:
+            yield from self._history(history, values[keep], in_history[keep],
+                                     [(paths[source[j]], offsets[j], values[j]) for j in dups if in_history[j]])
+        if self.write_state:
+            last = values[keep][-self.history_length:]
+            merge_stats(self.stats, {"state": {"users": 1, "rows": len(last)}})
+            for line in history_context.state_lines(last):
+                yield beam.pvalue.TaggedOutput("state", line)
         self.eval_dates = eval_dates
+        context = in_history[keep] if history else None
+        if context is not None and context.all():
+            return  # a user of the history only: no new row, no example
         # A heavy user is cut into pieces (with the context their windows need), so a batch never
         # holds much more than encode_batch examples, whatever the user's size.
-        for piece in user_examples.slices(values[keep], self.history_length, self.encode_batch):
+        for piece in user_examples.slices(values[keep], self.history_length, self.encode_batch, context):
             self.buffer.append(piece)
-            self.buffered += len(piece[0]) - piece[1]
+            self.buffered += int(user_examples.target_mask(*piece).sum())
             if self.buffered >= self.encode_batch:
                 yield from self._flush()
+
+    def _history(self, history, rows, mask, more_duplicates):
+        """Dead letters and counts of a user's history rows: ``history_rows`` in the statistics."""
+        duplicates = history["duplicates"] + more_duplicates
+        for path, offset, row in duplicates:
+            self.history_dup_counter.inc()
+            yield beam.pvalue.TaggedOutput("dead", dead_letter_json(
+                "duplicate_event", f"{path}:{offset}", ",".join(map(str, np.asarray(row).tolist()))))
+        counts = {"context": int(mask.sum()), "beyond_window": int(history["beyond_window"])}
+        if duplicates:
+            counts["dead"] = {"duplicate_event": len(duplicates)}
+        later = history_context.later_than_new(rows, mask)
+        if later:
+            counts["later_than_new_rows"] = later
+        merge_stats(self.stats, {"history_rows": counts})
 
     def _flush(self):
         """Columns, statistics and serialised examples of the buffered users, in one batch."""
@@ -115,7 +153,9 @@ class ExamplesByUser(beam.PTransform):
     """Groups the valid rows by user and turns each user's rows into serialised examples.
 
     Applied to the ``rows`` output of ``read_logs.ReadLogs``: ``(user_id, (path, values, byte
-    offsets))``, any number of elements per user.
+    offsets))``, any number of elements per user; in an incremental run flattened with the
+    history's ``(user_id, history dict)`` of ``history_context.LastEvents``, whose rows are
+    sorted among the user's new rows as context only (in the windows, never an example).
 
     Args:
       spec: the example feature spec (``schema.example_feature_spec``): which columns are written.
@@ -124,14 +164,18 @@ class ExamplesByUser(beam.PTransform):
       eval_dates: a single-element PCollection, the list of eval dates (``date_split.EvalDates``).
       implementation: the history-window builder, ``"auto" | "native" | "python"``.
       encode_batch: examples serialised per batch (``--encode_batch``).
+      write_state: also emit each user's last L rows after the new day (tag ``state``: CSV lines
+        of the history state, ``history_context.py``), every user of the history included.
 
     Returns the outputs by tag: ``train`` and ``eval`` (serialised ``tf.train.Example`` bytes),
     ``dead`` (dead-letter lines of the duplicate events) and ``stats`` (one dict per bundle:
     ``splits`` with examples and label sums, ``ids`` counted in train, ``video_duration_ms``,
-    ``history_only``, ``dead``).
+    ``history_only``, ``dead``; with a history ``history_rows`` ``{"context", "beyond_window",
+    "dead"}``; with ``write_state`` ``state`` ``{"users", "rows"}``), and ``state``.
     """
 
-    def __init__(self, spec, tables, history_length, eval_dates, implementation="auto", encode_batch=4096):
+    def __init__(self, spec, tables, history_length, eval_dates, implementation="auto", encode_batch=4096,
+                 write_state=False):
         super().__init__()
         self.spec = spec
         self.tables = tables
@@ -139,10 +183,13 @@ class ExamplesByUser(beam.PTransform):
         self.eval_dates = eval_dates
         self.implementation = implementation
         self.encode_batch = encode_batch
+        self.write_state = write_state
 
     def expand(self, rows):
-        fn = UserExamplesFn(self.spec, self.tables, self.history_length, self.implementation, self.encode_batch)
+        fn = UserExamplesFn(self.spec, self.tables, self.history_length, self.implementation, self.encode_batch,
+                            self.write_state)
+        outputs = (*SPLITS, "dead", "stats") + (("state",) if self.write_state else ())
         return (rows
                 | "ByUser" >> beam.GroupByKey()
                 | "Examples" >> beam.ParDo(fn, eval_dates=beam.pvalue.AsSingleton(self.eval_dates)).with_outputs(
-                    *SPLITS, "dead", "stats"))
+                    *outputs))

@@ -141,34 +141,35 @@ def inspect(path, size):
     return InputFile(path, size, compression, order, has_header)
 
 
-def match(pattern):
-    """``[(path, size)]`` of the files a glob matches; :class:`InputError` when it matches none."""
+def match(pattern, flag="--input"):
+    """``[(path, size)]`` of the files a glob matches; :class:`InputError` (naming ``flag``) when it matches none."""
     from apache_beam.io.filesystems import FileSystems
     if _is_local(pattern) and os.path.isdir(pattern):
-        raise InputError(f"--input {pattern!r} is a directory; give a glob of its log files, e.g. "
+        raise InputError(f"{flag} {pattern!r} is a directory; give a glob of its log files, e.g. "
                          f"{os.path.join(pattern, '*.csv')!r}")
     try:
         found = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError, or ValueError for an unknown scheme)
-        raise InputError(f"--input {pattern!r}: {e}") from None
+        raise InputError(f"{flag} {pattern!r}: {e}") from None
     files = [(m.path, m.size_in_bytes) for m in found if not (_is_local(m.path) and os.path.isdir(m.path))]
     if not files:
-        raise InputError(f"--input {pattern!r} matches no file")
+        raise InputError(f"{flag} {pattern!r} matches no file")
     return files
 
 
-def resolve(patterns):
-    """``(input files, paths of files without rows)`` of the globs; stops when no file has a row."""
+def resolve(patterns, flag="--input", need_rows=True):
+    """``(input files, paths of files without rows)`` of the globs; stops when no file has a row
+    (unless not ``need_rows``: a history may be empty, the new day's rows may not)."""
     seen, files, empty = set(), [], []
     for pattern in patterns:
-        for path, size in match(pattern):
+        for path, size in match(pattern, flag):
             if path in seen:
                 continue
             seen.add(path)
             info = inspect(path, size)
             (files if info else empty).append(info or path)
-    if not files:
-        raise InputError("no rows to read: every file that --input matches is empty or holds only a header: "
+    if not files and need_rows:
+        raise InputError(f"no rows to read: every file that {flag} matches is empty or holds only a header: "
                          + ", ".join(empty))
     for path in empty:
         logging.warning("%s is empty or holds only a header", path)

@@ -32,15 +32,17 @@ def _entries(path):
     return sorted({m.path[len(path) + 1:].split("/")[0] for m in FileSystems.match([path + "/**"])[0].metadata_list})
 
 
-def prepare(output, overwrite):
-    """The staging folder to write instead of ``output``; :class:`InputError` when ``output`` cannot be used."""
+def prepare(output, overwrite, flag="--output"):
+    """The staging folder to write instead of ``output``; :class:`InputError` (naming ``flag``) when
+    ``output`` cannot be used. The history state (``--write_history_state``) is built aside and
+    swapped in the same way."""
     output = output.rstrip("/") or output
     if _is_local(output) and os.path.exists(output) and not os.path.isdir(output):
-        raise InputError(f"--output {output!r} is a file, not a folder")
+        raise InputError(f"{flag} {output!r} is a file, not a folder")
     entries = _entries(output)
     if entries and not overwrite:
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-        raise InputError(f"--output {output!r} is not empty (it holds {shown}); pass --overwrite to replace it")
+        raise InputError(f"{flag} {output!r} is not empty (it holds {shown}); pass --overwrite to replace it")
     parent, name = output.rsplit("/", 1) if "/" in output else (".", output)
     if _is_local(output):
         parent = os.path.dirname(os.path.abspath(output))

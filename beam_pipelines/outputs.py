@@ -57,11 +57,14 @@ def corpus_spec():
 
 
 def build_metadata(stats, *, spec, history_length, user_features, user_codes, vocab_sizes, vocab_min_count,
-                   eval_days, corpus_videos, corpus_missing, command, options, side_information=None, inputs=None):
+                   eval_days, corpus_videos, corpus_missing, command, options, side_information=None, inputs=None,
+                   history=None):
     """The ``metadata.json`` dict (layout: docs/INTERFACES.md).
 
     ``rows.input = rows.used + rows.dead_letter``, where ``used`` = train + eval examples + the
-    history-only rows (picture posts: in histories, not targets).
+    history-only rows (picture posts: in histories, not targets). An incremental run
+    (``history``: what it read as history) adds ``history`` and ``rows.history_rows``, the
+    earlier rows' own tally: ``input = dead_letter + context + beyond_window``.
     """
     dead = {k: int(v) for k, v in sorted(stats.get("dead", {}).items())}
     history_only = {k: int(v) for k, v in sorted(stats.get("history_only", {}).items())}
@@ -75,7 +78,7 @@ def build_metadata(stats, *, spec, history_length, user_features, user_codes, vo
         rates[split] = {name: float(s.get("label_sums", {}).get(name, 0.0)) / n for name in LABEL_NAMES}
     dates = sorted(int(d) for d in stats.get("dates", {}))
     eval_dates = eval_dates_of(dates, eval_days)
-    return {
+    meta = {
         "history_length": history_length,
         "features": {name: {"dtype": d.dtype, "shape": list(d.shape)} for name, d in spec.items()},
         "label_names": list(LABEL_NAMES),
@@ -97,6 +100,15 @@ def build_metadata(stats, *, spec, history_length, user_features, user_codes, vo
         "command": command,
         "pipeline_options": options,
     }
+    if history is not None:
+        h = stats.get("history_rows", {})
+        h_dead = {k: int(v) for k, v in sorted(h.get("dead", {}).items())}
+        meta["rows"]["history_rows"] = {
+            "input": int(h.get("input", 0)), "dead_letter": sum(h_dead.values()), "dead_letter_by_reason": h_dead,
+            "context": int(h.get("context", 0)), "beyond_window": int(h.get("beyond_window", 0)),
+            "later_than_new_rows": int(h.get("later_than_new_rows", 0))}
+        meta["history"] = history
+    return meta
 
 
 def _with_coverage(side_information, missing):

@@ -23,17 +23,23 @@ class ValidateRangeFn(beam.DoFn):
     """Validates every line of a byte range; emits per-user row arrays, dead letters (tag ``dead``)
     and one statistics dict per block of lines (tag ``stats``).
 
-    Counters: ``rows_in`` (lines read) and ``dead_letter_<reason>``.
+    Counters: ``rows_in`` (lines read) and ``dead_letter_<reason>``; for the history of an
+    incremental run (``history=True``) ``history_rows_in`` and ``history_dead_letter_<reason>``,
+    and its statistics are ``{"history_rows": {"input", "dead"}}`` (plus the rows' ``ids`` and
+    ``video_duration_ms`` with ``count_ids``), so that they never mix with the new rows' counts.
     """
 
-    def __init__(self, tables, block_lines=200_000):
+    def __init__(self, tables, block_lines=200_000, history=False, count_ids=False):
         self.tables = tables
         self.block_lines = block_lines
+        self.history = history
+        self.count_ids = count_ids
 
     def setup(self):
         self.video_table, self.user_table = self.tables.load()
-        self.counters = {r: Metrics.counter(COUNTER_NAMESPACE, f"dead_letter_{r}") for r in validation.REASONS}
-        self.rows_in = Metrics.counter(COUNTER_NAMESPACE, "rows_in")
+        prefix = "history_" if self.history else ""
+        self.counters = {r: Metrics.counter(COUNTER_NAMESPACE, f"{prefix}dead_letter_{r}") for r in validation.REASONS}
+        self.rows_in = Metrics.counter(COUNTER_NAMESPACE, "history_rows_in" if self.history else "rows_in")
 
     def process(self, item):
         info, start, end = item
@@ -65,10 +71,17 @@ class ValidateRangeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead", dead_letter_json(reason, f"{path}:{offsets[index]}",
                                                                     lines[index]))
         self.rows_in.inc(len(lines))
-        dates = np.unique(user_examples.split_date(values[:, COLUMN_INDEX["time_ms"]]), return_counts=True)
-        yield beam.pvalue.TaggedOutput("stats", {
-            "input": len(lines), "dead": dead, "dates": dict(zip(dates[0].tolist(), dates[1].tolist())),
-            "not_in_side_table": validation.not_in_side_tables(values, self.video_table, self.user_table)})
+        if self.history:
+            stats = {"history_rows": {"input": len(lines), "dead": dead}}
+            if self.count_ids and len(values):
+                stats["ids"] = user_examples.row_id_counts(values, self.video_table)
+                stats["video_duration_ms"] = user_examples.max_duration(values)
+            yield beam.pvalue.TaggedOutput("stats", stats)
+        else:
+            dates = np.unique(user_examples.split_date(values[:, COLUMN_INDEX["time_ms"]]), return_counts=True)
+            yield beam.pvalue.TaggedOutput("stats", {
+                "input": len(lines), "dead": dead, "dates": dict(zip(dates[0].tolist(), dates[1].tolist())),
+                "not_in_side_table": validation.not_in_side_tables(values, self.video_table, self.user_table)})
         if not len(values):
             return
         offs = np.asarray(offsets, np.int64)[kept]
@@ -89,6 +102,10 @@ class ReadLogs(beam.PTransform):
         (``--read_range_mb``); a compressed file is one range.
       tables: the side tables' paths (:class:`side_tables.SideTablePaths`); here only the rows
         whose video or user a table lacks are counted, the lookup is the per-user step's.
+      history: the files are an incremental run's history (``--history_input``, the rows of a
+        ``--history_state``): validated alike, counted apart (:class:`ValidateRangeFn`).
+      count_ids: with ``history``, also count the rows' vocabulary ids and durations (the
+        earlier logs; a state carries its own counts in ``state.json``).
 
     Returns the outputs by tag (``result.rows``, ``result.dead``, ``result.stats``):
       rows: ``(user_id, (path, values [n, 19] int64 in docs/design.md §3 order, byte offsets [n]))``,
@@ -98,15 +115,18 @@ class ReadLogs(beam.PTransform):
         split date) and ``not_in_side_table``.
     """
 
-    def __init__(self, files, range_bytes, tables):
+    def __init__(self, files, range_bytes, tables, history=False, count_ids=False):
         super().__init__()
         self.files = list(files)
         self.range_bytes = range_bytes
         self.tables = tables
+        self.history = history
+        self.count_ids = count_ids
 
     def expand(self, pipeline):
         ranges = [r for f in self.files for r in inputs.split_ranges(f, self.range_bytes)]
         return (pipeline
                 | "Ranges" >> beam.Create(ranges)
                 | "SpreadRanges" >> beam.Reshuffle()
-                | "Validate" >> beam.ParDo(ValidateRangeFn(self.tables)).with_outputs("dead", "stats", main="rows"))
+                | "Validate" >> beam.ParDo(ValidateRangeFn(self.tables, history=self.history, count_ids=self.count_ids))
+                .with_outputs("dead", "stats", main="rows"))

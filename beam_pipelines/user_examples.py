@@ -48,8 +48,8 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
     """Example columns of several users at once, plus ``is_eval`` per row.
 
     ``user_rows``: list of [n_i, 19] int64 arrays, one per user, each sorted by time and
-    deduplicated — or ``(rows, context)`` pairs from :func:`slices`, whose first ``context`` rows
-    only feed the windows of the rest and yield no example; picture posts (duration 0) feed the
+    deduplicated — or ``(rows, context)`` pairs from :func:`slices`, whose context rows
+    (:func:`target_mask`) only feed the windows of the rest and yield no example; picture posts (duration 0) feed the
     windows and yield no example either. Everything but the history windows is
     vectorised over the whole batch (a handful of NumPy calls per batch instead of per user); the
     windows are built per item, since a window must never cross users.
@@ -106,8 +106,8 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
         cols[f"label_{name}"] = labels[name]
     is_eval = np.isin(split_date(time_ms), np.asarray(sorted(eval_dates), dtype=np.int64))
     keep = ~picture
-    if any(context for _, context in items):
-        keep &= np.concatenate([np.arange(len(r)) >= context for r, context in items])
+    if any(isinstance(context, np.ndarray) or context for _, context in items):
+        keep &= np.concatenate([target_mask(r, context) for r, context in items])
     if not keep.all():
         cols = {k: v[keep] for k, v in cols.items()}
         is_eval = is_eval[keep]
@@ -122,36 +122,64 @@ def history_only(user_rows, video_table, eval_dates):
     picture post in a history has an embedding of its own.
     """
     items = [(r, 0) if isinstance(r, np.ndarray) else r for r in user_rows]
-    parts = [r[c:][r[c:, C["duration_ms"]] <= 0] for r, c in items]
+    parts = [r[target_mask(r, c) & (r[:, C["duration_ms"]] <= 0)] for r, c in items]
     rows = np.concatenate(parts) if parts else np.zeros((0, len(C)), np.int64)
     if not len(rows):
         return 0, {}
+    train = ~np.isin(split_date(rows[:, C["time_ms"]]), np.asarray(sorted(eval_dates), dtype=np.int64))
+    return len(rows), row_id_counts(rows, video_table, train)
+
+
+def row_id_counts(rows, video_table, mask=None):
+    """Occurrences of each vocabulary id among log rows ([n, 19]; author and tag through the video table).
+
+    ``mask`` selects rows (None: all). The history rows of an incremental run count through it
+    (``read_logs.py``), so an id seen only in the history keeps its vocabulary entry.
+    """
     cols = {"user_id": rows[:, C["user_id"]], "video_id": rows[:, C["video_id"]]}
     if video_table is not None:
         cols["author_id"], cols["tag"] = video_table.lookup(cols["video_id"])
     else:
         cols["author_id"] = cols["tag"] = np.full(len(rows), -1, np.int64)
-    train = ~np.isin(split_date(rows[:, C["time_ms"]]), np.asarray(sorted(eval_dates), dtype=np.int64))
-    return len(rows), id_counts(cols, train)
+    return id_counts(cols, np.ones(len(rows), bool) if mask is None else mask)
 
 
-def slices(values, history_length, max_rows):
-    """A heavy user's sorted rows as ``(rows, context)`` pieces of at most ``max_rows`` examples.
+def target_mask(rows, context):
+    """Which rows of a ``(rows, context)`` item may yield examples.
+
+    ``context`` is a count (the first rows only feed the windows of the rest: :func:`slices`) or
+    a bool array marking the context rows wherever they are (the history rows of an incremental
+    run, which are sorted among the user's new rows).
+    """
+    if isinstance(context, np.ndarray):
+        return ~context
+    return np.arange(len(rows)) >= context
+
+
+def slices(values, history_length, max_rows, context=None):
+    """A heavy user's sorted rows as ``(rows, context)`` pieces of at most ``max_rows`` rows.
 
     The piece for rows ``[a, b)`` starts ``context`` rows earlier, at ``first(a) - L`` where
     ``first(a)`` is the first row sharing row a's timestamp: every window of a row ``>= a`` only
     reaches back that far (it holds the L events strictly before the row's first same-time row).
     So a user of any size is processed in bounded memory, with the windows of the whole.
+
+    ``context``: None, or a bool array [n] marking rows that are context wherever they are (the
+    history rows of an incremental run); the pieces' contexts are then bool arrays too
+    (:func:`target_mask`).
     """
     n = len(values)
     if n <= max_rows:
-        return [(values, 0)]
+        return [(values, 0 if context is None else context)]
     times = values[:, C["time_ms"]]
     out = []
     for a in range(0, n, max_rows):
         b = min(a + max_rows, n)
         start = max(0, int(np.searchsorted(times, times[a], side="left")) - int(history_length))
-        out.append((values[start:b], a - start))
+        if context is None:
+            out.append((values[start:b], a - start))
+        else:
+            out.append((values[start:b], context[start:b] | (np.arange(b - start) < a - start)))
     return out
 
 

@@ -43,3 +43,31 @@ def read_records(folder, split):
             out.append(data[i + 12:i + 12 + n])
             i += 16 + n
     return sorted(out)
+
+
+def split_by_date(log_paths, out_dir):
+    """Writes the rows of KuaiRand-format logs (with a header) to one file per ``date``.
+
+    Returns ``[(date, path)]`` in date order; each file is ``out_dir/day_<date>.csv`` with the
+    header of the first log, the rows in the order read. A simulated log split this way is the
+    days of a daily loop (the simulator's ``date`` is the Beijing date of ``time_ms``).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    header, days = None, {}
+    for path in log_paths:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().rstrip("\n")
+            if header is None:
+                header = first
+            assert first == header, f"{path}: another header than {log_paths[0]}"
+            at = header.split(",").index("date")
+            for line in f:
+                days.setdefault(line.split(",", at + 1)[at], []).append(line if line.endswith("\n") else line + "\n")
+    out = []
+    for date in sorted(days, key=int):
+        path = os.path.join(out_dir, f"day_{date}.csv")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(header + "\n")
+            f.writelines(days[date])
+        out.append((int(date), path))
+    return out

@@ -1,0 +1,200 @@
+"""The incremental Beam job: a day's examples built from that day's logs with the earlier days as
+history (``--history_input``, or the ``--history_state`` the previous day's run wrote) equal the
+same day's examples of the full job over every day, row for row and feature for feature.
+
+The log is the shared tiny simulated log (``tests/fixtures_data.py``: 20 users over 4 days), cut
+into one file per date (``tests/log_rows.split_by_date``), with a short L so that every user's
+history is cut (``rows.history_rows.beyond_window`` > 0): the cut to each user's last L events is
+what keeps a day's cost flat, and what these tests show loses nothing. All on the real
+DirectRunner (the job's local engine).
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from beam_pipelines import InputError, build_examples
+from tests.log_rows import HEADER, log_row, read_records, split_by_date
+
+L = 6
+
+pytestmark = pytest.mark.slow
+
+
+def _job(log_dir, out, inputs, *extra):
+    return build_examples.run(
+        ["--input", ",".join(inputs), "--output", str(out),
+         "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
+         "--user_features", os.path.join(log_dir, "user_features_sim.csv"),
+         "--history_length", str(L), "--eval_days", "0", *extra])
+
+
+@pytest.fixture(scope="module")
+def days(tiny_log_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("incremental")
+    split = split_by_date([os.path.join(tiny_log_dir, f) for f in ("log_standard_sim.csv", "log_random_sim.csv")],
+                          str(root / "days"))
+    assert len(split) == 4
+    return tiny_log_dir, root, split
+
+
+@pytest.fixture(scope="module")
+def runs(days):
+    """The full job over the 4 days; the last day from the earlier logs; the daily chain of states."""
+    log_dir, root, split = days
+    paths = [p for _, p in split]
+    full = _job(log_dir, root / "full", paths)
+    from_logs = _job(log_dir, root / "from_logs", paths[-1:], "--history_input", ",".join(paths[:-1]))
+    # day 1 is a full run; each later day reads the state the day before wrote and writes its own
+    _job(log_dir, root / "chain_1", paths[:1], "--write_history_state", str(root / "state_1"))
+    for d in (2, 3):
+        _job(log_dir, root / f"chain_{d}", paths[d - 1:d], "--history_state", str(root / f"state_{d - 1}"),
+             "--write_history_state", str(root / f"state_{d}"))
+    from_state = _job(log_dir, root / "from_state", paths[-1:], "--history_state", str(root / "state_3"))
+    return root, split, {"full": full, "from_logs": from_logs, "from_state": from_state}
+
+
+def _columns(folder):
+    from tfrec_kuai.data import examples as data
+    batches = list(data.make_dataset(str(folder), "train", batch_size=512))
+    cols = {k: np.concatenate([b[k].numpy() for b in batches]) for k in batches[0]}
+    order = np.lexsort((cols["video_id"], cols["time_ms"], cols["user_id"]))
+    return {k: v[order] for k, v in cols.items()}
+
+
+def test_last_day_equals_the_full_job_row_for_row(runs):
+    root, split, meta = runs
+    last_date = split[-1][0]
+    full = _columns(root / "full")
+    full = {k: v[full["date"] == last_date] for k, v in full.items()}
+    assert len(full["user_id"]) > 100
+    for name in ("from_logs", "from_state"):
+        got = _columns(root / name)
+        assert sorted(got) == sorted(full)
+        assert len(got["user_id"]) == len(full["user_id"]) == meta[name]["rows"]["train_examples"]
+        for feature in full:
+            np.testing.assert_array_equal(got[feature], full[feature], err_msg=f"{name}: {feature}")
+        # windows reach into the earlier days: the history is really there
+        assert (got["hist_len"] == L).all() and (got["hist_age_s"][:, -1] > 0).any()
+    # the same serialised records, byte for byte, both ways
+    assert read_records(str(root / "from_logs"), "train") == read_records(str(root / "from_state"), "train")
+    assert not os.path.isdir(root / "from_logs" / "eval") or not read_records(str(root / "from_logs"), "eval")
+
+
+def test_vocabularies_and_corpus_cover_the_history(runs):
+    root, _, meta = runs
+    for name in ("from_logs", "from_state"):
+        for feature in ("user_id", "video_id", "author_id", "tag"):
+            assert (root / name / "vocab" / f"{feature}.txt").read_text() == \
+                (root / "full" / "vocab" / f"{feature}.txt").read_text(), (name, feature)
+        assert read_records(str(root / name), "corpus") == read_records(str(root / "full"), "corpus")
+        assert meta[name]["vocab_sizes"] == meta["full"]["vocab_sizes"]
+
+
+def test_history_rows_reconcile_and_the_state_is_small(runs):
+    root, split, meta = runs
+    full_rows = meta["full"]["rows"]
+    for name in ("from_logs", "from_state"):
+        rows = meta[name]["rows"]
+        h = rows["history_rows"]
+        assert rows["input"] == rows["used"] + rows["dead_letter"] == rows["train_examples"] + rows["history_only"]
+        assert h["input"] == h["dead_letter"] + h["context"] + h["beyond_window"]
+        assert h["dead_letter"] == 0 and h["later_than_new_rows"] == 0
+        assert h["context"] <= L * 20
+        assert meta[name]["date_split"]["train_dates"] == [split[-1][0]]
+    logs = meta["from_logs"]["rows"]["history_rows"]
+    assert logs["input"] == full_rows["input"] - meta["from_logs"]["rows"]["input"]
+    assert logs["beyond_window"] > 0
+    assert meta["from_logs"]["history"]["files"] == [p for _, p in split[:-1]]
+    assert meta["from_state"]["history"]["state"] == str(root / "state_3")
+    state = json.loads((root / "state_3" / "state.json").read_text())
+    assert state["history_length"] == L and state["last_date"] == split[-2][0]
+    # the state holds each user's last L rows: what the state-fed run read as history
+    assert state["rows"] == meta["from_state"]["rows"]["history_rows"]["input"] <= L * state["users"]
+    assert meta["from_state"]["rows"]["history_rows"]["beyond_window"] == 0
+
+
+def test_bad_and_duplicate_history_rows_are_dead_letters_counted_apart(days, tmp_path):
+    log_dir, _, split = days
+    paths = [p for _, p in split]
+    bad = tmp_path / "day_bad.csv"
+    with open(paths[-2]) as f:
+        lines = f.read().splitlines()
+    copy_of_last_row = lines[-1]
+    bad.write_text("\n".join(lines + ["1,2,3", copy_of_last_row, "x" + lines[1]]) + "\n")
+    meta, result = build_examples.run(
+        ["--input", paths[-1], "--output", str(tmp_path / "out"), "--history_input", ",".join(paths[:-2] + [str(bad)]),
+         "--history_length", str(L), "--eval_days", "0"], return_result=True)
+    rows, h = meta["rows"], meta["rows"]["history_rows"]
+    assert rows["dead_letter"] == 0 and rows["input"] == rows["used"]
+    assert h["dead_letter_by_reason"] == {"duplicate_event": 1, "non_numeric": 1, "wrong_column_count": 1}
+    assert h["input"] == h["dead_letter"] + h["context"] + h["beyond_window"]
+    assert h["input"] == sum(len(open(p).read().splitlines()) - 1 for p in paths[:-2]) + len(lines) - 1 + 3
+    dead = [json.loads(x) for p in (tmp_path / "out" / "dead_letter").glob("rows-*") for x in p.read_text().splitlines()]
+    assert sorted(d["reason"] for d in dead) == ["duplicate_event", "non_numeric", "wrong_column_count"]
+    assert all(d["source"].startswith(str(bad) + ":") for d in dead)
+    counters = build_examples.counters(result)
+    assert counters["history_rows_in"] == h["input"] and counters["rows_in"] == rows["input"]
+    assert counters["history_dead_letter_duplicate_event"] == 1
+
+
+def test_eval_days_still_split_the_new_rows(days, tmp_path):
+    log_dir, _, split = days
+    paths = [p for _, p in split]
+    meta = build_examples.run(["--input", ",".join(paths[-2:]), "--output", str(tmp_path / "out"),
+                               "--history_input", ",".join(paths[:-2]), "--history_length", str(L),
+                               "--eval_days", "1"])
+    assert meta["date_split"] == {"train_dates": [split[-2][0]], "eval_dates": [split[-1][0]], "eval_days": 1}
+    assert meta["rows"]["train_examples"] > 0 and meta["rows"]["eval_examples"] > 0
+
+
+def test_history_errors_are_one_line_and_touch_nothing(days, tmp_path):
+    log_dir, root, split = days
+    paths = [p for _, p in split]
+    base = ["--input", paths[-1], "--output", str(tmp_path / "out"), "--history_length", str(L)]
+    with pytest.raises(InputError, match=r"--history_input '.*nothing\*\.csv' matches no file"):
+        build_examples.run(base + ["--history_input", str(tmp_path / "nothing*.csv")])
+    with pytest.raises(InputError, match="is in both --input and --history_input"):
+        build_examples.run(base + ["--history_input", paths[-1]])
+    with pytest.raises(InputError, match="no state.json there"):
+        build_examples.run(base + ["--history_state", str(tmp_path)])
+    state = tmp_path / "state"
+    build_examples.run(["--input", paths[0], "--output", str(tmp_path / "day1"), "--history_length", "3",
+                        "--write_history_state", str(state)])
+    assert json.loads((state / "state.json").read_text())["history_length"] == 3
+    with pytest.raises(InputError, match=r"holds the last 3 events per user, fewer than --history_length 6"):
+        build_examples.run(base + ["--history_state", str(state)])
+    with pytest.raises(InputError, match=r"--write_history_state '.*' is not empty .*--overwrite"):
+        build_examples.run(base + ["--write_history_state", str(state)])
+    assert not (tmp_path / "out").exists()
+    # the same state read and rewritten in one run: replaced whole only once the run succeeded
+    meta = build_examples.run(["--input", paths[1], "--output", str(tmp_path / "day2"), "--history_length", "3",
+                               "--history_state", str(state), "--write_history_state", str(state), "--overwrite"])
+    assert meta["rows"]["history_rows"]["input"] > 0
+    assert json.loads((state / "state.json").read_text())["last_date"] == split[1][0]
+    assert build_examples.main(base + ["--history_input", str(tmp_path / "nothing*.csv")]) == 2
+
+
+def test_a_history_only_user_stays_in_the_state(tmp_path):
+    """A user of the history with no new row gives no example but keeps their rows in the next state."""
+    from tests.log_rows import DAY_MS, T0
+    day1 = tmp_path / "d1.csv"
+    day1.write_text("\n".join([HEADER] + [log_row(user_id=u, video_id=10 + i, time_ms=T0 + 1000 * i)
+                                           for u in (1, 2) for i in range(4)]) + "\n")
+    day2 = tmp_path / "d2.csv"
+    day2.write_text("\n".join([HEADER, log_row(user_id=1, video_id=99, time_ms=T0 + DAY_MS)]) + "\n")
+    meta = build_examples.run(["--input", str(day2), "--output", str(tmp_path / "out"), "--history_input",
+                               str(day1), "--history_length", "3", "--eval_days", "0",
+                               "--write_history_state", str(tmp_path / "state")])
+    assert meta["rows"]["train_examples"] == 1
+    assert meta["rows"]["history_rows"] == {"input": 8, "dead_letter": 0, "dead_letter_by_reason": {},
+                                            "context": 6, "beyond_window": 2, "later_than_new_rows": 0}
+    import gzip
+    state_rows = [line for p in sorted((tmp_path / "state").glob("rows-*.csv.gz"))
+                  for line in gzip.open(p, "rt").read().splitlines()[1:]]
+    users = sorted(int(r.split(",")[0]) for r in state_rows)
+    assert users == [1, 1, 1, 2, 2, 2]
+    assert any(",99," in r for r in state_rows)
+    shutil.rmtree(tmp_path / "out")
