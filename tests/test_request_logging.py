@@ -215,18 +215,19 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
     from serving.prediction_log import read_records
     from serving.request_logger import TFRecordCollector
     collector = TFRecordCollector(str(tmp_path / "q"), queue_records=2)
-    accepted = 0
+    accepted = []
     with collector.write_lock:
         started = time.monotonic()
         for n in range(20):
             metadata = logging_pb2.LogMetadata(timestamp_secs=n)
-            accepted += collector.submit(("predict", predict_pb2.PredictRequest(), predict_pb2.PredictResponse(),
-                                          metadata))
+            if collector.submit(("predict", predict_pb2.PredictRequest(), predict_pb2.PredictResponse(), metadata)):
+                accepted.append(n)
         assert time.monotonic() - started < 1.0
-        assert 2 <= accepted <= 3 and collector.dropped == 20 - accepted  # the queue and one held by the writer
+        # the queue's two and at most one the writer took before it stalled
+        assert 2 <= len(accepted) <= 3 and collector.dropped == 20 - len(accepted)
     collector.close()
-    assert collector.written == accepted
-    assert [r.log_metadata.timestamp_secs for r in read_records(collector.path)] == list(range(accepted))
+    assert collector.written == len(accepted)
+    assert [r.log_metadata.timestamp_secs for r in read_records(collector.path)] == accepted
 
 
 def test_a_log_still_being_written_reads_up_to_its_last_complete_record(tmp_path):
