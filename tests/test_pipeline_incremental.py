@@ -8,9 +8,11 @@ history is cut (``rows.history_rows.beyond_window`` > 0): the cut to each user's
 what keeps a day's cost flat, and what these tests show loses nothing. All on the real
 DirectRunner (the job's local engine).
 """
+import gzip
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +119,7 @@ def test_history_rows_reconcile_and_the_state_is_small(runs):
 
 
 def test_bad_and_duplicate_history_rows_are_dead_letters_counted_apart(days, tmp_path):
-    log_dir, _, split = days
+    _, _, split = days
     paths = [p for _, p in split]
     bad = tmp_path / "day_bad.csv"
     with open(paths[-2]) as f:
@@ -131,7 +133,7 @@ def test_bad_and_duplicate_history_rows_are_dead_letters_counted_apart(days, tmp
     assert rows["dead_letter"] == 0 and rows["input"] == rows["used"]
     assert h["dead_letter_by_reason"] == {"duplicate_event": 1, "non_numeric": 1, "wrong_column_count": 1}
     assert h["input"] == h["dead_letter"] + h["context"] + h["beyond_window"]
-    assert h["input"] == sum(len(open(p).read().splitlines()) - 1 for p in paths[:-2]) + len(lines) - 1 + 3
+    assert h["input"] == sum(len(Path(p).read_text().splitlines()) - 1 for p in paths[:-2]) + len(lines) - 1 + 3
     dead = [json.loads(x) for p in (tmp_path / "out" / "dead_letter").glob("rows-*") for x in p.read_text().splitlines()]
     assert sorted(d["reason"] for d in dead) == ["duplicate_event", "non_numeric", "wrong_column_count"]
     assert all(d["source"].startswith(str(bad) + ":") for d in dead)
@@ -141,7 +143,7 @@ def test_bad_and_duplicate_history_rows_are_dead_letters_counted_apart(days, tmp
 
 
 def test_eval_days_still_split_the_new_rows(days, tmp_path):
-    log_dir, _, split = days
+    _, _, split = days
     paths = [p for _, p in split]
     meta = build_examples.run(["--input", ",".join(paths[-2:]), "--output", str(tmp_path / "out"),
                                "--history_input", ",".join(paths[:-2]), "--history_length", str(L),
@@ -151,7 +153,7 @@ def test_eval_days_still_split_the_new_rows(days, tmp_path):
 
 
 def test_history_errors_are_one_line_and_touch_nothing(days, tmp_path):
-    log_dir, root, split = days
+    _, _, split = days
     paths = [p for _, p in split]
     base = ["--input", paths[-1], "--output", str(tmp_path / "out"), "--history_length", str(L)]
     with pytest.raises(InputError, match=r"--history_input '.*nothing\*\.csv' matches no file"):
@@ -191,9 +193,12 @@ def test_a_history_only_user_stays_in_the_state(tmp_path):
     assert meta["rows"]["train_examples"] == 1
     assert meta["rows"]["history_rows"] == {"input": 8, "dead_letter": 0, "dead_letter_by_reason": {},
                                             "context": 6, "beyond_window": 2, "later_than_new_rows": 0}
-    import gzip
-    state_rows = [line for p in sorted((tmp_path / "state").glob("rows-*.csv.gz"))
-                  for line in gzip.open(p, "rt").read().splitlines()[1:]]
+    state_rows = []
+    for path in sorted((tmp_path / "state").glob("rows-*.csv.gz")):
+        with gzip.open(path, "rt") as f:
+            lines = f.read().splitlines()
+        assert lines[0] == HEADER
+        state_rows += lines[1:]
     users = sorted(int(r.split(",")[0]) for r in state_rows)
     assert users == [1, 1, 1, 2, 2, 2]
     assert any(",99," in r for r in state_rows)
