@@ -203,3 +203,19 @@ def test_a_history_only_user_stays_in_the_state(tmp_path):
     assert users == [1, 1, 1, 2, 2, 2]
     assert any(",99," in r for r in state_rows)
     shutil.rmtree(tmp_path / "out")
+
+
+def test_history_later_than_new_rows_is_counted(tmp_path):
+    """A history day after the new day (out of order): the rows still serve, and are counted."""
+    from tests.log_rows import DAY_MS, T0
+    later = tmp_path / "later.csv"
+    later.write_text("\n".join([HEADER] + [log_row(user_id=1, video_id=20 + i, time_ms=T0 + DAY_MS + 1000 * i)
+                                           for i in range(3)]) + "\n")
+    new = tmp_path / "new.csv"
+    new.write_text("\n".join([HEADER] + [log_row(user_id=1, video_id=10 + i, time_ms=T0 + 1000 * i)
+                                         for i in range(2)]) + "\n")
+    meta = build_examples.run(["--input", str(new), "--output", str(tmp_path / "out"), "--history_input",
+                               str(later), "--history_length", "2", "--eval_days", "0"])
+    h = meta["rows"]["history_rows"]
+    assert (h["input"], h["context"], h["beyond_window"], h["later_than_new_rows"]) == (3, 2, 1, 2)
+    assert meta["rows"]["train_examples"] == 2
