@@ -139,7 +139,8 @@ def incremental(args):
 def resolve_history(args, files):
     """What an incremental run reads as history (None for a full run): ``{"files", "empty_files",
     "state", "state_files", "state_summary"}``; :class:`InputError` on a glob matching nothing, a
-    file also in ``--input``, or an unusable state (``history_context.read_state_summary``)."""
+    file also in ``--input``, an unusable state (``history_context.read_state_summary``) or one
+    that already holds an ``--input`` file's rows."""
     if not incremental(args):
         return None
     found, empty = inputs.resolve(args.history_input, "--history_input", need_rows=False) if args.history_input \
@@ -150,6 +151,7 @@ def resolve_history(args, files):
     out = {"files": found, "empty_files": empty, "state": None, "state_files": [], "state_summary": None}
     if args.history_state is not None:
         summary, pattern = history_context.read_state_summary(args.history_state, args.history_length)
+        history_context.check_not_in_state(summary, args.history_state, [f.path for f in files])
         state_files, _ = inputs.resolve([pattern], "--history_state", need_rows=False) if summary["rows"] else ([], [])
         out.update(state=args.history_state.rstrip("/"), state_files=state_files, state_summary=summary)
     return out
@@ -200,7 +202,8 @@ def build(pipeline, args, command, options_dict, files=None, out=None, tables=No
     stats | "WriteCorpus" >> WriteCorpus(out, paths)
     stats | "WriteSummary" >> WriteSummary(out, paths, meta_kwargs, args.vocab_min_count)
     if state_out is not None:
-        (examples.state, stats) | "WriteHistoryState" >> WriteHistoryState(state_out.rstrip("/"), args.history_length)
+        (examples.state, stats) | "WriteHistoryState" >> WriteHistoryState(
+            state_out.rstrip("/"), args.history_length, [f.path for f in files])
     return pipeline
 
 

@@ -20,7 +20,10 @@ the days before, so the next day's job reads a small folder instead of every ear
     at most L rows per user: read back through the same reader and checks as any log.
 ``DIR/state.json``
     ``{"format": 1, "history_length": L, "users": n, "rows": n, "last_date": YYYYMMDD,
-    "ids": {feature: {id: count}}, "video_duration_ms": {video_id: ms}}``: ``ids`` are the
+    "inputs": [the run's --input files], "ids": {feature: {id: count}}, "video_duration_ms":
+    {video_id: ms}}``: ``inputs`` lets the next run refuse a file already in the state (a day
+    re-run with its own state instead of the day before's, whose rows would all be
+    duplicates); ``ids`` are the
     counts the run's vocabularies were made of (its train examples and its history), carried so
     that an id seen only on earlier days keeps its vocabulary entry; ``video_duration_ms`` the
     longest duration logged per video, so that the corpus keeps earlier days' videos.
@@ -166,13 +169,29 @@ def state_stats(summary):
             "video_duration_ms": {int(k): int(v) for k, v in summary.get("video_duration_ms", {}).items()}}
 
 
-def write_state_summary(stats, state_dir, history_length):
+def same_file(path):
+    """A path as compared between runs (local paths made absolute)."""
+    import os
+    return path if "://" in path else os.path.abspath(path)
+
+
+def check_not_in_state(summary, state_dir, input_paths):
+    """:class:`InputError` when an ``--input`` file was already read into the state."""
+    done = {same_file(p) for p in summary.get("inputs", [])}
+    again = [p for p in input_paths if same_file(p) in done]
+    if again:
+        raise InputError(f"{again[0]} was already read into --history_state {state_dir!r} (its rows are in the "
+                         "state): give the state written by the day before")
+
+
+def write_state_summary(stats, state_dir, history_length, input_paths=()):
     """``DIR/state.json`` from the run's merged statistics (runs once)."""
     from beam_pipelines.outputs import write_text
     state = stats.get("state", {})
     summary = {"format": STATE_FORMAT, "history_length": int(history_length), "users": int(state.get("users", 0)),
                "rows": int(state.get("rows", 0)), "last_date": max((int(d) for d in stats.get("dates", {})),
                                                                    default=None),
+               "inputs": [same_file(p) for p in input_paths],
                "ids": {f: {str(k): int(v) for k, v in sorted(c.items())} for f, c in sorted(stats.get("ids", {}).items())},
                "video_duration_ms": {str(k): int(v) for k, v in sorted(stats.get("video_duration_ms", {}).items())}}
     write_text(f"{state_dir}/{STATE_SUMMARY}", json.dumps(summary) + "\n")
@@ -187,19 +206,22 @@ class WriteHistoryState(beam.PTransform):
     Args:
       state_dir: the folder written (a staging folder that the launcher swaps in).
       history_length: L, recorded in ``state.json``.
+      input_paths: the run's ``--input`` files, recorded in ``state.json``.
     """
 
-    def __init__(self, state_dir, history_length):
+    def __init__(self, state_dir, history_length, input_paths=()):
         super().__init__()
         self.state_dir = state_dir
         self.history_length = history_length
+        self.input_paths = list(input_paths)
 
     def expand(self, inputs):
         lines, stats = inputs
         from apache_beam.io.filesystem import CompressionTypes
         lines | "Rows" >> beam.io.WriteToText(f"{self.state_dir}/{STATE_ROWS}", file_name_suffix=".csv.gz",
                                               header=STATE_HEADER, compression_type=CompressionTypes.GZIP)
-        return stats | "Summary" >> beam.Map(write_state_summary, self.state_dir, self.history_length)
+        return stats | "Summary" >> beam.Map(write_state_summary, self.state_dir, self.history_length,
+                                             self.input_paths)
 
 
 def later_than_new(values, history_mask):

@@ -55,7 +55,10 @@ def runs(days):
         _job(log_dir, root / f"chain_{d}", paths[d - 1:d], "--history_state", str(root / f"state_{d - 1}"),
              "--write_history_state", str(root / f"state_{d}"))
     from_state = _job(log_dir, root / "from_state", paths[-1:], "--history_state", str(root / "state_3"))
-    return root, split, {"full": full, "from_logs": from_logs, "from_state": from_state}
+    # users cut into pieces of 7 rows (history rows sorted among them), on two worker processes
+    pieces = _job(log_dir, root / "pieces", paths[-1:], "--history_input", ",".join(paths[:-1]),
+                  "--encode_batch", "7", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    return root, split, {"full": full, "from_logs": from_logs, "from_state": from_state, "pieces": pieces}
 
 
 def _columns(folder):
@@ -80,8 +83,10 @@ def test_last_day_equals_the_full_job_row_for_row(runs):
             np.testing.assert_array_equal(got[feature], full[feature], err_msg=f"{name}: {feature}")
         # windows reach into the earlier days: the history is really there
         assert (got["hist_len"] == L).all() and (got["hist_age_s"][:, -1] > 0).any()
-    # the same serialised records, byte for byte, both ways
-    assert read_records(str(root / "from_logs"), "train") == read_records(str(root / "from_state"), "train")
+    # the same serialised records, byte for byte, every way
+    records = read_records(str(root / "from_logs"), "train")
+    assert records == read_records(str(root / "from_state"), "train") == read_records(str(root / "pieces"), "train")
+    assert meta["pieces"]["rows"]["history_rows"] == meta["from_logs"]["rows"]["history_rows"]
     assert not os.path.isdir(root / "from_logs" / "eval") or not read_records(str(root / "from_logs"), "eval")
 
 
@@ -168,6 +173,9 @@ def test_history_errors_are_one_line_and_touch_nothing(days, tmp_path):
     assert json.loads((state / "state.json").read_text())["history_length"] == 3
     with pytest.raises(InputError, match=r"holds the last 3 events per user, fewer than --history_length 6"):
         build_examples.run(base + ["--history_state", str(state)])
+    with pytest.raises(InputError, match=r"day_\d+\.csv was already read into --history_state .*the day before"):
+        build_examples.run(["--input", paths[0], "--output", str(tmp_path / "out"), "--history_length", "3",
+                            "--history_state", str(state)])
     with pytest.raises(InputError, match=r"--write_history_state '.*' is not empty .*--overwrite"):
         build_examples.run(base + ["--write_history_state", str(state)])
     assert not (tmp_path / "out").exists()
@@ -219,3 +227,23 @@ def test_history_later_than_new_rows_is_counted(tmp_path):
     h = meta["rows"]["history_rows"]
     assert (h["input"], h["context"], h["beyond_window"], h["later_than_new_rows"]) == (3, 2, 1, 2)
     assert meta["rows"]["train_examples"] == 2
+
+
+def test_an_event_in_both_the_history_and_the_new_rows_is_a_duplicate_of_the_new_rows(tmp_path):
+    from tests.log_rows import DAY_MS, T0
+    seen = log_row(user_id=1, video_id=10, time_ms=T0 + DAY_MS)
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join([HEADER, log_row(user_id=1, video_id=9, time_ms=T0), seen]) + "\n")
+    new = tmp_path / "new.csv"
+    new.write_text("\n".join([HEADER, seen, log_row(user_id=1, video_id=11, time_ms=T0 + DAY_MS + 5000)]) + "\n")
+    meta = build_examples.run(["--input", str(new), "--output", str(tmp_path / "out"), "--history_input", str(old),
+                               "--history_length", "5", "--eval_days", "0"])
+    rows = meta["rows"]
+    assert rows["dead_letter_by_reason"] == {"duplicate_event": 1} and rows["train_examples"] == 1
+    assert rows["input"] == rows["used"] + rows["dead_letter"]
+    assert rows["history_rows"]["context"] == 2 and rows["history_rows"]["dead_letter"] == 0
+    (dead,) = [json.loads(x) for p in (tmp_path / "out" / "dead_letter").glob("rows-*") for x in p.read_text().splitlines()]
+    assert dead["source"].startswith(str(new) + ":")
+    from tfrec_kuai.data import examples as data
+    (batch,) = list(data.make_dataset(str(tmp_path / "out"), "train", batch_size=8))
+    assert batch["hist_video_id"].numpy()[0, :3].tolist() == [10, 9, -1]
