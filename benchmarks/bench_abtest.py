@@ -34,14 +34,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import tfrec_kuai  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
-import numpy as np  # noqa: E402
+import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
 
-from tfrec_kuai.online.policies import make_policy, resolve_export  # noqa: E402
-from tfrec_kuai.online.served import LocalServer  # noqa: E402
-from tfrec_kuai.online.worldlog import read_world_log  # noqa: E402
-from tfrec_kuai.schema import COLUMN_INDEX  # noqa: E402
-from tfrec_kuai.sim.world import World  # noqa: E402
+from tfrec_kuai.online.policies import make_policy, resolve_export
+from tfrec_kuai.online.served import LocalServer
+from tfrec_kuai.online.worldlog import read_world_log
+from tfrec_kuai.schema import COLUMN_INDEX
+from tfrec_kuai.sim.world import World
 
 
 def parse_args(argv=None):

@@ -29,11 +29,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-import tfrec_kuai  # noqa: E402,F401
-from beam_pipelines import build_examples  # noqa: E402
-from tfrec_kuai.data import history  # noqa: E402
-from tfrec_kuai.schema import COLUMN_INDEX, compute_labels, feedback_bits  # noqa: E402
-from tfrec_kuai.sim.simulator import SimParams, simulate  # noqa: E402
+import tfrec_kuai  # noqa: F401
+from beam_pipelines import build_examples
+from tfrec_kuai.data import history
+from tfrec_kuai.schema import COLUMN_INDEX, compute_labels, feedback_bits
+from tfrec_kuai.sim.simulator import SimParams, simulate
 
 
 def run_job(log_dir, out, extra):

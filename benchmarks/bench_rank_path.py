@@ -27,9 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import bench_serving  # noqa: E402
+import bench_serving
 
 # The models this script times: bench_serving.py's default build (its work folder is named after them).
 HISTORY_LENGTH, IMPRESSIONS = 50, 30000

@@ -38,11 +38,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-import tfrec_kuai  # noqa: E402,F401
-import numpy as np  # noqa: E402
+import tfrec_kuai  # noqa: F401
+import numpy as np
 
-from serving.admission import DEFAULT_SLOTS, FairGate  # noqa: E402
-from serving.batching import BatchingOptions  # noqa: E402
+from serving.admission import DEFAULT_SLOTS, FairGate
+from serving.batching import BatchingOptions
 
 
 def parse_args(argv=None):
@@ -286,7 +286,8 @@ def inprocess_caller(loaded, signature, inputs, inputs_as="numpy", gate=None):
         from serving.servable import signature_runner
         run, _ = signature_runner(function)
     else:
-        run = (lambda feed: function(**feed))
+        def run(feed):
+            return function(**feed)
 
     def call():
         with gate:
@@ -486,8 +487,8 @@ def main(argv=None):
             for clients in levels:
                 for inputs_as in baselines:  # shown in the transport column
                     gate = FairGate(args.inprocess_max_concurrent_runs)  # one per cell: its threads share it
-                    make_call = (lambda signature=signature, inputs_as=inputs_as, gate=gate: inprocess_caller(
-                        loaded, signature, requests[signature], inputs_as, gate))
+                    def make_call(signature=signature, inputs_as=inputs_as, gate=gate):
+                        return inprocess_caller(loaded, signature, requests[signature], inputs_as, gate)
                     cells.append(("in-process", inputs_as, "-", signature, clients, threaded_load(make_call), None))
                 for batching in args.batching.split(","):
                     for transport in transports:
@@ -500,7 +501,7 @@ def main(argv=None):
                             load = threaded_load(lambda maker=maker, port=port, signature=signature: maker(
                                 port, args.model_name, signature, requests[signature]))
                         cells.append(("server", transport, batching, signature, clients, load, server.process.pid))
-        for mode, transport, batching, signature, clients, load, pid in cells:  # unmeasured
+        for *_, clients, load, _pid in cells:  # unmeasured
             load.first_call()  # one call alone first: XLA compiles the request's shapes once, not per thread
             load(clients, 0.0, args.warmup_seconds)
         for round_index in range(args.rounds):

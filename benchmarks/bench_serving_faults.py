@@ -38,8 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-import tfrec_kuai  # noqa: E402,F401
-import numpy as np  # noqa: E402
+import tfrec_kuai  # noqa: F401
+import numpy as np
 
 MODEL = "toy"
 

@@ -27,12 +27,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tfrec_kuai  # noqa: E402,F401
-import tensorflow as tf  # noqa: E402
+import tfrec_kuai  # noqa: F401
+import tensorflow as tf
 
-from tfrec_kuai import ops  # noqa: E402
-from tfrec_kuai.train import training  # noqa: E402
-from tfrec_kuai.config import Config, load_config  # noqa: E402
+from tfrec_kuai import ops
+from tfrec_kuai.train import training
+from tfrec_kuai.config import Config, load_config
 
 
 class _Timer(tf.keras.callbacks.Callback):

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import statistics
-import sys
 
 VARIANTS = ("full", "no_history", "no_feedback", "no_context", "shared_bottom")
 COLUMNS = (("auc_skip", "skip AUC"), ("gauc_skip", "skip GAUC"), ("auc_long", "long-view AUC"),

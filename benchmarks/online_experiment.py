@@ -27,8 +27,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tfrec_kuai.online.abtest import run_abtest  # noqa: E402
-from tfrec_kuai.online.policies import Blend  # noqa: E402
+from tfrec_kuai.online.abtest import run_abtest
+from tfrec_kuai.online.policies import Blend
 
 VARIANTS = ("full", "no_feedback", "shared_bottom")
 BASELINES = ("popular", "random", "logging", "oracle")

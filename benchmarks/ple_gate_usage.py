@@ -18,11 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
+import numpy as np
 
-from skip_gap_analysis import model_inputs, validation_date, validation_day_batches  # noqa: E402
-from tfrec_kuai.train import training  # noqa: E402
-from tfrec_kuai.models.ranking import PLE, TASK_GROUPS  # noqa: E402
+from skip_gap_analysis import model_inputs, validation_date, validation_day_batches
+from tfrec_kuai.train import training
+from tfrec_kuai.models.ranking import PLE, TASK_GROUPS
 
 
 def linear_cka(x, y):

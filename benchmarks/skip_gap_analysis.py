@@ -21,15 +21,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
+import numpy as np
 
-import tfrec_kuai  # noqa: E402,F401
-import tensorflow as tf  # noqa: E402
+import tfrec_kuai  # noqa: F401
+import tensorflow as tf
 
-from tfrec_kuai.data import examples  # noqa: E402
-from tfrec_kuai.evaluate import evaluation as E  # noqa: E402
-from tfrec_kuai.train import training  # noqa: E402
-from tfrec_kuai.sim import behaviour  # noqa: E402
+from tfrec_kuai.data import examples
+from tfrec_kuai.evaluate import evaluation as E
+from tfrec_kuai.train import training
+from tfrec_kuai.sim import behaviour
 
 
 def logit(p):

@@ -14,7 +14,7 @@ import time
 
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, text_format, wrappers_pb2  # noqa: F401
+from google.protobuf import descriptor_pb2, descriptor_pool, text_format, wrappers_pb2
 from google.protobuf import message_factory
 
 from serving.errors import ServingError, invalid_argument

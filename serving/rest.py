@@ -236,9 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         try:
             body = self._read_body()
-        except _BadBody as bad:
-            if self._timed_out:
-                bad = _BadBody(408, f"request body not received within {self.timeout:g} s")
+        except _BadBody as error:
+            bad = _BadBody(408, f"request body not received within {self.timeout:g} s") if self._timed_out else error
             self.close_connection = True
             try:
                 self._send(bad.status, {"error": bad.message}, close=True)

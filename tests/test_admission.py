@@ -40,7 +40,7 @@ def _hold_in_turn(gate, threads):
         thread = threading.Thread(target=hold, args=(i,))
         thread.start()
         started.append(thread)
-        assert _wait_until(lambda: len(order) + gate.waiting() == i + 1)
+        assert _wait_until(lambda i=i: len(order) + gate.waiting() == i + 1)
     assert order == list(range(min(gate.slots, threads))) and gate.waiting() == max(0, threads - gate.slots)
     release.set()
     for thread in started:

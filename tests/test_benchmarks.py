@@ -10,7 +10,7 @@ from tfrec_kuai.train import training
 from tfrec_kuai.config import load_config
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import bench_serving  # noqa: E402
+import bench_serving
 
 
 def test_models_built_by_another_default_are_rebuilt_and_their_exports_dropped(tiny_examples_dir, tmp_path):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import experiment_table  # noqa: E402
+import experiment_table
 
 # Two-sided 90 % and 95 % critical values of Student's t (any statistics textbook's table).
 T_TABLE = {1: (6.314, 12.706), 2: (2.920, 4.303), 3: (2.353, 3.182), 4: (2.132, 2.776), 5: (2.015, 2.571),

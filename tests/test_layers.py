@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import tfrec_kuai  # noqa: F401
-import tensorflow as tf
 
 from tfrec_kuai.layers import (BucketEmbedding, CascadeHeads, CGCLayer, DurationAwareWatchHead,
                                FeedbackAwareEncoder, IdEmbedding, ModuloEmbedding, SharedBottom, feedback_features,

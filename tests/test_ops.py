@@ -410,7 +410,7 @@ def test_runtime_checks_with_unknown_static_shapes():
     """Shapes only known at run time still get InvalidArgument naming the input."""
     spec = [tf.TensorSpec(None, tf.float32)] * 5 + [tf.TensorSpec(None, tf.int32)]
     for implementation in ("fused", "composite"):
-        f = tf.function(lambda *a: ops.feedback_weighted_attention(*a, scale=0.5, implementation=implementation),
+        f = tf.function(lambda *a: ops.feedback_weighted_attention(*a, scale=0.5, implementation=implementation),  # noqa: B023  (traced in this iteration)
                         input_signature=spec)
         x = _good()
         x[5] = np.array([0, 9, 2], np.int32)
@@ -421,7 +421,7 @@ def test_runtime_checks_with_unknown_static_shapes():
                              (4, "gate", np.s_[..., None])):
             x = _good()
             x[i] = x[i][cut]
-            f = tf.function(lambda *a: ops.feedback_weighted_attention(*a, scale=0.5, implementation=implementation),
+            f = tf.function(lambda *a: ops.feedback_weighted_attention(*a, scale=0.5, implementation=implementation),  # noqa: B023  (traced in this iteration)
                             input_signature=spec)
             with pytest.raises(tf.errors.InvalidArgumentError, match=name):
                 f(*x)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import ple_gate_usage  # noqa: E402
-from skip_gap_analysis import model_inputs  # noqa: E402
+import ple_gate_usage
+from skip_gap_analysis import model_inputs
 
 from tests.fixtures_model import tiny_config
 from tfrec_kuai.data import examples

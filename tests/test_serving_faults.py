@@ -29,7 +29,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.server import start_in_process
 from tests.fixtures_serving import GRPC_TRANSPORTS, TOY_MODEL_NAME, free_port, require_transport
 from tests.test_serving import IDS, X, good_predict, http, predict_request
-from tests.test_serving_lifecycle import base, served_version, statuses, stubs, wait_for  # noqa: F401  (base: a fixture)
+from tests.test_serving_lifecycle import served_version, statuses, stubs, wait_for
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 LOADING = get_model_status_pb2.ModelVersionStatus.LOADING

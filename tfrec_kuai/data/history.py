@@ -25,7 +25,7 @@ _warned = False
 
 def native_available():
     try:
-        from tfrec_kuai import _native  # noqa: F401
+        from tfrec_kuai import _native
     except ImportError:
         return False
     return hasattr(_native, "build_history_windows")
@@ -89,7 +89,7 @@ def build_history_windows(time_ms, video_id, author_id, tag, play_s, duration_s,
         native = _native.build_history_windows
     except (ImportError, AttributeError):
         if implementation == "native":
-            raise ImportError("tfrec_kuai._native is not built: run `pip install --no-build-isolation -e .`")
+            raise ImportError("tfrec_kuai._native is not built: run `pip install --no-build-isolation -e .`") from None
         if not _warned:
             logging.warning("tfrec_kuai._native is not built; using the slow pure-Python history builder")
             _warned = True

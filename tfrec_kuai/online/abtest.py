@@ -160,7 +160,7 @@ def _serve_arms(world_dir, world, log_rows, user_ids, arms, policies, days, seed
     os.makedirs(output, exist_ok=True)
     authors = world.catalogue.author_id
     results = {}
-    for index, ((name, spec), policy) in enumerate(zip(arms, policies)):
+    for index, ((name, _), policy) in enumerate(zip(arms, policies)):
         mine = user_ids if paired else user_ids[assignment == index]
         with tqdm(total=len(mine) * days, unit="user-day", desc=f"abtest {name}", disable=not progress) as bar:
             sums, shown, profile = run_arm(world, policy, mine, log_rows, days, page_size, chunk_users,

@@ -35,7 +35,7 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
-from tfrec_kuai.config import Config, ModelConfig
+from tfrec_kuai.config import Config
 from tfrec_kuai.errors import InputError
 from tfrec_kuai.models import RankingModel, RetrievalModel
 from tfrec_kuai.schema import CORPUS_FEATURES, VOCAB_FEATURES
