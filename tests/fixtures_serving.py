@@ -116,6 +116,15 @@ def toy_base(toy_versions, tmp_path_factory):
 GRPC_TRANSPORTS = ("native", "python")
 
 
+@pytest.fixture
+def base(tmp_path, toy_versions):
+    """A fresh base path of the toy model holding version 1 (a test adds, breaks or removes versions)."""
+    path = tmp_path / TOY_MODEL_NAME
+    path.mkdir()
+    publish_version(toy_versions[1], str(path), 1)
+    return str(path)
+
+
 def require_transport(transport):
     """Fail (or skip where native parts may be missing) when ``transport`` is not built here."""
     from serving import native_grpc

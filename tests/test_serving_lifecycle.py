@@ -54,14 +54,6 @@ def wait_for(condition, timeout=30.0):
     return False
 
 
-@pytest.fixture
-def base(tmp_path, toy_versions):
-    path = tmp_path / TOY_MODEL_NAME
-    path.mkdir()
-    publish_version(toy_versions[1], str(path), 1)
-    return str(path)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("batching", ["false", "true"])
 def test_hot_swap_under_concurrent_load_then_broken_version(base, toy_versions, batching):

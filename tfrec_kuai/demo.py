@@ -115,29 +115,10 @@ class ServerProcess:
         return self
 
     def wait_available(self, timeout_s=180):
-        """Polls GetModelStatus (official stub) until a version is AVAILABLE (that is, warm)."""
-        import grpc
-        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+        """Until the model's versions are AVAILABLE (that is, warm): ``serving/readiness.py``."""
+        from serving.readiness import wait_until_available
 
-        deadline = time.time() + timeout_s
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = self.model_name
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with status {self.process.returncode}")
-            try:
-                response = stub.GetModelStatus(request, timeout=2)
-                states = [get_model_status_pb2.ModelVersionStatus.State.Name(s.state) for s in response.model_version_status]
-                if "AVAILABLE" in states:
-                    channel.close()
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.5)
-        channel.close()
-        raise TimeoutError(f"no version became AVAILABLE within {timeout_s} s")
+        wait_until_available(f"127.0.0.1:{self.port}", [self.model_name], self.process, timeout_s, poll_s=0.5)
 
     def __exit__(self, *exc):
         if self.process and self.process.poll() is None:

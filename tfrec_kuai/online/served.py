@@ -196,34 +196,13 @@ class LocalServer:
         raise self._failure(f"did not listen within {self.ready_timeout:.0f} s")
 
     def _wait_available(self):
-        """Until GetModelStatus says every model's version is AVAILABLE."""
-        import grpc
-        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+        """Until every model's versions are AVAILABLE (``serving/readiness.py``)."""
+        from serving.readiness import NotReady, wait_until_available
 
-        deadline = time.time() + self.ready_timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = model_service_pb2_grpc.ModelServiceStub(channel)
-            for name in self.models:
-                request = get_model_status_pb2.GetModelStatusRequest()
-                request.model_spec.name = name
-                while True:
-                    if self.process.poll() is not None:
-                        raise self._failure(f"exited with status {self.process.returncode}")
-                    try:
-                        states = stub.GetModelStatus(request, timeout=5.0).model_version_status
-                        ended = [s for s in states if s.state == get_model_status_pb2.ModelVersionStatus.END]
-                        if ended:
-                            raise InputError(f"the A/B test's model server could not load {name!r}: "
-                                             f"{ended[0].status.error_message or 'version ended'}")
-                        if states and all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
-                                          for s in states):
-                            break
-                    except grpc.RpcError:
-                        pass
-                    if time.time() > deadline:
-                        raise self._failure(f"did not make model {name!r} AVAILABLE within "
-                                            f"{self.ready_timeout:.0f} s")
-                    time.sleep(0.2)
+        try:
+            wait_until_available(self.address, list(self.models), self.process, self.ready_timeout)
+        except NotReady as error:
+            raise self._failure(f"did not serve: {error}") from None
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
