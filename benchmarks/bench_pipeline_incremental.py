@@ -11,7 +11,7 @@ by the full job, which writes the history state; then for each day d >= 2, in th
 
 Both on the in-process DirectRunner, ``--eval_days 0`` (the loop's case: every new row trains),
 the median of ``--runs`` runs each. The daily loop needs (a) flat in d (day 7 within 1.3x of
-day 2, docs/design.md §10); (b) grows with d. Prints the table (and ``--json FILE`` writes it).
+day 2, docs/design.md §10); (b) grows with d. Prints the table and writes it to ``--output``.
 Not a test: run it by hand on an idle machine; numbers depend on what else runs.
 """
 from __future__ import annotations
@@ -62,7 +62,9 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=1, help="runs per day and mode (the median is printed)")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
-    parser.add_argument("--json", default=None, help="also write the table here")
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
+                                                      "bench_pipeline_incremental.json"),
+                        help="JSON file the table is written to (default: benchmarks/out/, not tracked)")
     args = parser.parse_args(argv)
     if args.days < 2:
         parser.error("--days must be >= 2")
@@ -104,9 +106,10 @@ def main(argv=None):
               f"{r['full_s']:.2f} | {r['full_s'] / max(r['incremental_s'], 1e-9):.2f} |")
     first, last = table[0]["incremental_s"], table[-1]["incremental_s"]
     print(f"\nincremental: day {table[-1]['day']} / day {table[0]['day']} = {last / max(first, 1e-9):.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"setup": vars(args), "days": table}, f, indent=2)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump({"setup": vars(args), "days": table}, f, indent=2)
+    print(f"written to {args.output}")
     return 0
 
 

@@ -247,3 +247,48 @@ def test_an_event_in_both_the_history_and_the_new_rows_is_a_duplicate_of_the_new
     from tfrec_kuai.data import examples as data
     (batch,) = list(data.make_dataset(str(tmp_path / "out"), "train", batch_size=8))
     assert batch["hist_video_id"].numpy()[0, :3].tolist() == [10, 9, -1]
+
+
+def _rows(*events):
+    """[k, 19] rows of user 1: ``(video_id, time offset ms, play ms)`` each."""
+    from beam_pipelines import validation
+    from tests.log_rows import T0
+    lines = [log_row(user_id=1, video_id=v, time_ms=T0 + t, play_time_ms=p).encode() for v, t, p in events]
+    values, _, rejects = validation.validate_lines(lines)
+    assert not rejects
+    return values
+
+
+def test_cut_keeps_the_last_l_distinct_events_and_the_first_copy_read():
+    from beam_pipelines import history_context
+    from tfrec_kuai.schema import COLUMN_INDEX as C
+    a = _rows((1, 0, 1000), (2, 10, 1000), (3, 20, 1000), (4, 30, 1111))
+    b = _rows((4, 30, 2222), (5, 40, 1000), (0, 5, 1000))
+    part = lambda path, v: {"paths": (path,), "values": v, "source": np.zeros(len(v), np.int64),  # noqa: E731
+                            "offsets": np.arange(len(v), dtype=np.int64) * 100, "beyond_window": 0,
+                            "duplicates": []}
+    # "b.csv" is read after "a.csv" whichever part comes first: a's copy of (4, 30) is kept
+    for parts in ([part("a.csv", a), part("b.csv", b)], [part("b.csv", b), part("a.csv", a)]):
+        got = history_context.cut(parts, 3)
+        assert got["values"][:, C["video_id"]].tolist() == [3, 4, 5]
+        assert got["values"][1, C["play_time_ms"]] == 1111
+        assert got["beyond_window"] == 3 and got["paths"] == ("a.csv", "b.csv")
+        assert [(p, o) for p, o, _ in got["duplicates"]] == [("b.csv", 0)]
+        assert [got["paths"][s] for s in got["source"]] == ["a.csv", "a.csv", "b.csv"]
+
+
+def test_last_events_keeps_each_users_last_l_rows():
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing import test_pipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_pipelines.history_context import LastEvents
+
+    options = PipelineOptions(["--runner=DirectRunner"])
+    groups = [(1, ("a.csv", _rows((v, 1000 * v, 1000)), np.arange(1, dtype=np.int64) + v)) for v in range(10)]
+    groups.append((2, ("a.csv", _rows((7, 0, 1000)), np.zeros(1, np.int64))))
+    with test_pipeline.TestPipeline(runner=build_examples.local_runner(options), options=options) as p:
+        out = (p | beam.Create(groups) | LastEvents(4)
+               | beam.Map(lambda kv: (kv[0], kv[1]["values"][:, 1].tolist(), kv[1]["beyond_window"])))
+        assert_that(out, equal_to([(1, [6, 7, 8, 9], 6), (2, [7], 0)]))
