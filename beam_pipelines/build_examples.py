@@ -1,6 +1,7 @@
 """KuaiRand-format logs -> the examples folder of docs/design.md §6 (Apache Beam).
 
     python -m beam_pipelines.build_examples --input 'DIR/log_*.csv' --output OUT \\
+        [--history_input GLOB] [--history_state DIR] [--write_history_state DIR] \\
         [--video_features F] [--user_features F] [--history_length 50] [--eval_days 1] \\
         [--vocab_min_count 1] [any Beam pipeline option, e.g. --direct_num_workers=2
         --direct_running_mode=multi_processing, or --runner=DataflowRunner --project ... ]
@@ -20,6 +21,13 @@ The job, as its chain of named transforms (each in its own module, each tested o
    rejected row, ``MergeStats`` (``stats.py``) the per-block and per-bundle statistics, merged once
    into ``WriteCorpus`` and ``WriteSummary`` (``outputs.py``): the corpus, the vocabularies and
    ``metadata.json``, which reconciles rows in = rows used + dead letters.
+
+An incremental run (the daily loop: ``--history_input`` earlier logs and/or ``--history_state``
+the folder the day before wrote with ``--write_history_state``) reads the history with the same
+``ReadLogs`` (counted apart, under ``history_rows``), cuts it to each user's last L events before
+the shuffle (``history_context.LastEvents``) and feeds it to ``ExamplesByUser`` as context only:
+the new day's examples equal that day's examples of the full job over every day, at a cost that
+does not grow with the days before (docs/data.md, *Incremental runs*).
 
 Before any of that the launcher checks what it was given (``inputs.py``: every glob matches a
 file with rows, every header names the 19 columns; the side tables have their id columns; the
