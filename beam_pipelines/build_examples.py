@@ -47,24 +47,24 @@ if __name__ == "__main__":
 
     quiet_log_level(verbose="--verbose" in sys.argv[1:])
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import shlex  # noqa: E402
+import argparse
+import json
+import logging
+import shlex
 
-import apache_beam as beam  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import COUNTER_NAMESPACE, InputError, history_context, inputs, output_folder  # noqa: E402
-from beam_pipelines.date_split import EvalDates  # noqa: E402
-from beam_pipelines.dead_letter import WriteDeadLetter  # noqa: E402
-from beam_pipelines.examples_by_user import ExamplesByUser  # noqa: E402
-from beam_pipelines.history_context import WriteHistoryState  # noqa: E402
-from beam_pipelines.outputs import WriteCorpus, WriteSummary, WriteTFRecords  # noqa: E402
-from beam_pipelines.read_logs import ReadLogs  # noqa: E402
-from beam_pipelines.side_tables import SideTablePaths, side_information  # noqa: E402
-from beam_pipelines.stats import MergeStats  # noqa: E402
-from tfrec_kuai.schema import example_feature_spec  # noqa: E402
+from beam_pipelines import COUNTER_NAMESPACE, InputError, history_context, inputs, output_folder
+from beam_pipelines.date_split import EvalDates
+from beam_pipelines.dead_letter import WriteDeadLetter
+from beam_pipelines.examples_by_user import ExamplesByUser
+from beam_pipelines.history_context import WriteHistoryState
+from beam_pipelines.outputs import WriteCorpus, WriteSummary, WriteTFRecords
+from beam_pipelines.read_logs import ReadLogs
+from beam_pipelines.side_tables import SideTablePaths, side_information
+from beam_pipelines.stats import MergeStats
+from tfrec_kuai.schema import example_feature_spec
 
 PROG = "build_examples"
 
@@ -129,7 +129,7 @@ def unknown_beam_flags(beam_args):
     for cls in PipelineOptions.__subclasses__():
         classes.setdefault(str(cls), cls)
     for cls in classes.values():
-        cls._add_argparse_args(parser)  # noqa: SLF001  (how PipelineOptions.get_all_options collects them)
+        cls._add_argparse_args(parser)  # how PipelineOptions.get_all_options collects them
     _, unknown = parser.parse_known_args(beam_args)
     return unknown
 

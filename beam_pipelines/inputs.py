@@ -149,7 +149,7 @@ def match(pattern, flag="--input"):
                          f"{os.path.join(pattern, '*.csv')!r}")
     try:
         found = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError, or ValueError for an unknown scheme)
+    except Exception as e:  # Beam raises BeamIOError, or ValueError for an unknown scheme
         raise InputError(f"{flag} {pattern!r}: {e}") from None
     files = [(m.path, m.size_in_bytes) for m in found if not (_is_local(m.path) and os.path.isdir(m.path))]
     if not files:

@@ -27,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-import tfrec_kuai  # noqa: E402,F401
-from beam_pipelines import build_examples  # noqa: E402
-from tests.log_rows import split_by_date  # noqa: E402
-from tfrec_kuai.sim.simulator import SimParams, simulate  # noqa: E402
+import tfrec_kuai  # noqa: F401
+from beam_pipelines import build_examples
+from tests.log_rows import split_by_date
+from tfrec_kuai.sim.simulator import SimParams, simulate
 
 
 def job(log_dir, out, inputs, history_length, extra=()):
