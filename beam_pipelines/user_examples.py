@@ -77,40 +77,47 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
     play_s = (play / 1000.0).astype(np.float32)
     feedback = feedback_bits(labels)
     time_ms = values[:, C["time_ms"]]
-    windows = {k: np.empty((n, L), np.float32 if k in ("hist_play_s", "hist_duration_s", "hist_age_s") else np.int64)
+    # Rows that yield an example: not picture posts, not context. Only theirs get windows: a
+    # request (one target after hundreds of context rows) must not pay for [rows, L] of every row.
+    keep = ~picture
+    if any(isinstance(context, np.ndarray) or context for _, context in items):
+        keep &= np.concatenate([target_mask(r, context) for r, context in items])
+    m = int(keep.sum())
+    windows = {k: np.empty((m, L), np.float32 if k in ("hist_play_s", "hist_duration_s", "hist_age_s") else np.int64)
                for k in history.OUTPUT_KEYS if k != "hist_len"}
-    windows["hist_len"] = np.empty(n, np.int64)
-    start = 0
+    windows["hist_len"] = np.empty(m, np.int64)
+    start = out = 0
     for rows in user_rows:
         end = start + len(rows)
-        if end > start:
+        kept = keep[start:end]
+        count = int(kept.sum())
+        if count:
             part = history.build_history_windows(time_ms[start:end], video_id[start:end], author_id[start:end],
                                                  tag[start:end], play_s[start:end], duration_s[start:end],
                                                  feedback[start:end], L, implementation=implementation)
             for k, v in part.items():
-                windows[k][start:end] = v
-        start = end
+                windows[k][out:out + count] = v if count == len(rows) else v[kept]
+        start, out = end, out + count
     cols = {
         "user_id": values[:, C["user_id"]], "video_id": video_id, "author_id": author_id, "tag": tag,
         "hour": values[:, C["hourmin"]] // 100, "tab": values[:, C["tab"]], "date": values[:, C["date"]],
         "time_ms": time_ms, "is_rand": values[:, C["is_rand"]], "duration_s": duration_s,
     }
-    cols.update(windows)
+    after = {}           # after the windows, in the columns' order of §6
     if user_table is not None and n:
         # a user the table lacks gets -1 in every column, as an empty cell
         pos, found = user_table.index(values[:, C["user_id"]])
         for name, column in user_table.columns.items():
-            cols[name] = np.where(found, column[pos], -1).astype(column.dtype) if len(column) else \
+            after[name] = np.where(found, column[pos], -1).astype(column.dtype) if len(column) else \
                 np.full(n, -1, column.dtype)
     for name in BINARY_LABELS + ("watch_s", "watch_ratio"):
-        cols[f"label_{name}"] = labels[name]
+        after[f"label_{name}"] = labels[name]
     is_eval = np.isin(split_date(time_ms), np.asarray(sorted(eval_dates), dtype=np.int64))
-    keep = ~picture
-    if any(isinstance(context, np.ndarray) or context for _, context in items):
-        keep &= np.concatenate([target_mask(r, context) for r, context in items])
-    if not keep.all():
+    if m != n:
         cols = {k: v[keep] for k, v in cols.items()}
+        after = {k: v[keep] for k, v in after.items()}
         is_eval = is_eval[keep]
+    cols = {**cols, **windows, **after}
     return cols, is_eval
 
 
