@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Every core (pytest-xdist); a test module runs whole in one worker (tests/conftest.py).
 PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
 
-.PHONY: all install build test test-fast demo bench asan clean
+.PHONY: all install build lint test test-fast demo bench asan clean
 
 all: test
 
@@ -23,11 +23,15 @@ install: $(VENV)/.deps
 
 build: install
 
-test: install
+# ruff.toml says what is checked: pyflakes, pycodestyle, bugbear, and no stale `# noqa`.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
 
 # Skips tests marked slow (the full suite, `make test`, runs them).
-test-fast: install
+test-fast: install lint
 	$(PY) -m pytest $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS) tests
 
 demo: install
@@ -41,6 +45,7 @@ bench: install $(BENCH_OUT)/examples/metadata.json
 	$(PY) benchmarks/bench_pipeline.py --impressions 1000000 --runs 3 --markdown
 	$(PY) benchmarks/bench_training.py --examples $(BENCH_OUT)/examples --output $(BENCH_OUT)/bench_training.jsonl
 	$(PY) benchmarks/bench_serving.py --output $(BENCH_OUT)/results_serving.json
+	$(PY) benchmarks/bench_abtest.py --output $(BENCH_OUT)/bench_abtest.json
 
 # The training benchmark's examples: 200 k simulated impressions through the Beam job (L = 50).
 $(BENCH_OUT)/examples/metadata.json: | install
