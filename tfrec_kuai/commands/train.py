@@ -1,7 +1,9 @@
 """``tfrec-kuai train``: Keras fit of the ranking or retrieval model (docs/design.md §9).
 
 Re-running the same command after a kill resumes from ``<model_dir>/backup`` and ends where an
-unbroken run ends; ``--restart`` throws the previous state away instead.
+unbroken run ends; ``--restart`` throws the previous state away instead. ``--warm_start DIR``
+starts from yesterday's model (continual training, ``tfrec_kuai.train.training``, *Warm start*);
+it resumes and restarts the same way.
 """
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
@@ -25,6 +27,9 @@ def add_arguments(parser):
                         help="what early stopping watches (default: the last training day, held out)")
     parser.add_argument("--seed", type=non_negative_int, default=None)
     parser.add_argument("--attention_implementation", choices=("auto", "fused", "composite"), default=None)
+    parser.add_argument("--warm_start", default=None, metavar="MODEL_DIR",
+                        help="start from this finished model of the same stage, variant, architecture and L "
+                             "(yesterday's): its weights, its vocabularies grown by the examples' new ids")
     parser.add_argument("--restart", action="store_true", help="delete model_dir first instead of resuming")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
@@ -48,11 +53,17 @@ def run(args):
     config = config.override("train", epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
                              max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed)
+    if args.warm_start is not None:
+        # Before --restart deletes anything: a refused warm start leaves model_dir as it was.
+        from tfrec_kuai.data import examples
+        metadata = examples.require_examples(args.examples, "train")
+        training.check_warm_start(args.warm_start, args.model_dir, config, metadata["history_length"])
     if args.restart:
         training.clear_model_dir(args.model_dir)
     from tfrec_kuai.train.distribute import make_strategy
     strategy = make_strategy(args.distribute)  # before any other TF op: multi-worker needs that
-    history = training.train(args.examples, args.model_dir, config, verbose=args.verbose, strategy=strategy)
+    history = training.train(args.examples, args.model_dir, config, verbose=args.verbose, strategy=strategy,
+                             warm_start=args.warm_start)
     last = {k: v[-1] for k, v in history.items() if v}
     print("final epoch: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
     return 0

@@ -59,6 +59,20 @@ class IdEmbedding(tf.keras.layers.Layer):
     def call(self, ids):
         return self.embedding(self.index(ids))
 
+    def copy_rows_from(self, other):
+        """Takes the rows of ``other``, a built ``IdEmbedding`` whose vocabulary is a prefix of this
+        one's: its OOV row and every id it knows keep their rows, ids past the prefix keep the
+        rows this layer was initialised with (a warm start: yesterday's table, grown by today's
+        new ids, which the lookup appends after the old ones so no old index moves)."""
+        n, old = len(self.vocabulary), len(other.vocabulary)
+        if self.vocabulary[:old] != other.vocabulary or self.dim != other.dim:
+            raise ValueError(f"{self.name}: the vocabulary of {other.name} ({old} ids, dim {other.dim}) is not a "
+                             f"prefix of this one ({n} ids, dim {self.dim})")
+        table = self.embedding.embeddings
+        rows = table.numpy()
+        rows[:old + 1] = other.embedding.embeddings.numpy()
+        table.assign(rows)
+
     def get_config(self):
         config = super().get_config()
         config.update({"vocabulary": self.vocabulary, "dim": self.dim,

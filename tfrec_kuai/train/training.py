@@ -3,8 +3,9 @@
 A model directory holds::
 
     config.json            the Config tree (model + train), incl. variant and history length
-    examples.json          what it was trained on: the examples folder, its history length and
-                           which side tables were absent (``examples.side_information``)
+    examples.json          what it was trained on: the examples folder, its history length,
+                           which side tables were absent (``examples.side_information``) and,
+                           for a warm start, the model it started from and the ids it added
     vocab/<feature>.txt     the vocabularies the model was built with (copied from the examples)
     weights/               the final (best on validation) weights, a TF checkpoint
     checkpoints/epoch-N    per-epoch weights
@@ -22,9 +23,18 @@ checkpoint's ``train_counter`` (the number of steps already taken). Early-stoppi
 state live in ``training_state.json``, written at the epoch ends and ignored for epochs already
 counted, so they resume too.
 
+**Warm start (continual training).** ``train(..., warm_start=DIR)`` starts from the weights of
+yesterday's finished model of the same stage, variant, architecture and L. Its vocabularies are
+yesterday's, in the same order, with the new ids of today's examples appended (in the examples'
+own order: most frequent first, ties by id), so every known id keeps its embedding row; the
+tables' old rows and OOV row are copied, new rows start as a fresh model's, and every other
+weight is copied as it is (``copy_weights``). The optimizer starts afresh (Adam's moments are
+not carried). A run so started resumes after a kill like any other.
+
 **Validation is not the test set.** Early stopping and best-epoch selection watch the *last day
 of the training split* (held out from training), never the eval days that ``evaluate`` reports.
 """
+import dataclasses
 import json
 import logging
 import os
@@ -35,7 +45,7 @@ import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
-from tfrec_kuai.config import Config
+from tfrec_kuai.config import Config, ModelConfig
 from tfrec_kuai.errors import InputError
 from tfrec_kuai.models import RankingModel, RetrievalModel
 from tfrec_kuai.schema import CORPUS_FEATURES, VOCAB_FEATURES
@@ -163,6 +173,89 @@ def load_ranking_model(model_dir, attention_implementation="auto"):
 def load_retrieval_model(model_dir, attention_implementation="auto"):
     """Rebuilds the retrieval model (both towers) from ``model_dir``."""
     return _load(model_dir, "retrieval", attention_implementation)
+
+
+# ----------------------------------------------------------------------------- warm start
+
+def grown_vocabularies(old, new):
+    """Each of ``old`` (yesterday's model's vocabularies) followed by the ids of ``new`` (today's
+    examples') it lacks, in ``new``'s order — the examples' rule, most frequent first, ties by id,
+    ids under the pipeline's ``--vocab_min_count`` already left out — so the result depends on
+    the two inputs alone and an old id's index never moves. Ids of ``old`` that today's examples
+    lack stay: an id once learnt keeps its row."""
+    out = {}
+    for name in VOCAB_FEATURES:
+        known = set(old[name])
+        out[name] = list(old[name]) + [v for v in new[name] if v not in known]
+    return out
+
+
+def check_warm_start(source, model_dir, config: Config, history_length):
+    """The saved Config of ``source`` after checking that it can start a run in ``model_dir`` of
+    ``config`` on examples of ``history_length``: a folder apart from ``model_dir`` (``--restart``
+    would delete it, or part of it, otherwise), a finished model (its weights written, no run of its own in progress), of the
+    same stage, variant and L, and of the same architecture (every model field but the attention
+    implementation, which only chooses how the same weights are computed). Each refusal is an
+    ``InputError`` naming ``--warm_start``."""
+    src, dst = os.path.realpath(source), os.path.realpath(model_dir)
+    if src == dst or src.startswith(dst + os.sep) or dst.startswith(src + os.sep):
+        raise InputError(f"--warm_start {source} and --model_dir {model_dir} are one folder or one holds the other: "
+                         "a warm start writes a new model folder beside yesterday's, pass another --model_dir")
+    m = config.model
+    try:
+        saved = check_model_dir(source, stage=m.stage, variant=m.variant, history_length=history_length)
+    except InputError as error:
+        raise InputError(f"--warm_start: {error}") from None
+    if not os.path.exists(os.path.join(source, WEIGHTS + ".index")) or \
+            _read_train_counter(os.path.join(source, "backup")):
+        raise InputError(f"--warm_start {source} holds no finished model (no weights yet, or a run in progress): "
+                         "finish its training first (re-run its command) or warm start from another folder")
+    differ = [f.name for f in dataclasses.fields(ModelConfig)
+              if f.name not in ("attention_implementation", "history_length")   # L: the examples', checked above
+              and getattr(saved.model, f.name) != getattr(m, f.name)]
+    if differ:
+        what = ", ".join(f"{name} {getattr(saved.model, name)!r} (asked: {getattr(m, name)!r})" for name in differ)
+        raise InputError(f"--warm_start {source} holds a model of another architecture: {what}; pass its config "
+                         f"(--config {os.path.join(source, CONFIG_FILE)}) or train from scratch")
+    return saved
+
+
+def _id_embeddings(model):
+    """The model's ``IdEmbedding`` layers by vocabulary feature (no ``user_id`` without a user embedding)."""
+    out = {"video_id": model.item_embedding.video, "author_id": model.item_embedding.author,
+           "tag": model.item_embedding.tag}
+    if model.user_embedding is not None:
+        out["user_id"] = model.user_embedding
+    return out
+
+
+def copy_weights(source, target):
+    """Every weight of ``source`` into ``target``, a built model of the same config whose
+    vocabularies start with ``source``'s (``grown_vocabularies``).
+
+    The id tables take ``source``'s OOV row and old rows (``IdEmbedding.copy_rows_from``) and keep
+    their fresh rows for the new ids; the retrieval model's ``candidate_probability`` (q of the
+    logQ correction) is a statistic of the training data, set from today's examples instead; any
+    other weight must have its counterpart's shape. The two models are built by the same code
+    from the same config, so their weights come in the same order."""
+    tables = {}
+    for name, layer in _id_embeddings(target).items():
+        layer.copy_rows_from(_id_embeddings(source)[name])
+        tables[layer.embedding.embeddings.ref()] = name
+    skip = set(tables)
+    if isinstance(target, RetrievalModel):
+        skip.add(target.candidate_probability.ref())
+    pairs = list(zip(source.weights, target.weights))
+    if len(source.weights) != len(target.weights):
+        raise RuntimeError(f"warm start: {len(source.weights)} weights in the source model, "
+                           f"{len(target.weights)} in the new one")
+    for old, new in pairs:
+        if new.ref() in skip:
+            continue
+        if tuple(old.shape) != tuple(new.shape):
+            raise RuntimeError(f"warm start: weight {old.name} {tuple(old.shape)} does not fit {new.name} "
+                               f"{tuple(new.shape)}")
+        new.assign(old)
 
 
 # ----------------------------------------------------------------------------- input
@@ -409,8 +502,12 @@ def _read_train_counter(backup_dir):
 
 # ----------------------------------------------------------------------------- fit
 
-def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=(), log=print, strategy=None):
+def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=(), log=print, strategy=None,
+          warm_start=None):
     """Trains (or resumes training) and writes the model directory. Returns the Keras history dict.
+
+    ``warm_start``: yesterday's model folder to start from (the module docstring, *Warm start*);
+    ``model_dir`` holding an unfinished run resumes it, if that run was started the same way.
 
     ``strategy`` is a ``tf.distribute`` strategy (``tfrec_kuai.train.distribute.make_strategy``); under
     a multi-worker strategy every worker runs this same function, the global input stream is
@@ -429,7 +526,11 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0:
         raise InputError(f"epochs and batch_size must be >= 1 and learning_rate > 0, got epochs={t.epochs}, "
                          f"batch_size={t.batch_size}, learning_rate={t.learning_rate}")
-    if _read_train_counter(shared_backup_dir) and os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
+    if warm_start is not None:
+        check_warm_start(warm_start, model_dir, config, metadata["history_length"])
+    backup_dir = shared_backup_dir
+    done_steps = _read_train_counter(backup_dir)
+    if done_steps and os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
         # Resuming restores the saved weights: they must be of the model asked for now.
         saved = load_config_from_model_dir(model_dir).model
         for field in ("stage", "variant", "history_length"):
@@ -437,19 +538,42 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
                 raise InputError(f"{model_dir} holds an unfinished run of another model ({field} "
                                  f"{getattr(saved, field)!r}, asked for {getattr(config.model, field)!r}): "
                                  "pass --restart to discard it, or another --model_dir")
+        # ...and of the same vocabularies, which a warm start grows from its source.
+        started = read_examples_record(model_dir).get("warm_start", {}).get("model_dir")
+        asked = os.path.abspath(warm_start) if warm_start is not None else None
+        if started != asked:
+            def how(source):
+                return f"a warm start from {source}" if source else "a run from scratch"
+            raise InputError(f"{model_dir} holds an unfinished run of {how(started)}, asked for {how(asked)}: "
+                             "pass --restart to discard it, or another --model_dir")
     vocabularies = read_vocabularies(examples_dir)
+    record = {"examples": os.path.abspath(examples_dir), "history_length": int(metadata["history_length"]),
+              "train_examples": int(metadata["rows"]["train_examples"])}
+    source_model = None
+    if warm_start is not None:
+        known = _read_model_vocabularies(warm_start)
+        vocabularies = grown_vocabularies(known, vocabularies)
+        added = {name: len(vocabularies[name]) - len(known[name]) for name in VOCAB_FEATURES}
+        record["warm_start"] = {"model_dir": os.path.abspath(warm_start), "new_ids": added}
+        log(f"warm start from {warm_start}: " + ", ".join(
+            f"{name} {len(known[name])} + {added[name]} new" for name in VOCAB_FEATURES))
+        if not done_steps:   # a resumed run takes every weight from its backup instead
+            source_model = _load(warm_start, stage, config.model.attention_implementation)
     side = examples.side_information(examples_dir, metadata)
+    record["side_information"] = side
     os.makedirs(model_dir, exist_ok=True)
     config.save(os.path.join(model_dir, CONFIG_FILE))
     _write_vocabularies(model_dir, vocabularies)
     with open(os.path.join(model_dir, EXAMPLES_FILE), "w") as f:
-        json.dump({"examples": os.path.abspath(examples_dir), "history_length": int(metadata["history_length"]),
-                   "train_examples": int(metadata["rows"]["train_examples"]), "side_information": side}, f, indent=1)
+        json.dump(record, f, indent=1)
     log(examples.describe_side_information(side))
 
     tf.keras.utils.set_random_seed(t.seed)
     with strategy.scope():
         model = build_model(config, vocabularies)
+        if source_model is not None:
+            copy_weights(source_model, model)
+            del source_model
         if stage == "retrieval" and config.model.logq_correction:
             model.set_candidate_probabilities(count_video_impressions(examples_dir))
         model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
@@ -460,8 +584,6 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     steps_per_epoch = t.steps_per_epoch or max(1, n_train // t.batch_size)
     val_date = validation_date(metadata) if t.validation == "last_train_day" else None
 
-    backup_dir = shared_backup_dir
-    done_steps = _read_train_counter(backup_dir)
     if done_steps:
         log(f"resuming from the backup in {backup_dir}: {done_steps} of {steps_per_epoch * t.epochs} steps done")
     else:
