@@ -103,8 +103,8 @@ def test_requests_carry_what_the_beam_job_writes(tiny_log_dir, tmp_path):
     cohort = world.cohort(np.arange(world.num_users), log, policy.history_length)
     cols, truth, _ = world.serve(cohort, policy, days=1).columns()
     arm = tmp_path / "arm"
-    from tfrec_kuai.online.abtest import _ArmLog
-    writer = _ArmLog(str(arm))
+    from tfrec_kuai.online.abtest import ArmLog
+    writer = ArmLog(str(arm))
     writer.write(cols, truth)
     writer.close()
     examples = tmp_path / "examples"

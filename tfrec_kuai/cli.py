@@ -25,6 +25,8 @@ COMMANDS = {
     "export": ("tfrec_kuai.commands.export", "SavedModels in TF Serving layout", True),
     "report": ("tfrec_kuai.commands.report", "the HTML report a user reads", True),
     "abtest": ("tfrec_kuai.online.abtest_command", "an online A/B test of policies in the simulated world", True),
+    "loop": ("tfrec_kuai.online.loop_command", "the daily loop: serve, build examples, train, hot-swap the next version",
+             True),
 }
 
 

@@ -49,7 +49,7 @@ def parse_arm(text):
     return name, spec
 
 
-class _ArmLog:
+class ArmLog:
     """The served impressions of one arm, appended cohort by cohort in KuaiRand's format."""
 
     def __init__(self, folder):
@@ -76,28 +76,37 @@ class _ArmLog:
             f.close()
 
 
-def run_arm(world, policy, user_ids, log_rows, days, page_size, chunk_users, folder, bar=None):
+def run_arm(world, policy, user_ids, log_rows, days, page_size, chunk_users, folder, bar=None, first_day=0,
+            on_served=None):
     """Serve ``user_ids`` (sorted) with ``policy``: ``(per-user sums, served video mask, profile)``,
-    the profile (``metrics.Profile``) what the page plots."""
+    the profile (``metrics.Profile``) what the page plots.
+
+    ``first_day``: the world's first day served (``World.serve``); ``on_served(chunk, cols,
+    extra)``, called with each cohort's impressions, lets a caller see where each was served
+    (the daily loop maps impressions to the requests that chose them)."""
     V = len(world.catalogue.video_id)
     shown = np.zeros(V, bool)
     sums, profiles = [], []
     user_col = log_rows[:, COLUMN_INDEX["user_id"]]
-    log = _ArmLog(folder)
+    log = ArmLog(folder)
     try:
         for lo in range(0, len(user_ids), chunk_users):
             chunk = user_ids[lo:lo + chunk_users]
             rows = log_rows[np.isin(user_col, chunk)]
             cohort = world.cohort(chunk, rows, policy.history_length)
             served = world.serve(cohort, policy, days, page_size,
-                                 on_day=(lambda day, n: bar.update(n)) if bar is not None else None)
+                                 on_day=(lambda day, n: bar.update(n)) if bar is not None else None,
+                                 first_day=first_day)
             cols, truth, extra = served.columns()
             log.write(cols, truth)
+            if on_served is not None:
+                on_served(chunk, cols, extra)
             r = extra.get("cohort_row", np.zeros(0, np.int64))
             visits = np.bincount(r[extra["position"] == 0], minlength=len(chunk)) if len(r) else np.zeros(len(chunk))
             sums.append(metrics.per_user_sums(len(chunk), r, cols, extra.get("repeat", np.zeros(0, bool)),
                                               visits, days))
-            profiles.append(metrics.Profile.of_cohort(len(chunk), r, cols, extra, days))
+            by_day = dict(extra, day=extra["day"] - first_day) if first_day and "day" in extra else extra
+            profiles.append(metrics.Profile.of_cohort(len(chunk), r, cols, by_day, days))
             if len(r):
                 shown[extra["video"]] = True
     finally:

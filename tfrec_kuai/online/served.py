@@ -133,13 +133,36 @@ def served_exports(arms, server):
     return exports
 
 
+def die_with_parent():
+    """In a child before ``exec``: have the kernel send it SIGKILL when its parent dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing), so a killed caller leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+
+
 class LocalServer:
     """``python -m serving.server`` as a subprocess on 127.0.0.1 serving ``models`` ({name:
     version folder}); ``start()`` returns once every model is AVAILABLE, ``stop()`` ends it.
-    Its config lives in a temporary folder, so a run that fails leaves nothing behind."""
+    Its config lives in a temporary folder, so a run that fails leaves nothing behind.
 
-    def __init__(self, models, ready_timeout=300.0):
-        self.models = dict(models)
+    ``base_paths`` ({name: base path}) serves the latest version under each base path instead,
+    polled every ``poll_wait_s`` seconds, so a version renamed in later is hot-swapped in (the
+    daily loop's Pusher); ``request_logging`` ({name: (filename_prefix, sampling rate)}) adds
+    each model's ``logging_config`` (``serving.model_config.add_request_logging``). The server
+    is killed when the process that started it dies (Linux ``PR_SET_PDEATHSIG``), so a
+    ``kill -9`` of a long run never leaves it serving on its own."""
+
+    def __init__(self, models=None, ready_timeout=300.0, base_paths=None, request_logging=None, poll_wait_s=0,
+                 role="the A/B test's model server"):
+        self.models = dict(models or {})
+        self.base_paths = dict(base_paths or {})
+        self.request_logging = dict(request_logging or {})
+        self.poll_wait_s = poll_wait_s
+        self.role = role
         self.ready_timeout = ready_timeout
         self.process = None
         self.address = None
@@ -153,13 +176,16 @@ class LocalServer:
 
     def start(self):
         self.folder = tempfile.mkdtemp(prefix="abtest_server_")
-        config = write_model_config(os.path.join(self.folder, "models.config"), pinned_versions(self.models))
+        models = pinned_versions(self.models)
+        models.update({name: (path, None) for name, path in self.base_paths.items()})
+        config = write_model_config(os.path.join(self.folder, "models.config"), models, self.request_logging)
         self.stderr = open(os.path.join(self.folder, "stderr.txt"), "w+")
         command = [sys.executable, "-m", "serving.server", "--host=127.0.0.1", "--port=0",
-                   f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
+                   f"--model_config_file={config}", f"--file_system_poll_wait_seconds={self.poll_wait_s:g}",
                    f"--max_message_size_bytes={MAX_MESSAGE_BYTES}", "--log_level=WARNING"]
         try:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                            preexec_fn=die_with_parent)
             self.address = self._wait_for_port()
             self._wait_available()
         except BaseException:
@@ -171,7 +197,7 @@ class LocalServer:
         self.stderr.flush()
         self.stderr.seek(0)
         lines = [line.strip() for line in self.stderr.read().splitlines() if line.strip()]
-        return InputError(f"the A/B test's model server {what}" + (f": {lines[-1]}" if lines else ""))
+        return InputError(f"{self.role} {what}" + (f": {lines[-1]}" if lines else ""))
 
     def _wait_for_port(self):
         """The port from the server's ``gRPC listening on HOST:PORT`` line (``--port=0``: the
@@ -200,7 +226,8 @@ class LocalServer:
         from serving.readiness import NotReady, wait_until_available
 
         try:
-            wait_until_available(self.address, list(self.models), self.process, self.ready_timeout)
+            wait_until_available(self.address, list(self.models) + list(self.base_paths), self.process,
+                                 self.ready_timeout)
         except NotReady as error:
             raise self._failure(f"did not serve: {error}") from None
 

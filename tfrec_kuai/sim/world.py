@@ -242,14 +242,16 @@ class World:
         return outcome, truth, skipped, leave, swipe, p_leave
 
     # -- driving a cohort ---------------------------------------------------------------------------
-    def serve(self, cohort, policy, days, page_size=10, on_day=None):
+    def serve(self, cohort, policy, days, page_size=10, on_day=None, first_day=0):
         """Drive ``cohort`` through ``days`` days with ``policy``; returns :class:`Served`.
 
         ``policy.recommend(page)`` returns ``(videos [b, size] catalogue indices, is_rand [b, size]
-        or None)``. ``on_day(day, users)`` is called after each day (progress)."""
+        or None)``. ``on_day(day, users)`` is called after each day (progress). ``first_day``: the
+        first day driven (0 = the first day after the log); the daily loop serves one day at a
+        time, each with its own day's draws."""
         served = Served()
         n = len(cohort)
-        for day in range(days):
+        for day in range(first_day, first_day + days):
             count, nominal, tab = self.visits(cohort.user_ids, day)
             for visit in range(nominal.shape[1]):
                 rows = np.flatnonzero(count > visit)
