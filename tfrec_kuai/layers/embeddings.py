@@ -25,7 +25,8 @@ class IdEmbedding(tf.keras.layers.Layer):
     """Raw int64 id → vocabulary index → embedding, any input shape ``S`` → ``S + [dim]``.
 
     Index 0 is the out-of-vocabulary row (unknown ids, padding −1), 1.. follow the vocabulary
-    order (most frequent first, as the pipeline writes it).
+    order (most frequent first, as the pipeline writes it; a warm start appends the new day's ids
+    after yesterday's, ``copy_rows_from``).
 
     An empty vocabulary is legal: examples built from the interaction log alone (no video table)
     know no author or tag, and every id then maps to the out-of-vocabulary row. ``IntegerLookup``
