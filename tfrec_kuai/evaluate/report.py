@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 
 from tfrec_kuai.errors import InputError
+from tfrec_kuai.evaluate.page import STYLE, format_value, img_tag
 
 DURATION_EDGES_S = (0, 7, 18, 30, 60, 120, 300, float("inf"))
 VARIANT_COLUMNS = (
@@ -178,14 +179,6 @@ def variant_table(ranking_evals, retrieval_metrics=None):
     return rows, recall
 
 
-def _format(value):
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return html.escape(str(value))
-
-
 def markdown_to_html(text):
     """Enough Markdown for RESULTS.md: headings, pipe tables, fenced code, paragraphs, inline code."""
     out, lines, i = [], text.splitlines(), 0
@@ -248,26 +241,6 @@ def _starts_block(line):
     return stripped.startswith(("```", "#", "|", "- ", "* "))
 
 
-_STYLE = """
-body { font-family: -apple-system, 'Segoe UI', Roboto, sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #c0504d; padding-bottom: .2em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: .8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f3f3f3; }
-td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
-pre, code { background: #f6f8fa; font-size: 0.85em; }
-pre { padding: .6em; overflow-x: auto; white-space: pre-wrap; }
-.note { color: #555; font-size: 0.9em; }
-"""
-
-
-def _img(path, alt):
-    return f'<img src="{html.escape(os.path.basename(path))}" alt="{html.escape(alt)}">'
-
-
 def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None, ranking_evals=None,
                  retrieval_eval=None, benchmarks_md=None, title="tfrec-kuai report", max_examples=200_000):
     """Writes ``index.html`` and its PNG figures into ``output_dir``; returns the page's path.
@@ -304,12 +277,12 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
                ("eval examples", rows.get("eval_examples")), ("corpus videos", rows.get("corpus_videos")),
                ("history length L", metadata.get("history_length"))]
     summary += side_information_rows(examples_dir, metadata, model_dirs)
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{_format(v)}</td></tr>" for k, v in summary)
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{format_value(v)}</td></tr>" for k, v in summary)
     by_duration = "".join(
-        f"<tr><td>{r['bucket']}</td><td>{r['examples']}</td><td>{_format(r['skip_rate'])}</td>"
-        f"<td>{_format(r['mean_watch_ratio'])}</td></tr>" for r in stats["by_duration"])
+        f"<tr><td>{r['bucket']}</td><td>{r['examples']}</td><td>{format_value(r['skip_rate'])}</td>"
+        f"<td>{format_value(r['mean_watch_ratio'])}</td></tr>" for r in stats["by_duration"])
     rates = metadata.get("label_rates", {}).get("train", {})
-    rate_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_format(v)}</td></tr>" for k, v in sorted(rates.items()))
+    rate_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{format_value(v)}</td></tr>" for k, v in sorted(rates.items()))
     sections.append("<h2>Data</h2>"
                     f"<p>Examples folder <code>{html.escape(os.path.abspath(examples_dir))}</code>, made by "
                     f"<code>{html.escape(str(metadata.get('command', '')))}</code>.</p>"
@@ -317,21 +290,21 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
                     f"<h3>By video duration ({stats['examples_read']} train examples read)</h3>"
                     "<table><thead><tr><th>duration</th><th>examples</th><th>skip rate</th>"
                     f"<th>mean watch ratio</th></tr></thead><tbody>{by_duration}</tbody></table>"
-                    + "".join(_img(p, os.path.basename(p)) for p in figures)
+                    + "".join(img_tag(p, os.path.basename(p)) for p in figures)
                     + (f"<h3>Label rates (train)</h3><table><tbody>{rate_rows}</tbody></table>" if rate_rows else ""))
 
     # -- training --------------------------------------------------------------------------------
     curves = plot_training_curves(model_dirs, output_dir) if model_dirs else None
     if curves:
         sections.append("<h2>Training</h2><p>Per-epoch losses from each model's <code>history.json</code> "
-                        "(TensorBoard logs are in <code>&lt;model_dir&gt;/logs</code>).</p>" + _img(curves, "training curves"))
+                        "(TensorBoard logs are in <code>&lt;model_dir&gt;/logs</code>).</p>" + img_tag(curves, "training curves"))
 
     # -- evaluation ------------------------------------------------------------------------------
     if ranking_metrics:
         rows_, recall = variant_table(ranking_metrics, retrieval_metrics)
         head = "".join(f"<th>{label}</th>" for _, label in VARIANT_COLUMNS)
         body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
-            f"<td>{_format(values.get(key))}</td>" for key, _ in VARIANT_COLUMNS) + "</tr>" for name, values in rows_)
+            f"<td>{format_value(values.get(key))}</td>" for key, _ in VARIANT_COLUMNS) + "</tr>" for name, values in rows_)
         recall_note = (f"<p>Retrieval Recall@50 on the eval split: <b>{recall:.4f}</b>"
                        f" (NDCG@50 {retrieval_metrics.get('ndcg_at_50', float('nan')):.4f}).</p>"
                        if recall is not None else "")
@@ -345,7 +318,7 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
             if os.path.exists(source):
                 target = os.path.join(output_dir, f"{first_name}_{os.path.basename(plot)}")
                 shutil.copyfile(source, target)
-                plots.append(_img(target, os.path.basename(plot)))
+                plots.append(img_tag(target, os.path.basename(plot)))
         if plots:
             sections.append(f"<h3>Calibration and watch time ({html.escape(first_name)})</h3>" + "".join(plots))
     if retrieval_metrics:
@@ -354,7 +327,7 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
             if os.path.exists(source):
                 target = os.path.join(output_dir, f"retrieval_{os.path.basename(plot)}")
                 shutil.copyfile(source, target)
-                sections.append("<h3>Retrieval</h3>" + _img(target, "recall at k"))
+                sections.append("<h3>Retrieval</h3>" + img_tag(target, "recall at k"))
 
     # -- benchmarks ------------------------------------------------------------------------------
     if benchmarks_md:
@@ -362,7 +335,7 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
             sections.append(markdown_to_html(f.read()))
 
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
             + "\n".join(sections) + "</body></html>")
     path = os.path.join(output_dir, "index.html")
     with open(path, "w") as f:

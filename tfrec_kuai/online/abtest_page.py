@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from tfrec_kuai.evaluate.report import _STYLE, _format, _img
+from tfrec_kuai.evaluate.page import STYLE, format_value, img_tag
 from tfrec_kuai.online.metrics import RATIOS, bucket_labels
 
 PAGE = "index.html"
@@ -28,7 +28,7 @@ PLOTS = ("watch_by_day.png", "skip_by_position.png", "visit_lengths.png")
 VISIT_LENGTH_EDGES = (1, 2, 4, 6, 11, 21, 31, 51, 101, 201)
 # The table's rows: the population counts first, then every ratio metric, then the distinct counts.
 ROWS = ("users", "impressions") + tuple(RATIOS) + ("distinct_videos", "distinct_authors", "failed_requests")
-_PAGE_STYLE = _STYLE + """
+_PAGE_STYLE = STYLE + """
 .lift { display: block; font-size: 0.85em; color: #555; }
 .lift.excludes-zero { color: #000; font-weight: bold; }
 table.setup td { text-align: left; }
@@ -46,7 +46,7 @@ def write_page(output, out):
                 "<h2>Metrics</h2>" + _metrics_table(out, names),
                 "<h2>Plots</h2>"
                 '<p class="note">Bars and bands: 95 % user-level bootstrap intervals of each arm\'s value.</p>'
-                + "".join(_img(path, alt) for path, alt in figures)]
+                + "".join(img_tag(path, alt) for path, alt in figures)]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_PAGE_STYLE}</style></head><body>"
             + "\n".join(sections) + "</body></html>")
@@ -59,16 +59,16 @@ def write_page(output, out):
 def _setup_table(setup, arms):
     split = ("paired: every arm replays the same users with common random numbers" if setup["paired"]
              else "hash split: each user goes to one arm by a hash of its id")
-    rows = [("world", f"<code>{html.escape(str(setup['world']))}</code>"), ("users", _format(setup["users"])),
-            ("days", _format(setup["days"])), ("seed", _format(setup["seed"])), ("split", html.escape(split)),
-            ("videos per request", _format(setup["page_size"])),
-            ("bootstrap replicates", _format(setup["bootstrap_replicates"])),
+    rows = [("world", f"<code>{html.escape(str(setup['world']))}</code>"), ("users", format_value(setup["users"])),
+            ("days", format_value(setup["days"])), ("seed", format_value(setup["seed"])), ("split", html.escape(split)),
+            ("videos per request", format_value(setup["page_size"])),
+            ("bootstrap replicates", format_value(setup["bootstrap_replicates"])),
             ("lift", html.escape(setup["lift"])), ("oracle's utility", html.escape(setup["oracle_utility"])),
             ("run time", f"{setup['seconds']:.1f} s")]
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
     arm_rows = "".join(
         f"<tr><td>{html.escape(name)}{' (control)' if name == setup['control'] else ''}</td>"
-        f"<td><code>{html.escape(str(arm['policy']))}</code></td><td>{_format(arm['users'])}</td></tr>"
+        f"<td><code>{html.escape(str(arm['policy']))}</code></td><td>{format_value(arm['users'])}</td></tr>"
         for name, arm in arms.items())
     return (f'<table class="setup"><tbody>{table}</tbody></table>'
             "<table><thead><tr><th>arm</th><th>policy</th><th>users</th></tr></thead>"
@@ -84,7 +84,7 @@ def _metrics_table(out, names):
         for name in names:
             value = out["arms"][name].get(metric)
             lift = out["lift"].get(name, {}).get(metric)
-            cells.append(f"<td>{_format(value)}{_lift(lift)}</td>")
+            cells.append(f"<td>{format_value(value)}{_lift(lift)}</td>")
         body.append(f"<tr><td>{html.escape(metric)}</td>{''.join(cells)}</tr>")
     return (f'<p class="note">Under each arm\'s value: its lift over {html.escape(control)}, '
             "relative (arm / control − 1), with its 95 % interval; <b>bold</b>: the interval excludes zero. "
