@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfrec_kuai.data import history
-from tfrec_kuai.schema import BINARY_LABELS, COLUMN_INDEX, LABEL_NAMES, compute_labels, feedback_bits, local_calendar
+from tfrec_kuai.schema import (BINARY_LABELS, COLUMN_INDEX, FLAG_LABELS, LABEL_NAMES, VOCAB_FEATURES, compute_labels,
+                               feedback_bits, local_calendar)
 
 C = COLUMN_INDEX
 DURATION_LABELS = ("skip", "valid", "long", "complete", "watch_ratio")
@@ -67,7 +68,7 @@ def batch_columns(user_rows, video_table, user_table, history_length, eval_dates
         tag = np.full(n, -1, np.int64)
     play = values[:, C["play_time_ms"]]
     duration = values[:, C["duration_ms"]]
-    flags = {c: values[:, C[c]] for c in ("is_like", "is_follow", "is_comment", "is_forward", "is_hate")}
+    flags = {c: values[:, C[c]] for c in FLAG_LABELS.values()}
     labels = compute_labels(play, duration, flags)
     picture = duration <= 0
     if picture.any():
@@ -209,7 +210,7 @@ def split_stats(cols, mask):
 def id_counts(cols, mask):
     """Occurrences of each id of the vocabulary features among the rows in ``mask`` (-1 excluded)."""
     out = {}
-    for name in ("user_id", "video_id", "author_id", "tag"):
+    for name in VOCAB_FEATURES:
         ids, counts = np.unique(np.asarray(cols[name])[mask], return_counts=True)
         keep = ids >= 0
         out[name] = dict(zip(ids[keep].tolist(), counts[keep].tolist()))

@@ -23,7 +23,6 @@ from serving import admission
 
 log = logging.getLogger("serving.server")
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-REPO_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def _bool(text):

@@ -7,6 +7,7 @@ import pytest
 
 from beam_pipelines import build_examples
 from tests.log_rows import read_records
+from tfrec_kuai.schema import VOCAB_FEATURES
 
 
 @pytest.mark.slow
@@ -27,7 +28,7 @@ def test_multi_processing_equals_in_process(tiny_log_dir, tiny_examples_dir, tmp
         assert meta["label_rates"][split] == pytest.approx(ref["label_rates"][split], rel=1e-6)
     for split in ("train", "eval", "corpus"):
         assert read_records(out, split) == read_records(tiny_examples_dir, split), split
-    for feature in ("user_id", "video_id", "author_id", "tag"):
+    for feature in VOCAB_FEATURES:
         with open(os.path.join(out, "vocab", f"{feature}.txt")) as a, \
                 open(os.path.join(tiny_examples_dir, "vocab", f"{feature}.txt")) as b:
             assert a.read() == b.read()

@@ -291,7 +291,7 @@ def _answers(stub):
 
 def test_example_configs_parse():
     from serving.batching import BatchingOptions
-    from serving.server import REPO_CONFIGS
+    from serving.model_config import CONFIGS as REPO_CONFIGS
     config = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(open(os.path.join(REPO_CONFIGS, "models.config")).read(), config)
     names = [c.name for c in config.model_config_list.config]

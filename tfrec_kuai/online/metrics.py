@@ -97,10 +97,10 @@ def lift(arm, control, paired, rng, replicates=1000, distinct=None):
 
 def per_user_sums(num_users, cohort_row, cols, repeat, visits, days):
     """[num_users, len(SUMS)] sums of a cohort's served impressions (``cohort_row`` per impression)."""
-    from tfrec_kuai.schema import compute_labels
+    from tfrec_kuai.schema import FLAG_LABELS, compute_labels
 
     labels = compute_labels(cols["play_time_ms"], cols["duration_ms"],
-                            {c: cols[c] for c in ("is_like", "is_follow", "is_comment", "is_forward", "is_hate")})
+                            {c: cols[c] for c in FLAG_LABELS.values()})
     out = np.zeros((num_users, len(SUMS)))
     out[:, _COL["user_days"]] = days
     out[:, _COL["visits"]] = visits
