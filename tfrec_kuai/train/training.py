@@ -28,8 +28,10 @@ yesterday's finished model of the same stage, variant, architecture and L. Its v
 yesterday's, in the same order, with the new ids of today's examples appended (in the examples'
 own order: most frequent first, ties by id), so every known id keeps its embedding row; the
 tables' old rows and OOV row are copied, new rows start as a fresh model's, and every other
-weight is copied as it is (``copy_weights``). The optimizer starts afresh (Adam's moments are
-not carried). A run so started resumes after a kill like any other.
+weight is copied as it is (``copy_weights``). The optimizer starts afresh: the checkpoint keeps
+Adam's moments by position in the list Adam was built with (variables without a gradient left
+out), not by variable, so nothing ties them reliably to the grown model's variables. A run so
+started resumes after a kill like any other.
 
 **Validation is not the test set.** Early stopping and best-epoch selection watch the *last day
 of the training split* (held out from training), never the eval days that ``evaluate`` reports.
