@@ -47,9 +47,11 @@ def _metrics(folder):
 
 
 def _day_rows(folder, day):
-    rows = [np.loadtxt(os.path.join(folder, "days", str(day), name), delimiter=",", skiprows=1, dtype=np.int64,
-                       ndmin=2) for name in LOG_FILES]
-    return np.concatenate([r for r in rows if r.size])
+    rows = []
+    for name in LOG_FILES:
+        with open(os.path.join(folder, "days", str(day), name)) as f:
+            rows += [[int(x) for x in line.split(",")] for line in f.read().splitlines()[1:]]
+    return np.array(rows, np.int64).reshape(-1, 19)
 
 
 def _server_gone(pid, within_s=10.0):
@@ -84,8 +86,14 @@ def _check_reconciles(folder):
         assert d["failed_requests"] == 0 and d["unattributed_requests"] == 0
         assert "-1" not in d["versions"] and sum(d["versions"].values()) == d["impressions"]
         assert sum(d["requests_by_version"].values()) == d["requests"] > 0
-        assert {int(v) for v in d["versions"]} <= {d["day"], d["day"] + 1}
-        assert d["model_version"] == max(int(v) for v in d["versions"])
+        # day d's impressions all chosen by version d (trained on day d - 1); from day 2 on, the
+        # swap from d - 1 happened under the day's first request, repeated until d answered
+        assert d["versions"] == {str(d["day"]): d["impressions"]} and d["model_version"] == d["day"]
+        if d["day"] == 1:
+            assert d["requests_by_version"] == {"1": d["requests"]} and not d["swap_under_traffic"]
+        else:
+            assert set(d["requests_by_version"]) == {str(d["day"] - 1), str(d["day"])}
+            assert d["requests_by_version"][str(d["day"] - 1)] >= 1 and d["swap_under_traffic"]
         assert all(d[k] > 0 for k in ("beam_s", "train_s", "export_s"))
         keys.append(rows[:, [0, 1, 4]])
     keys = np.concatenate(keys)

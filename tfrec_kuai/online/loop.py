@@ -15,8 +15,10 @@ as TFX names the steps:
    yesterday's models where the train command takes ``--warm_start``;
 4. **Pusher**: ``tfrec-kuai export`` of version d + 1 into a staging folder. It is renamed into
    the served base path (one ``os.rename``: a version appears whole, as TF Serving expects) once
-   the first request of the next day has been answered, so the server loads and swaps it while
-   that day's traffic runs; the last day's version is renamed in at once.
+   the first request of the next day has been answered; that request keeps coming, as the
+   day's traffic does, until the new version answers it (``loop_serve.Recorder``), so the swap
+   happens under traffic, its failures are counted, and the day's users are served by the new
+   version. The last day's version is renamed in at once.
 
 Restartable: each step writes into a staging path renamed into place when it is done, and
 ``DIR/state.json`` (replaced atomically) lists the finished steps, so the same command after a
@@ -95,7 +97,7 @@ def train_takes_warm_start():
     from tfrec_kuai import cli
     parser = cli.OneLineParser(prog="train")
     importlib.import_module(cli.COMMANDS["train"][0]).add_arguments(parser)
-    return "--warm_start" in parser._option_string_actions  # noqa: SLF001  (argparse's table of flags)
+    return "--warm_start" in parser._option_string_actions   # argparse's table of its flags
 
 
 class Loop:
@@ -256,7 +258,6 @@ class Loop:
         from tfrec_kuai.online.loop_serve import serve_day
         from tfrec_kuai.online.policies import make_policy
         from tfrec_kuai.online.served import ServedPolicy
-        self.publish(day)          # a version staged but not yet renamed in when the loop stopped
         server = self._ensure_server()
         world = self.world
         users = world.sample_users(self.options["users"])
@@ -266,7 +267,7 @@ class Loop:
         try:
             record = serve_day(world, self.world_dir, tmp, day, users, policy, self.options["page_size"],
                                self.options["chunk_users"], self.path("requests", MODEL),
-                               publish=lambda: self.publish(day + 1), progress=self.progress,
+                               swap=(lambda: self.publish(day), day) if day > 1 else None, progress=self.progress,
                                references=references)
         finally:
             policy.close()
@@ -289,7 +290,8 @@ class Loop:
             row.update({k: serve[k] for k in ("users", "impressions", "requests", "versions", "requests_by_version",
                                               "unattributed_requests", "serve_s", "valid_rate", "long_rate",
                                               "distinct_videos")})
-            row["swap_under_traffic"] = len([v for v in serve["versions"] if int(v) >= 0]) > 1
+            row["swap_requests"] = serve["swap_requests"]
+            row["swap_under_traffic"] = len(serve["requests_by_version"]) > 1
             row["beam_rows"] = steps.get(f"{d}/ExampleGen", {}).get("rows")
             row["references"] = {name: {k: ref[k] for k in ("watch_time_per_user_day", "skip_rate", "impressions")}
                                  for name, ref in serve["references"].items()}

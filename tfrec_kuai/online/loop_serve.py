@@ -29,26 +29,56 @@ from tfrec_kuai.online.abtest import RANDOM, STANDARD, run_arm
 from tfrec_kuai.online.worldlog import read_world_log
 
 RECORDS_TIMEOUT_S = 120.0
+SWAP_TIMEOUT_S = 300.0
+SWAP_PAUSE_S = 0.05       # between the requests that keep coming during a swap
 
 
 class Recorder:
-    """A policy that remembers each request's users and pages, and calls ``after_first()`` once the
-    first request is answered (the loop renames the next version in then: the swap happens while
-    the day's requests run)."""
+    """The served policy, with every Predict it sends remembered (users, the version that answered)
+    and each page mapped to the request whose answer filled it.
 
-    def __init__(self, policy, after_first=None):
-        self.policy, self.after_first = policy, after_first
+    ``swap=(publish, version)``: right after the day's first request is answered, ``publish()``
+    renames ``version`` into the served base path, and that first request is sent again and
+    again, as the traffic that keeps coming while the server loads the new version, until
+    ``version`` answers it (within ``SWAP_TIMEOUT_S``); its last answer fills the first page. So
+    the swap happens under real ``recommend`` traffic, every failure during it is counted (the
+    policy's ``failed_requests``), and the day's users are served by the new version."""
+
+    def __init__(self, policy, swap=None):
+        self.policy, self.swap = policy, swap
         self.name, self.history_length = policy.name, policy.history_length
-        self.users, self.pages = [], {}
+        self.users, self.versions, self.pages = [], [], {}
+        self.swap_requests = 0
+        self._call = policy.call
+        policy.call = self.call
+
+    def _send(self, inputs):
+        out = self._call(inputs)
+        self.users.append(np.asarray(inputs["user_id"], np.int64).reshape(-1).copy())
+        self.versions.append(self.policy.answered_version)
+        return out
+
+    def call(self, inputs):
+        out = self._send(inputs)
+        if self.swap is not None:
+            publish, version = self.swap
+            self.swap = None
+            publish()
+            deadline = time.time() + SWAP_TIMEOUT_S
+            while self.policy.answered_version != version:
+                if time.time() > deadline:
+                    raise InputError(f"the loop's server did not serve version {version} within "
+                                     f"{SWAP_TIMEOUT_S:.0f} s of its rename into the base path")
+                time.sleep(SWAP_PAUSE_S)
+                out = self._send(inputs)
+                self.swap_requests += 1
+        return out
 
     def recommend(self, page):
         out = self.policy.recommend(page)
-        index = len(self.users)
-        self.users.append(np.asarray(page.user_ids, np.int64).copy())
+        index = len(self.users) - 1
         for user in page.user_ids:
             self.pages[(int(user), page.day, page.visit, page.position)] = index
-        if index == 0 and self.after_first is not None:
-            self.after_first()
         return out
 
 
@@ -91,21 +121,24 @@ def _day_records(prefix, start, count):
 
 
 def attribute(recorder, served_pages, prefix, start):
-    """``(version per impression, version per request, mismatched requests)`` from the request log."""
+    """``(version per impression, version per request, mismatched requests)`` from the request log:
+    its records ``start`` .. on are the day's requests in the order sent; one whose users or
+    version differ from what the request got back is counted as mismatched (and left at −1)."""
     from serving.tensors import to_numpy
     records = _day_records(prefix, start, len(recorder.users))
     versions = np.full(len(recorder.users), -1, np.int64)
     mismatched = len(recorder.users) - len(records)
     for i, record in enumerate(records):
         users = to_numpy(record.predict_log.request.inputs["user_id"]).reshape(-1).astype(np.int64)
-        if np.array_equal(users, recorder.users[i]):
-            versions[i] = record.log_metadata.model_spec.version.value
+        version = record.log_metadata.model_spec.version.value
+        if np.array_equal(users, recorder.users[i]) and version == recorder.versions[i]:
+            versions[i] = version
         else:
             mismatched += 1
     return versions[served_pages] if len(served_pages) else np.zeros(0, np.int64), versions, mismatched
 
 
-def serve_day(world, world_dir, output, day, user_ids, policy, page_size, chunk_users, prefix, publish=None,
+def serve_day(world, world_dir, output, day, user_ids, policy, page_size, chunk_users, prefix, swap=None,
               progress=True, references=()):
     """Serve loop day ``day`` (world day ``day - 1``) into ``output``; returns the day's serve record."""
     from tqdm import tqdm
@@ -113,7 +146,7 @@ def serve_day(world, world_dir, output, day, user_ids, policy, page_size, chunk_
     earlier = [os.path.join(os.path.dirname(output), str(d)) for d in range(1, day)]
     rows = history_rows(world_dir, earlier, user_ids)
     start = count_records(prefix)
-    recorder = Recorder(policy, publish)
+    recorder = Recorder(policy, swap)
     pages = []
 
     def on_served(chunk, cols, extra):
@@ -132,6 +165,7 @@ def serve_day(world, world_dir, output, day, user_ids, policy, page_size, chunk_
     out = _arm_record(world, sums, shown)
     out.update({"requests": len(recorder.users), "failed_requests": int(policy.failed_requests),
                 "unattributed_requests": int(mismatched), "serve_s": round(serve_s, 3),
+                "swap_requests": recorder.swap_requests,
                 "versions": _counts(by_impression), "requests_by_version": _counts(by_request)})
     known = [int(v) for v in out["versions"] if int(v) >= 0]
     out["model_version"] = max(known) if known else None

@@ -60,6 +60,7 @@ class ServedPolicy(ModelPolicy):
                                                                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.failed_requests = 0
+        self.answered_version = None
         inputs = self._signature_inputs()
         if "hist_video_id" not in inputs or len(inputs["hist_video_id"][1]) != 2:
             raise InputError(f"{self.where}: signature `{SIGNATURE}` has no [B, L] hist_video_id input")
@@ -97,6 +98,10 @@ class ServedPolicy(ModelPolicy):
         for attempt in range(RETRIES + 1):
             try:
                 response = self.stub.Predict(request, timeout=self.timeout)
+                # The version that answered (TF Serving sets the response's model_spec): a caller
+                # following a hot swap reads it here.
+                self.answered_version = response.model_spec.version.value if response.HasField("model_spec") \
+                    else None
                 break
             except self.grpc.RpcError as error:
                 self.failed_requests += 1
