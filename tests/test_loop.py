@@ -104,6 +104,8 @@ def _check_reconciles(folder):
     with open(os.path.join(folder, "state.json")) as f:
         state = json.load(f)
     assert state["done"] == [f"{d}/{s}" for d, s in plan(DAYS, simulate=False)]
+    # continual training: every day after day 0 starts from the day before's models
+    assert [state["steps"][f"{d}/Trainer"]["warm_start"] for d in range(DAYS + 1)] == [False] + [True] * DAYS
     return out
 
 

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from tfrec_kuai.evaluate.report import _STYLE, _format, _img
+from tfrec_kuai.evaluate.page import STYLE, format_value, img_tag
 from tfrec_kuai.online.abtest_page import _finish
 
 PAGE = "index.html"
@@ -29,7 +29,7 @@ def write_report(output, out):
     setup, days = out["setup"], out["days"]
     title = f"tfrec-kuai loop: {setup['variant']}, {len(days)} of {setup['days']} days"
     figures = plot_days(out, output)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_format(d.get(c)))}</td>" for c in COLUMNS) +
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(d.get(c)))}</td>" for c in COLUMNS) +
                    f"<td>{html.escape(_versions(d))}</td></tr>" for d in days)
     table = ("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) +
              "<th>impressions by version</th></tr>" + rows + "</table>")
@@ -39,9 +39,9 @@ def write_report(output, out):
     sections = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(state)}; versions on disk: "
                 f"{html.escape(', '.join(map(str, out['versions'])) or 'none')}</p>",
                 "<h2>Setup</h2><table class='setup'>" + setup_rows + "</table>",
-                "<h2>Days</h2>" + table, "<h2>Plots</h2>" + "".join(_img(p, alt) for p, alt in figures)]
+                "<h2>Days</h2>" + table, "<h2>Plots</h2>" + "".join(img_tag(p, alt) for p, alt in figures)]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
             + "\n".join(sections) + "</body></html>")
     path = os.path.join(output, PAGE)
     with open(path, "w") as f:
@@ -90,20 +90,22 @@ def plot_days(out, output):
     _finish(fig, ax, paths[2], integer_x=True)
 
     fig, ax = plt.subplots(figsize=(9, 4))
-    versions = sorted({int(v) for d in days for v in d["versions"]})
+    versions = sorted({int(v) for d in days for v in d["requests_by_version"]})
     bottom = np.zeros(len(days))
     for v in versions:
-        values = np.array([d["versions"].get(str(v), 0) for d in days], np.float64)
+        values = np.array([d["requests_by_version"].get(str(v), 0) for d in days], np.float64)
         ax.bar(x, values, bottom=bottom, label=f"version {v}" if v >= 0 else "unattributed")
         bottom += values
     for xi, top, d in zip(x, bottom, days):
-        ax.annotate(f"{d['failed_requests']} failed", (xi, top), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"swap: {d.get('swap_requests', 0)} requests\n{d['failed_requests']} failed", (xi, top),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max(bottom.max() if len(bottom) else 1.0, 1.0) * 1.25)
     ax.set_xlabel("day")
-    ax.set_ylabel("impressions")
-    ax.set_title("impressions by the model version that chose them (request log), failed requests above")
+    ax.set_ylabel("Predict requests")
+    ax.set_title("requests by the model version that answered them (request log)")
     _finish(fig, ax, paths[3], integer_x=True)
     return [(paths[0], "watch time per user-day by day"), (paths[1], "skip rate by day"),
-            (paths[2], "seconds of each step by day"), (paths[3], "impressions by model version, by day")]
+            (paths[2], "seconds of each step by day"), (paths[3], "requests by model version, by day")]
 
 
 def _num(value, default=np.nan):
