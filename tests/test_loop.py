@@ -172,16 +172,19 @@ def test_loop_misuse_is_one_line_and_exit_2(world300, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and "error:" in err, err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x.txt").write_text("not a loop")
-    cases = [(["loop", "--output", str(tmp_path / "busy"), "--world", world300, "--days", "1"], "holds no state.json"),
+    cases = [(["loop", "--output", str(tmp_path / "busy"), "--world", world300, "--days", "1", "--users", "10"],
+              "holds no state.json"),
              (["loop", "--output", str(tmp_path / "out2"), "--world", str(tmp_path / "nothing"), "--days", "1"],
               "no such folder"),
              (["loop", "--output", str(tmp_path / "out3"), "--world", world300, "--days", "1", "--config",
-               str(tmp_path / "none.json")], "--config")]
+               str(tmp_path / "none.json")], "--config"),
+             (["loop", "--output", str(tmp_path / "out4"), "--world", world300, "--days", "1", "--users", "301"],
+              "--users 301: the world has only 300 users")]
     for argv, text in cases:
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and text in err, err
-    assert not os.path.exists(tmp_path / "out2") and not os.path.exists(tmp_path / "out3")
+    assert not any(os.path.exists(tmp_path / f"out{i}") for i in (2, 3, 4))
     assert os.listdir(tmp_path / "busy") == ["x.txt"]
 
 

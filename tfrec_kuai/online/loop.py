@@ -167,6 +167,8 @@ class Loop:
                     continue
                 started = time.monotonic()
                 record = getattr(self, "_" + step.lower())(day)
+                if step == "Simulate":
+                    self.world.sample_users(self.options["users"])    # --users the new world lacks: stop now
                 self._finish(day, step, time.monotonic() - started, record)
             self.write_outputs()
             return self.metrics()
@@ -322,4 +324,7 @@ def run_loop(output, days, options, progress=True):
         raise InputError(f"--config {options['config']}: no such file")
     if options["world"] and not os.path.isdir(options["world"]):
         raise InputError(f"--world {options['world']}: no such folder (expected a `tfrec-kuai simulate` output)")
+    if options["world"]:
+        from tfrec_kuai.sim.world import World
+        World(options["world"], seed=options["seed"]).sample_users(options["users"])   # before anything is written
     return Loop(output, days, options, progress).run()

@@ -159,7 +159,8 @@ class LocalServer:
     daily loop's Pusher); ``request_logging`` ({name: (filename_prefix, sampling rate)}) adds
     each model's ``logging_config`` (``serving.model_config.add_request_logging``). The server
     is killed when the process that started it dies (Linux ``PR_SET_PDEATHSIG``), so a
-    ``kill -9`` of a long run never leaves it serving on its own."""
+    ``kill -9`` of a long run never leaves it serving on its own; the signal follows the thread
+    that called ``start()``, so start it from a thread that lives as long as the server should."""
 
     def __init__(self, models=None, ready_timeout=300.0, base_paths=None, request_logging=None, poll_wait_s=0,
                  role="the A/B test's model server"):
