@@ -135,8 +135,9 @@ def unknown_beam_flags(beam_args):
 
 
 def side_table_paths(args):
-    """The side tables the flags name (:class:`side_tables.SideTablePaths`)."""
-    return SideTablePaths(args.video_features, args.user_features)
+    """The side tables the flags name (:class:`side_tables.SideTablePaths`), local paths made absolute
+    (``inputs.absolute``: the workers load them, maybe in another folder)."""
+    return SideTablePaths(inputs.absolute(args.video_features), inputs.absolute(args.user_features))
 
 
 def incremental(args):
@@ -250,15 +251,17 @@ def run(argv=None, return_result=False):
     files, empty_inputs = inputs.resolve(args.input)
     history = resolve_history(args, files)
     tables = side_table_paths(args).load_checked()
+    options = PipelineOptions(beam_args)
+    runner = pipeline_runner(options)
+    check_job_endpoint(runner, options)
     staging = output_folder.prepare(args.output, args.overwrite)
     state_staging = None if args.write_history_state is None else output_folder.prepare(
         args.write_history_state, args.overwrite, "--write_history_state")
-    options = PipelineOptions(beam_args)
     command = "python -m beam_pipelines.build_examples " + " ".join(shlex.quote(a) for a in argv)
     options_dict = {k: v for k, v in options.get_all_options(drop_default=True).items()
                     if isinstance(v, (str, int, float, bool, list))}
     try:
-        pipeline = beam.Pipeline(runner=local_runner(options), options=options)
+        pipeline = beam.Pipeline(runner=runner, options=options)
         build(pipeline, args, command, options_dict, files, staging, tables, empty_inputs, history, state_staging)
         result = pipeline.run()
         result.wait_until_finish()
@@ -286,6 +289,43 @@ def run(argv=None, return_result=False):
         output_folder.publish(state_staging, args.write_history_state)
     logging.info("examples: %s", rows)
     return (meta, result) if return_result else meta
+
+
+def pipeline_runner(options):
+    """The runner ``--runner`` names: :func:`local_runner` for the DirectRunner, else Beam's own."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.runners.runner import create_runner
+    return local_runner(options) or create_runner(options.view_as(StandardOptions).runner)
+
+
+def check_job_endpoint(runner, options):
+    """:class:`InputError` when a portable runner's ``--job_endpoint`` has no job service answering.
+
+    ``PortableRunner`` (and ``FlinkRunner``/``SparkRunner`` given a ``--job_endpoint``) submits
+    the job to a job service over gRPC. Nothing answering there would otherwise surface, after
+    ``--job_server_timeout`` (300 s by default), as a gRPC timeout and a traceback; here the
+    launcher waits the same time for the channel, before anything is written, and stops with one
+    line. The workers' address (``--environment_config``) is the runner's to reach, not the
+    launcher's: it is not checked here (a pool nobody answers at fails the job within seconds).
+    """
+    from apache_beam.options.pipeline_options import PortableOptions
+    from apache_beam.runners.portability.portable_runner import PortableRunner
+    portable = options.view_as(PortableOptions)
+    endpoint = portable.job_endpoint
+    if not isinstance(runner, PortableRunner) or not endpoint or endpoint == "embed":
+        return
+    import grpc
+    timeout = portable.job_server_timeout
+    logging.info("waiting up to %s s (--job_server_timeout) for the job service at %s", timeout, endpoint)
+    channel = grpc.insecure_channel(endpoint)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise InputError(f"--job_endpoint {endpoint!r}: no job service answered within {timeout} s "
+                         "(--job_server_timeout); start one there, e.g. python -m "
+                         "apache_beam.runners.portability.local_job_service_main --port PORT") from None
+    finally:
+        channel.close()
 
 
 def local_runner(options):

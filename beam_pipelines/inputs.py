@@ -46,6 +46,16 @@ def _is_local(path):
     return "://" not in path
 
 
+def absolute(path):
+    """``path`` made absolute when it is local (a URL such as ``gs://`` stays as it is).
+
+    Every path a worker opens is carried absolute: on a portable runner (``--runner=PortableRunner``,
+    Flink, Spark, Dataflow) the workers are other processes, started in another folder, and a
+    path relative to the launcher's folder would name another file there, or none.
+    """
+    return os.path.abspath(path) if path is not None and _is_local(path) else path
+
+
 def _open_raw(path):
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
@@ -151,7 +161,7 @@ def match(pattern, flag="--input"):
         found = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError, or ValueError for an unknown scheme
         raise InputError(f"{flag} {pattern!r}: {e}") from None
-    files = [(m.path, m.size_in_bytes) for m in found if not (_is_local(m.path) and os.path.isdir(m.path))]
+    files = [(absolute(m.path), m.size_in_bytes) for m in found if not (_is_local(m.path) and os.path.isdir(m.path))]
     if not files:
         raise InputError(f"{flag} {pattern!r} matches no file")
     return files
