@@ -3,7 +3,8 @@
 Re-running the same command after a kill resumes from ``<model_dir>/backup`` and ends where an
 unbroken run ends; ``--restart`` throws the previous state away instead. ``--warm_start DIR``
 starts from yesterday's model (continual training, ``tfrec_kuai.train.training``, *Warm start*);
-it resumes and restarts the same way.
+it resumes and restarts the same way. ``--distribute parameter_server`` is run by every task of
+the cluster: the chief trains, the worker and ps tasks serve (``tfrec_kuai.train.distribute``).
 """
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
@@ -35,13 +36,24 @@ def add_arguments(parser):
                         help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
     parser.add_argument("--distribute", choices=("none", "mirrored", "multi_worker", "parameter_server"),
                         default="none", help="tf.distribute strategy; multi_worker / parameter_server read TF_CONFIG "
-                                             "(see tfrec_kuai/train/distribute.py)")
+                                             "(see tfrec_kuai/train/distribute.py); under parameter_server a "
+                                             "worker or ps task serves until stopped, the chief trains")
+    parser.add_argument("--min_shard_bytes", type=positive_int, default=None,
+                        help="parameter_server only: the smallest shard of a variable split over the ps tasks "
+                             "(default 262144, 256 KiB; smaller variables stay whole)")
 
 
 def run(args):
-    from tfrec_kuai.train import training
+    from tfrec_kuai.train import distribute, training
     from tfrec_kuai.config import load_config
     from tfrec_kuai.errors import InputError
+    if args.min_shard_bytes is not None and args.distribute != "parameter_server":
+        raise InputError(f"--min_shard_bytes is for --distribute parameter_server, not {args.distribute}")
+    if args.distribute == "parameter_server":
+        distribute.check_parameter_server_cluster()
+        if distribute.task()[0] in ("worker", "ps"):
+            distribute.serve()   # before anything reads or writes the folders: only the chief does
+            return 0
     try:
         config = load_config(args.config, args.stage)
     except FileNotFoundError:
@@ -53,6 +65,8 @@ def run(args):
     config = config.override("train", epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
                              max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed)
+    if args.distribute == "parameter_server":
+        training.check_parameter_server_run(config, args.warm_start)   # before --restart deletes anything
     if args.warm_start is not None:
         # Before --restart deletes anything: a refused warm start leaves model_dir as it was.
         from tfrec_kuai.data import examples
@@ -60,8 +74,8 @@ def run(args):
         training.check_warm_start(args.warm_start, args.model_dir, config, metadata["history_length"])
     if args.restart:
         training.clear_model_dir(args.model_dir)
-    from tfrec_kuai.train.distribute import make_strategy
-    strategy = make_strategy(args.distribute)  # before any other TF op: multi-worker needs that
+    strategy = distribute.make_strategy(  # before any other TF op: multi-worker needs that
+        args.distribute, args.min_shard_bytes or distribute.DEFAULT_MIN_SHARD_BYTES)
     history = training.train(args.examples, args.model_dir, config, verbose=args.verbose, strategy=strategy,
                              warm_start=args.warm_start)
     last = {k: v[-1] for k, v in history.items() if v}

@@ -11,9 +11,38 @@
   Only the chief writes the model directory; the other workers write to a scratch folder beside
   it, as the Keras multi-worker guide prescribes.
 * ``parameter_server`` — ``tf.distribute.ParameterServerStrategy`` for embedding tables too big
-  for one worker's memory: variables are sharded over the ``ps`` tasks of ``TF_CONFIG`` with a
-  ``MinSizePartitioner`` and the chief runs ``fit`` (this path is documented, not tested here: it
-  needs a cluster of ``chief``, ``worker`` and ``ps`` tasks; see docs/experiments.md).
+  for one worker's memory. ``TF_CONFIG`` names a cluster of one ``chief``, ``worker`` tasks and
+  ``ps`` tasks, and every task runs the same ``tfrec-kuai train ... --distribute parameter_server``
+  command with its own ``TF_CONFIG`` task: a ``worker`` or ``ps`` task becomes a
+  ``tf.distribute.Server`` and serves until it is stopped (``serve``: it reads nothing else of the
+  command line), the ``chief`` is the coordinator and runs ``fit``. Start the servers first; the
+  chief waits for them (the strategy retries the connection for about three minutes).
+
+  *Sharding.* Each variable is split along its first axis over the ``ps`` tasks by a
+  ``MinSizePartitioner``: shards of at least ``--min_shard_bytes`` (256 KiB by default), at most one
+  per ``ps`` task, so the id tables (a 4.4 M-video table of 32 floats is 560 MB) are spread over
+  every ``ps`` and the small dense kernels stay whole on one of them. The Keras ``Embedding``
+  looks rows up shard by shard; the ``IntegerLookup`` tables are static, and the strategy copies
+  one to every worker. The checkpoints hold each table whole (a ``ShardedVariable`` saves as
+  one), so ``evaluate`` and ``export`` load a parameter-server model like any other.
+
+  *What differs from one process* (``training.train``). The workers train asynchronously: the
+  chief hands each step to whichever worker is free and each applies its gradient to the ``ps``
+  variables at once, so the run takes the same number of steps of the same batch size as one
+  worker, but it is not deterministic. Each worker reads the whole training split in its own
+  random order (``ps_training_input``: the shuffles are left unseeded, so each worker draws its
+  own; seeded, every worker would read the same batches), so the resumable stream of one
+  process does not apply; a killed chief resumes from the last epoch end (``BackupAndRestore``
+  backs up at epoch ends only: Keras skips its step hooks under this strategy, and refuses any
+  other callback with step hooks, so the throughput logger counts steps with the model's step
+  counter and TensorBoard gets epoch scalars only). Keras' progress bar is refused too
+  (``--verbose 1`` gives one line per epoch). Validation is refused (``--validation none``): the
+  TFRS models compute their metrics in their own ``test_step``, which Keras' exact evaluation
+  under this strategy skips, and its inexact evaluation would score every worker's copy of the
+  validation batches from the start, not the validation set. ``--warm_start`` is refused too.
+  The coordination service and its heartbeat are not used (the strategy configures one only when
+  ``TF_PSS_ENABLE_COORDINATION_SERVICE`` is set); a worker that dies is rescheduled around by the
+  coordinator, a ``ps`` that dies ends the run.
 """
 import json
 import os
@@ -21,12 +50,16 @@ import os
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from tfrec_kuai.errors import InputError
+
 STRATEGIES = ("none", "mirrored", "multi_worker", "parameter_server")
 # How long the multi-worker coordination service waits for a worker's heartbeat before it declares
 # the worker dead and aborts every collective. TensorFlow's default, 10 s, is shorter than the
 # stalls of a loaded host (two workers and other jobs on 2 cores stalled past it in a test run
 # here), and a false death ends the whole run; a worker that truly died still ends it, later.
 HEARTBEAT_TIMEOUT_S = 60
+# The parameter-server partitioner's smallest shard (--min_shard_bytes), the strategy guide's value.
+DEFAULT_MIN_SHARD_BYTES = 256 << 10
 
 
 def tf_config():
@@ -35,8 +68,15 @@ def tf_config():
     return json.loads(raw) if raw else {}
 
 
-def make_strategy(name):
-    """The ``tf.distribute`` strategy called ``name`` (one of ``STRATEGIES``)."""
+def task():
+    """This process's ``TF_CONFIG`` task, ``(type, index)``; ``(None, 0)`` outside a cluster."""
+    t = tf_config().get("task", {})
+    return t.get("type"), int(t.get("index", 0))
+
+
+def make_strategy(name, min_shard_bytes=DEFAULT_MIN_SHARD_BYTES):
+    """The ``tf.distribute`` strategy called ``name`` (one of ``STRATEGIES``); ``min_shard_bytes``
+    is the parameter-server partitioner's smallest shard."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown distribution strategy {name!r}; expected one of {STRATEGIES}")
     if name == "none":
@@ -45,14 +85,78 @@ def make_strategy(name):
         return tf.distribute.MirroredStrategy()
     cluster = tf_config().get("cluster")
     if not cluster:
-        raise ValueError(f"--distribute {name} needs TF_CONFIG with a 'cluster' and this process's 'task'")
+        raise InputError(f"--distribute {name} needs TF_CONFIG with a 'cluster' and this process's 'task' "
+                         "(see tfrec_kuai/train/distribute.py)")
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if name == "multi_worker":
         _configure_coordination_service(resolver.cluster_spec())
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    check_parameter_server_cluster()
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-        min_shard_bytes=256 << 10, max_shards=max(1, len(cluster.get("ps", []))))
+        min_shard_bytes=int(min_shard_bytes), max_shards=len(cluster["ps"]))
     return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def check_parameter_server_cluster():
+    """``TF_CONFIG`` describes a parameter-server cluster and this process's task in it, or an
+    ``InputError`` says what is missing."""
+    config = tf_config()
+    cluster = config.get("cluster") or {}
+    missing = [job for job in ("chief", "worker", "ps") if not cluster.get(job)]
+    kind, index = task()
+    if missing or kind not in cluster or index >= len(cluster.get(kind, [])):
+        what = (f"no {' or '.join(missing)} task" if missing else
+                f"no task {kind!r} {index} in its cluster" if kind else "no 'task'")
+        raise InputError(f"--distribute parameter_server needs TF_CONFIG naming a cluster of one 'chief', 'worker' "
+                         f"and 'ps' tasks and this process's 'task': TF_CONFIG has {what} "
+                         "(see tfrec_kuai/train/distribute.py)")
+    if len(cluster["chief"]) != 1:
+        raise InputError(f"--distribute parameter_server needs exactly one 'chief' in TF_CONFIG, "
+                         f"got {len(cluster['chief'])}")
+
+
+def serve():
+    """Runs this ``worker`` or ``ps`` task's ``tf.distribute.Server`` until the process is stopped.
+
+    A worker executes the functions the chief sends it, which may hold the fused attention op:
+    the op library is loaded first (``tfrec_kuai.ops``), as the chief's ``auto`` picks ``fused``
+    when its own copy loads. ``GRPC_FAIL_FAST=use_caller`` lets the chief see a lost task as an
+    error it can reschedule around, as the strategy's guide prescribes.
+    """
+    check_parameter_server_cluster()
+    kind, index = task()
+    os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    if kind == "worker":
+        from tfrec_kuai import ops
+        ops.fused_available()
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    server = tf.distribute.Server(resolver.cluster_spec(), job_name=kind, task_index=index,
+                                  protocol=resolver.rpc_layer or "grpc", start=True)
+    print(f"{kind} {index} serving on {resolver.cluster_spec().task_address(kind, index)}", flush=True)
+    server.join()
+
+
+def is_parameter_server(strategy):
+    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+
+def describe_shards(model):
+    """One line: each id table's shape and, per shard, its rows and the ``ps`` task holding them."""
+    from tfrec_kuai.train.training import _id_embeddings
+    parts = []
+    for name, layer in _id_embeddings(model).items():
+        table = layer.embedding.embeddings
+        shards = getattr(table, "variables", [table])
+        where = ", ".join(f"{int(v.shape[0])} rows on {_task_of(v.device)}" for v in shards)
+        parts.append(f"{name} {int(table.shape[0])}x{int(table.shape[1])} in {len(shards)} shard"
+                     f"{'s' if len(shards) > 1 else ''} ({where})")
+    return "embedding tables over the ps tasks: " + "; ".join(parts)
+
+
+def _task_of(device):
+    """``/job:ps/task:1`` of a device name such as ``/job:ps/replica:0/task:1/device:CPU:0``."""
+    spec = tf.DeviceSpec.from_string(device)
+    return f"/job:{spec.job}/task:{spec.task}"
 
 
 def _configure_coordination_service(cluster_spec):

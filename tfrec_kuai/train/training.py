@@ -310,6 +310,23 @@ def training_stream(examples_dir, config: Config, steps_per_epoch, val_date=None
     return stream.prefetch(2)
 
 
+def ps_training_input(examples_dir, config: Config):
+    """The training input of a parameter-server run: each worker's own endless stream of the
+    training split's batches, in an order of its own (``tfrec_kuai.train.distribute``).
+
+    Keras traces the function once and runs the traced dataset on every worker, so a seeded
+    shuffle would give every worker the same batches: the shuffles here are unseeded, and the
+    graph-level seed ``set_random_seed`` gave the trace is cleared (in the traced graph only), so
+    each worker's dataset draws its own seed when it starts.
+    """
+    def dataset_fn(input_context):
+        if not tf.executing_eagerly():
+            tf.random.set_seed(None)
+        ds = shuffled_batches(examples_dir, "train", config.train.batch_size, seed=None)
+        return ds.map(lambda b: _prepare(b, config, None, training=True)).prefetch(2)
+    return tf.keras.utils.experimental.DatasetCreator(dataset_fn)
+
+
 def _prepare(batch, config, val_date, training):
     keep = None
     if val_date is not None:
@@ -422,21 +439,23 @@ class StopAfterSteps(tf.keras.callbacks.Callback):
 
 
 class ThroughputLogger(tf.keras.callbacks.Callback):
-    """Examples per second per epoch, into the logs (TensorBoard and history.json)."""
+    """Examples per second per epoch, into the logs (TensorBoard and history.json).
+
+    The steps are the model's step counter's advance over the epoch, not a count of step hooks:
+    under ``ParameterServerStrategy`` Keras refuses callbacks with step hooks, and at an epoch
+    end every step the coordinator handed out has finished."""
 
     def __init__(self, batch_size):
         super().__init__()
         self.batch_size = batch_size
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.t0, self.steps = time.perf_counter(), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
+        self.t0, self.start = time.perf_counter(), int(self.model._train_counter.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.steps:
-            logs["examples_per_s"] = self.steps * self.batch_size / (time.perf_counter() - self.t0)
+        steps = int(self.model._train_counter.numpy()) - self.start
+        if logs is not None and steps:
+            logs["examples_per_s"] = steps * self.batch_size / (time.perf_counter() - self.t0)
 
 
 class TensorBoardScalars(tf.keras.callbacks.Callback):
@@ -445,14 +464,15 @@ class TensorBoardScalars(tf.keras.callbacks.Callback):
     ``tf.keras.callbacks.TensorBoard`` needs the ``tensorboard`` package for ``tf.summary.scalar``,
     which TensorFlow 2.21 no longer pulls in; ``tf.summary.write`` with the scalars plugin's
     metadata is in TensorFlow itself and produces the same event files TensorBoard reads.
-    ``logs/train`` gets the batch-level metrics every ``every`` steps and the epoch metrics,
+    ``logs/train`` gets the batch-level metrics every ``every`` steps (``every=None``: none, as
+    under ``ParameterServerStrategy``, which refuses step hooks) and the epoch metrics,
     ``logs/validation`` the ``val_*`` ones.
     """
 
     def __init__(self, log_dir, every=50):
         super().__init__()
         self.log_dir = log_dir
-        self.every = max(1, int(every))
+        self.every = None if every is None else max(1, int(every))
         meta = tf.compat.v1.SummaryMetadata()
         meta.plugin_data.plugin_name = "scalars"
         self.metadata = meta.SerializeToString()
@@ -472,12 +492,15 @@ class TensorBoardScalars(tf.keras.callbacks.Callback):
                 tf.summary.write(prefix + k, tf.constant(value, tf.float32), step=step, metadata=self.metadata)
         writer.flush()
 
+    def _implements_train_batch_hooks(self):
+        return self.every is not None
+
     def on_train_begin(self, logs=None):
         self.step = int(self.model._train_counter.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        if self.step % self.every == 0:
+        if self.every and self.step % self.every == 0:
             self._write("train", logs, self.step, "batch_")
 
     def on_epoch_end(self, epoch, logs=None):
@@ -504,6 +527,16 @@ def _read_train_counter(backup_dir):
 
 # ----------------------------------------------------------------------------- fit
 
+def check_parameter_server_run(config: Config, warm_start=None):
+    """An ``InputError`` for what a ``ParameterServerStrategy`` run does not do: validation and a
+    warm start (``tfrec_kuai.train.distribute`` says why)."""
+    refused = [flag for flag, on in ((f"--validation {config.train.validation}", config.train.validation != "none"),
+                                     ("--warm_start", warm_start is not None)) if on]
+    if refused:
+        raise InputError(f"--distribute parameter_server does not run {' or '.join(refused)}: pass "
+                         "--validation none and train from scratch (see tfrec_kuai/train/distribute.py)")
+
+
 def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=(), log=print, strategy=None,
           warm_start=None):
     """Trains (or resumes training) and writes the model directory. Returns the Keras history dict.
@@ -514,12 +547,14 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     ``strategy`` is a ``tf.distribute`` strategy (``tfrec_kuai.train.distribute.make_strategy``); under
     a multi-worker strategy every worker runs this same function, the global input stream is
     sharded by element, and only the chief writes ``model_dir`` (the others write a scratch
-    folder, ``distribute.writable_model_dir``).
+    folder, ``distribute.writable_model_dir``). Under ``ParameterServerStrategy`` only the chief
+    runs it, and what that strategy does not support is routed as its module docstring says.
     """
     from tfrec_kuai.data import examples
     from tfrec_kuai.train import distribute
     strategy = strategy or tf.distribute.get_strategy()
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    parameter_server = distribute.is_parameter_server(strategy)
     shared_backup_dir = os.path.join(model_dir, "backup")  # BackupAndRestore handles the workers itself
     model_dir = distribute.writable_model_dir(model_dir)
     metadata = examples.require_examples(examples_dir, "train")
@@ -528,6 +563,8 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0:
         raise InputError(f"epochs and batch_size must be >= 1 and learning_rate > 0, got epochs={t.epochs}, "
                          f"batch_size={t.batch_size}, learning_rate={t.learning_rate}")
+    if parameter_server:
+        check_parameter_server_run(config, warm_start)
     if warm_start is not None:
         check_warm_start(warm_start, model_dir, config, metadata["history_length"])
     backup_dir = shared_backup_dir
@@ -580,6 +617,8 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
             model.set_candidate_probabilities(count_video_impressions(examples_dir))
         model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
 
+    if parameter_server:
+        log(distribute.describe_shards(model))
     n_train = int(metadata["rows"]["train_examples"])
     if t.max_train_examples:
         n_train = min(n_train, int(t.max_train_examples))
@@ -595,7 +634,10 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
             if os.path.exists(os.path.join(model_dir, stale)):
                 os.remove(os.path.join(model_dir, stale))
         shutil.rmtree(os.path.join(model_dir, "best"), ignore_errors=True)
-    stream = training_stream(examples_dir, config, steps_per_epoch, val_date, skip_steps=done_steps)
+    if parameter_server:
+        stream = ps_training_input(examples_dir, config)
+    else:
+        stream = training_stream(examples_dir, config, steps_per_epoch, val_date, skip_steps=done_steps)
     validation = validation_data(examples_dir, config, val_date)
     if multi_worker:
         stream = distribute.shard_by_data(stream)
@@ -603,9 +645,11 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     monitor = ("val_auc_skip" if stage == "ranking" else "val_batch_recall_at_50") if validation is not None else None
 
     callbacks = [
-        tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq=t.backup_every_steps, delete_checkpoint=True),
+        tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch" if parameter_server else t.backup_every_steps,
+                                            delete_checkpoint=True),
         ThroughputLogger(t.batch_size),
-        TensorBoardScalars(os.path.join(model_dir, "logs"), every=max(1, steps_per_epoch // 20)),
+        TensorBoardScalars(os.path.join(model_dir, "logs"),
+                           every=None if parameter_server else max(1, steps_per_epoch // 20)),
         tf.keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "checkpoints", "epoch-{epoch:02d}", "model"),
                                            save_weights_only=True),
     ]
@@ -617,7 +661,7 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
         f"{'' if val_date is None else f', date {val_date}'})")
     with examples.read_errors_as_input_errors(examples_dir, "train"):
         history = model.fit(stream, epochs=t.epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
-                            callbacks=callbacks, verbose=verbose)
+                            callbacks=callbacks, verbose=2 if parameter_server and verbose == 1 else verbose)
     if int(model._train_counter.numpy()) <= done_steps:
         raise InputError(f"no training batch could be read from {os.path.join(examples_dir, 'train')} "
                          f"(fewer than {t.batch_size} examples, or empty files?)")
