@@ -130,27 +130,42 @@ def test_the_report_renders(loop_dir, tmp_path):
     check_page(page, images=4, tmp=str(tmp_path))
 
 
-@pytest.mark.slow
-def test_kill_9_and_resume(loop_dir, loop_args, tmp_path):
-    """Killed during day 1's serving, the same command resumes: the finished loop reconciles row
-    for row, day 1 (served by version 1, trained from scratch on the same day 0) is the
-    uninterrupted run's log byte for byte, and the killed loop's server died with it."""
-    out = str(tmp_path / "out")
-    command = [sys.executable, "-m", "tfrec_kuai.cli", "loop", "--output", out] + loop_args
+def _state(folder):
+    with open(os.path.join(folder, "state.json")) as f:
+        return json.load(f)
+
+
+def _kill_when(command, ready, settle_s, timeout_s=300):
+    """Start the loop's command, ``kill -9`` it ``settle_s`` after ``ready()`` holds."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server_file = os.path.join(out, "server.json")
-    deadline = time.time() + 300
-    while not os.path.exists(server_file) and process.poll() is None and time.time() < deadline:
+    deadline = time.time() + timeout_s
+    while not ready() and process.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-    assert os.path.exists(server_file), "the loop never started its server"
-    time.sleep(0.5)                   # day 1's requests running
+    assert ready(), "the loop never reached the step to kill it in"
+    time.sleep(settle_s)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume(loop_dir, loop_args, tmp_path):
+    """Killed during day 1's serving, resumed and killed again during day 2's training, the same
+    command finishes: the loop reconciles row for row, day 1 (served by version 1, trained from
+    scratch on the same day 0) is the uninterrupted run's log byte for byte, and each killed
+    loop's server died with it."""
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "tfrec_kuai.cli", "loop", "--output", out] + loop_args
+    server_file = os.path.join(out, "server.json")
+    _kill_when(command, lambda: os.path.exists(server_file), 0.5)       # day 1's requests running
     with open(server_file) as f:
         assert _server_gone(json.load(f)["pid"]), "kill -9 of the loop left its server running"
-    with open(os.path.join(out, "state.json")) as f:
-        assert "1/Serving" not in json.load(f)["done"]
-    assert not os.path.exists(os.path.join(out, "days", "1"))
+    assert "1/Serving" not in _state(out)["done"] and not os.path.exists(os.path.join(out, "days", "1"))
+    os.remove(server_file)
+
+    _kill_when(command, lambda: os.path.exists(os.path.join(out, "models", "2.tmp")), 2.0)   # day 2's Trainer
+    with open(server_file) as f:
+        assert _server_gone(json.load(f)["pid"]), "kill -9 of the loop left its server running"
+    assert _state(out)["done"][-1] == "2/ExampleGen"
 
     assert cli.main(["loop", "--output", out] + loop_args) == 0
     resumed = _check_reconciles(out)
@@ -159,6 +174,7 @@ def test_kill_9_and_resume(loop_dir, loop_args, tmp_path):
                 open(os.path.join(loop_dir, "days", "1", name), "rb") as b:
             assert a.read() == b.read(), f"day 1's {name} differs from the uninterrupted run's"
     assert resumed["days"][0]["impressions"] == _metrics(loop_dir)["days"][0]["impressions"]
+    assert not os.path.exists(os.path.join(out, "models", "2.tmp"))
 
 
 def test_loop_misuse_is_one_line_and_exit_2(world300, tmp_path, capsys):

@@ -91,6 +91,8 @@ def plot_days(out, output):
 
     fig, ax = plt.subplots(figsize=(9, 4))
     versions = sorted({int(v) for d in days for v in d["requests_by_version"]})
+    if not versions:
+        ax.plot([], [], label="no day served yet")
     bottom = np.zeros(len(days))
     for v in versions:
         values = np.array([d["requests_by_version"].get(str(v), 0) for d in days], np.float64)
