@@ -158,10 +158,12 @@ def match(pattern, flag="--input"):
         raise InputError(f"{flag} {pattern!r} is a directory; give a glob of its log files, e.g. "
                          f"{os.path.join(pattern, '*.csv')!r}")
     try:
-        found = FileSystems.match([pattern])[0].metadata_list
+        # matched as an absolute path: Beam's local match finds nothing for a bare "log_*.csv"
+        # (no folder part), and the files found are carried absolute (``absolute``)
+        found = FileSystems.match([absolute(pattern)])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError, or ValueError for an unknown scheme
         raise InputError(f"{flag} {pattern!r}: {e}") from None
-    files = [(absolute(m.path), m.size_in_bytes) for m in found if not (_is_local(m.path) and os.path.isdir(m.path))]
+    files = [(m.path, m.size_in_bytes) for m in found if not (_is_local(m.path) and os.path.isdir(m.path))]
     if not files:
         raise InputError(f"{flag} {pattern!r} matches no file")
     return files
