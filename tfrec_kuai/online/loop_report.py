@@ -5,7 +5,7 @@ loop as it goes: is the model improving on its own data (watch time per user-day
 by day, beside the reference policies that served the same users on the same world seed), does a
 day's cost grow with the days before (seconds of each step by day), and did any version swap
 lose requests (the versions that answered each day's impressions, and the failed requests).
-Matplotlib with the Agg backend; the report's HTML helpers (``evaluate/report.py``).
+Matplotlib with the Agg backend; the HTML helpers every page shares (``evaluate/page.py``).
 """
 from __future__ import annotations
 
