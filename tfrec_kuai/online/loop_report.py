@@ -19,8 +19,8 @@ from tfrec_kuai.online.abtest_page import _finish
 
 PAGE = "index.html"
 PLOTS = ("watch_by_day.png", "skip_by_day.png", "step_cost.png", "versions.png")
-COLUMNS = ("day", "model_version", "users", "impressions", "requests", "failed_requests", "watch_time_per_user_day",
-           "skip_rate", "serve_s", "beam_s", "train_s", "export_s")
+COLUMNS = ("day", "model_version", "impressions", "requests", "failed_requests", "watch_time_per_user_day",
+           "skip_rate", "beam_s", "train_s", "export_s")
 
 
 def write_report(output, out):
@@ -31,7 +31,7 @@ def write_report(output, out):
     figures = plot_days(out, output)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(d.get(c)))}</td>" for c in COLUMNS) +
                    f"<td>{html.escape(_versions(d))}</td></tr>" for d in days)
-    table = ("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) +
+    table = ("<table><tr>" + "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in COLUMNS) +
              "<th>impressions by version</th></tr>" + rows + "</table>")
     setup_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                          for k, v in setup.items())
