@@ -105,7 +105,8 @@ def check_parameter_server_cluster():
     missing = [job for job in ("chief", "worker", "ps") if not cluster.get(job)]
     kind, index = task()
     if missing or kind not in cluster or index >= len(cluster.get(kind, [])):
-        what = (f"no {' or '.join(missing)} task" if missing else
+        what = (f"no {' or '.join([', '.join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)} task"
+                if missing else
                 f"no task {kind!r} {index} in its cluster" if kind else "no 'task'")
         raise InputError(f"--distribute parameter_server needs TF_CONFIG naming a cluster of one 'chief', 'worker' "
                          f"and 'ps' tasks and this process's 'task': TF_CONFIG has {what} "
