@@ -36,7 +36,9 @@
   backs up at epoch ends only: Keras skips its step hooks under this strategy, and refuses any
   other callback with step hooks, so the throughput logger counts steps with the model's step
   counter and TensorBoard gets epoch scalars only). Keras' progress bar is refused too
-  (``--verbose 1`` gives one line per epoch). Validation is refused (``--validation none``): the
+  (``--verbose 1`` gives one line per epoch). The epoch's logged metrics are those the last
+  scheduled step returned (TFRS steps return the loss beside the metrics, so Keras cannot read
+  the metrics from the model instead, and warns). Validation is refused (``--validation none``): the
   TFRS models compute their metrics in their own ``test_step``, which Keras' exact evaluation
   under this strategy skips, and its inexact evaluation would score every worker's copy of the
   validation batches from the start, not the validation set. ``--warm_start`` is refused too.
