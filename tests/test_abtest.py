@@ -189,4 +189,5 @@ def test_savedmodel_arm_serves_the_export_in_process(kuai_exports, tiny_log_dir,
                      users=20, days=1, seed=2, output=str(tmp_path), paired=True, progress=False, replicates=200)
     model = out["arms"]["model"]
     assert model["impressions"] > 0 and CONTRACT_KEYS <= model.keys()
+    assert model["repeat_rate"] == 0.0          # every seen video is excluded, not only the last L
     assert out["lift"]["model"]["watch_time_per_user_day"]["value"] is not None

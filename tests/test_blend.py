@@ -88,5 +88,21 @@ def test_blended_arms_serve_in_process_and_over_grpc(kuai_exports, tiny_log_dir,
     metrics = {name: {k: v for k, v in m.items() if k != "policy"} for name, m in out["arms"].items()}
     assert metrics["plain"] == metrics["default"] and metrics["plain"]["impressions"] > 0
     assert metrics["watch"] == metrics["watch_grpc"] and metrics["watch_grpc"]["failed_requests"] == 0
+    # Model arms leave out every video the user has seen, as the baselines do (recommend_excluding).
+    assert all(m["repeat_rate"] == 0.0 for m in metrics.values())
     logs = [(tmp_path / "arms" / name / "log_standard_abtest.csv").read_text() for name in ("plain", "watch")]
     assert logs[0] != logs[1], "ordering by E[watch] alone serves another feed than the blend"
+
+
+def test_seen_ids_lists_each_users_seen_videos_padded():
+    from tfrec_kuai.online.policies import seen_ids
+
+    class Catalogue:
+        video_id = np.array([10, 11, 12, 13])
+
+    class FakeWorldIds:          # only the catalogue's ids are read
+        catalogue = Catalogue()
+
+    seen = np.array([[True, False, True, False], [False, False, False, False], [True, True, True, True]])
+    np.testing.assert_array_equal(seen_ids(FakeWorldIds(), seen),
+                                  [[10, 12, -1, -1], [-1, -1, -1, -1], [10, 11, 12, 13]])

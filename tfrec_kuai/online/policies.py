@@ -174,8 +174,25 @@ def split_blend(argument, kind="savedmodel"):
     return where, Blend(**values)
 
 
+# Model arms call the export's ``recommend_excluding`` with every video the user has seen, so they
+# play by the rule of every other policy but ``logging`` (the export alone leaves out only the
+# request's last L events; a user re-served what they watched long ago would count as a gain).
+SIGNATURE = "recommend_excluding"
+EXCLUDE_INPUT = "exclude_video_id"
+
+
+def seen_ids(world, seen):
+    """``[b, E]`` video ids of the ``True`` cells of ``seen`` ([b, V] catalogue mask), −1 padded."""
+    counts = seen.sum(1)
+    ids = np.full((len(seen), max(int(counts.max(initial=0)), 1)), -1, np.int64)
+    rows, cols = np.nonzero(seen)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    ids[rows, slot] = world.catalogue.video_id[cols]
+    return ids
+
+
 class ModelPolicy(Policy):
-    """An export's ``recommend`` signature as a policy: the part every way of calling it shares.
+    """An export's ``recommend_excluding`` signature as a policy: the part every way of calling it shares.
 
     A subclass says what the signature takes (``input_dtypes``: {input: TensorFlow dtype}, and
     the history length it declares) and how to call it (``call(inputs) -> video ids [b, top-N]``);
@@ -202,9 +219,10 @@ class ModelPolicy(Policy):
     def inputs(self, page):
         """``{input: numpy array}`` of the page's request, in the signature's dtypes."""
         features = self.requests.build(page)
+        features[EXCLUDE_INPUT] = seen_ids(self.world, page.cohort.seen[page.rows])
         missing = sorted(set(self.input_dtypes) - set(features))
         if missing:
-            raise InputError(f"{self.name}: the `recommend` signature takes {missing}, which a request "
+            raise InputError(f"{self.name}: the `{SIGNATURE}` signature takes {missing}, which a request "
                              "built from the world's log does not carry")
         return {name: np.asarray(features[name], dtype.as_numpy_dtype) for name, dtype in self.input_dtypes.items()}
 
@@ -221,7 +239,7 @@ class ModelPolicy(Policy):
 
 
 class SavedModelPolicy(ModelPolicy):
-    """An export's ``recommend`` signature, loaded in-process."""
+    """An export's ``recommend_excluding`` signature, loaded in-process."""
 
     def __init__(self, spec, world, export_dir):
         super().__init__(spec, world)
@@ -240,9 +258,9 @@ class SavedModelPolicy(ModelPolicy):
             op_problem = f"; {error}"
         try:
             loaded = tf.saved_model.load(self.path)
-            self.signature = loaded.signatures["recommend"]
+            self.signature = loaded.signatures[SIGNATURE]
         except (OSError, KeyError, ValueError, RuntimeError, tf.errors.OpError) as error:
-            raise InputError(f"savedmodel:{export_dir}: not a loadable export with a `recommend` "
+            raise InputError(f"savedmodel:{export_dir}: not a loadable export with a `{SIGNATURE}` "
                              f"signature ({type(error).__name__}){op_problem}") from None
         self._loaded = loaded
         specs = self.signature.structured_input_signature[1]

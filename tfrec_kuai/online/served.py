@@ -1,4 +1,4 @@
-"""The ``served`` policy: an export's ``recommend`` called over gRPC through a model server
+"""The ``served`` policy: an export's ``recommend_excluding`` called over gRPC through a model server
 (docs/design.md §10), so an A/B arm measures the serving path a deployment uses, not only the model.
 
 ``served:<model name>`` calls that model on ``--server ADDRESS`` (a running ``python -m
@@ -23,9 +23,8 @@ import time
 
 from serving.model_config import pinned_versions, write_model_config
 from tfrec_kuai.errors import InputError
-from tfrec_kuai.online.policies import ModelPolicy, parse_spec, resolve_export, split_blend
+from tfrec_kuai.online.policies import SIGNATURE, ModelPolicy, parse_spec, resolve_export, split_blend
 
-SIGNATURE = "recommend"
 TIMEOUT_S = 60.0
 RETRIES = 2            # extra tries of a request that failed with a transient code
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED")   # a server busy or restarting; a refusal stays refused
@@ -41,7 +40,7 @@ def _rpc_error(where, error, hint=""):
 
 
 class ServedPolicy(ModelPolicy):
-    """``recommend`` of ``model_name`` on the gRPC server at ``address``; one Predict per page
+    """``recommend_excluding`` of ``model_name`` on the gRPC server at ``address``; one Predict per page
     for all the page's users. A request that fails with a transient code is tried again (up to
     :data:`RETRIES` times) and counted in ``failed_requests``; any other failure, or one that
     persists, stops the run with one line naming the gRPC code."""
@@ -71,7 +70,7 @@ class ServedPolicy(ModelPolicy):
         spec.signature_name = SIGNATURE
 
     def _signature_inputs(self):
-        """{input: (TensorFlow dtype, shape)} of the model's ``recommend`` from GetModelMetadata."""
+        """{input: (TensorFlow dtype, shape)} of the model's ``recommend_excluding`` from GetModelMetadata."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
