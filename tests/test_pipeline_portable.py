@@ -7,7 +7,6 @@ DirectRunner's on the same input: every TFRecord byte for byte, the vocabularies
 dead letter and the metadata.
 """
 import glob
-import json
 import os
 import re
 import signal
