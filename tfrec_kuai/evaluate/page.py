@@ -35,3 +35,13 @@ def format_value(value):
 def img_tag(path, alt):
     """An ``<img>`` of the PNG at ``path``, referenced by its name (it sits beside the page)."""
     return f'<img src="{html.escape(os.path.basename(path))}" alt="{html.escape(alt)}">'
+
+
+def write_html(path, title, sections, style=STYLE):
+    """Write ``sections`` (HTML strings, in order) as a page titled ``title`` to ``path``; returns it."""
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
+            + "\n".join(sections) + "</body></html>")
+    with open(path, "w") as f:
+        f.write(page)
+    return path

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 
 from tfrec_kuai.errors import InputError
-from tfrec_kuai.evaluate.page import STYLE, format_value, img_tag
+from tfrec_kuai.evaluate.page import format_value, img_tag, write_html
 
 DURATION_EDGES_S = (0, 7, 18, 30, 60, 120, 300, float("inf"))
 VARIANT_COLUMNS = (
@@ -334,10 +334,4 @@ def build_report(output_dir, examples_dir, ranking_dir=None, retrieval_dir=None,
         with open(benchmarks_md) as f:
             sections.append(markdown_to_html(f.read()))
 
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            + "\n".join(sections) + "</body></html>")
-    path = os.path.join(output_dir, "index.html")
-    with open(path, "w") as f:
-        f.write(page)
-    return path
+    return write_html(os.path.join(output_dir, "index.html"), title, sections)

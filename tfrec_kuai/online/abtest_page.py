@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from tfrec_kuai.evaluate.page import STYLE, format_value, img_tag
+from tfrec_kuai.evaluate.page import STYLE, format_value, img_tag, write_html
 from tfrec_kuai.online.metrics import RATIOS, bucket_labels
 
 PAGE = "index.html"
@@ -47,13 +47,7 @@ def write_page(output, out):
                 "<h2>Plots</h2>"
                 '<p class="note">Bars and bands: 95 % user-level bootstrap intervals of each arm\'s value.</p>'
                 + "".join(img_tag(path, alt) for path, alt in figures)]
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{_PAGE_STYLE}</style></head><body>"
-            + "\n".join(sections) + "</body></html>")
-    path = os.path.join(output, PAGE)
-    with open(path, "w") as f:
-        f.write(page)
-    return path
+    return write_html(os.path.join(output, PAGE), title, sections, style=_PAGE_STYLE)
 
 
 def _setup_table(setup, arms):

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from tfrec_kuai.evaluate.page import STYLE, format_value, img_tag
+from tfrec_kuai.evaluate.page import format_value, img_tag, write_html
 from tfrec_kuai.online.abtest_page import _finish
 
 PAGE = "index.html"
@@ -40,13 +40,7 @@ def write_report(output, out):
                 f"{html.escape(', '.join(map(str, out['versions'])) or 'none')}</p>",
                 "<h2>Setup</h2><table class='setup'>" + setup_rows + "</table>",
                 "<h2>Days</h2>" + table, "<h2>Plots</h2>" + "".join(img_tag(p, alt) for p, alt in figures)]
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            + "\n".join(sections) + "</body></html>")
-    path = os.path.join(output, PAGE)
-    with open(path, "w") as f:
-        f.write(page)
-    return path
+    return write_html(os.path.join(output, PAGE), title, sections)
 
 
 def _versions(day):
