@@ -17,11 +17,13 @@ from beam_pipelines.date_split import eval_dates_of
 from tfrec_kuai.schema import CORPUS_FEATURES, LABEL_NAMES, VOCAB_FEATURES
 
 
-def vocabulary(counts, min_count):
-    """Ids with at least ``min_count`` occurrences, most frequent first (ties: smaller id first)."""
+def vocabulary(counts, min_count, with_counts=False):
+    """Ids with at least ``min_count`` occurrences, most frequent first (ties: smaller id first);
+    ``with_counts``: ``(ids, their counts)``."""
     items = [(int(k), int(v)) for k, v in counts.items() if int(v) >= min_count]
     items.sort(key=lambda kv: (-kv[1], kv[0]))
-    return [k for k, _ in items]
+    ids = [k for k, _ in items]
+    return (ids, [v for _, v in items]) if with_counts else ids
 
 
 def corpus_rows(stats, video_table):
@@ -126,13 +128,18 @@ def write_text(path, text):
 
 
 def write_summary(stats, output, tables, meta_kwargs, vocab_min_count):
-    """Vocabulary files and metadata.json (runs once, on the merged statistics)."""
+    """Vocabulary files and metadata.json (runs once, on the merged statistics).
+
+    ``vocab/<feature>.txt`` holds the ids; its sibling ``vocab/<feature>.counts.txt`` their
+    occurrences, line for line (what ``train --min_count`` selects by; the ids file is unchanged
+    by it, so readers of the ids alone see what they always saw)."""
     ids = stats.get("ids", {})
     sizes = {}
     for feature in VOCAB_FEATURES:
-        vocab = vocabulary(ids.get(feature, {}), vocab_min_count)
+        vocab, counts = vocabulary(ids.get(feature, {}), vocab_min_count, with_counts=True)
         sizes[feature] = len(vocab)
         write_text(f"{output}/vocab/{feature}.txt", "".join(f"{v}\n" for v in vocab))
+        write_text(f"{output}/vocab/{feature}.counts.txt", "".join(f"{c}\n" for c in counts))
     cols, missing = corpus_rows(stats, tables.video_table())
     meta = build_metadata(stats, vocab_sizes=sizes, vocab_min_count=vocab_min_count,
                           corpus_videos=len(cols["video_id"]), corpus_missing=missing, **meta_kwargs)
@@ -190,7 +197,7 @@ class WriteCorpus(beam.PTransform):
 
 
 class WriteSummary(beam.PTransform):
-    """Writes ``OUTPUT/vocab/*.txt`` and ``OUTPUT/metadata.json`` from the merged statistics.
+    """Writes ``OUTPUT/vocab/<feature>.txt`` (and ``.counts.txt``) and ``OUTPUT/metadata.json`` from the merged statistics.
 
     Args:
       output: the examples folder being written.

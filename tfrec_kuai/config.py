@@ -11,7 +11,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from tfrec_kuai.schema import BINARY_LABELS
+from tfrec_kuai.schema import BINARY_LABELS, VOCAB_FEATURES
 
 VARIANTS = ("full", "no_history", "no_feedback", "no_context", "shared_bottom")
 STAGES = ("ranking", "retrieval")
@@ -59,6 +59,13 @@ class ModelConfig:
     skip_hard_negatives: bool = True
     attention_implementation: str = "auto"
     user_feature_names: List[str] = dataclasses.field(default_factory=list)
+    # Ids at scale (docs/data.md), per id feature of schema.VOCAB_FEATURES; a feature absent from a
+    # dict takes the default: no cap, every id of the examples' vocabulary, one OOV row. The model's
+    # vocabulary keeps the ``max_vocab_size`` most frequent ids seen at least ``min_count`` times
+    # in train; every other id hashes into one of ``oov_buckets`` rows (layers.IdEmbedding).
+    max_vocab_size: Dict[str, int] = dataclasses.field(default_factory=dict)
+    min_count: Dict[str, int] = dataclasses.field(default_factory=dict)
+    oov_buckets: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     def validate(self):
         if self.variant not in VARIANTS:
@@ -68,6 +75,17 @@ class ModelConfig:
         unknown = set(self.loss_weights) - set(BINARY_LABELS) - {"watch"}
         if unknown:
             raise ValueError(f"loss_weights has unknown objectives {sorted(unknown)}")
+        for field, what in (("max_vocab_size", "a cap of at least 1 id"), ("min_count", "a count of at least 1"),
+                            ("oov_buckets", "at least 1 bucket")):
+            values = getattr(self, field)
+            if not isinstance(values, dict):
+                raise ValueError(f"{field} must map an id feature ({', '.join(VOCAB_FEATURES)}) to an integer, "
+                                 f"got {values!r}")
+            for feature, value in values.items():
+                if feature not in VOCAB_FEATURES:
+                    raise ValueError(f"{field} names {feature!r}, not an id feature ({', '.join(VOCAB_FEATURES)})")
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{field} of {feature} must be an integer >= 1 ({what}), got {value!r}")
         return self
 
 

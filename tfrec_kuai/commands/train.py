@@ -6,10 +6,13 @@ starts from yesterday's model (continual training, ``tfrec_kuai.train.training``
 it resumes and restarts the same way. ``--distribute parameter_server`` is run by every task of
 the cluster: the chief trains, the worker and ps tasks serve (``tfrec_kuai.train.distribute``).
 """
+import argparse
+
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 from tfrec_kuai.commands import non_negative_int, positive_float, positive_int
 from tfrec_kuai.config import STAGES, VARIANTS
+from tfrec_kuai.schema import VOCAB_FEATURES
 
 
 def add_arguments(parser):
@@ -31,6 +34,12 @@ def add_arguments(parser):
     parser.add_argument("--warm_start", default=None, metavar="MODEL_DIR",
                         help="start from this finished model of the same stage, variant, architecture and L "
                              "(yesterday's): its weights, its vocabularies grown by the examples' new ids")
+    for flag, what in (("--max_vocab_size", "keep at most N ids of FEATURE, the most frequent (default: all)"),
+                       ("--min_count", "keep only ids of FEATURE seen at least N times in train (default 1)"),
+                       ("--oov_buckets", "hash ids FEATURE's vocabulary lacks into N rows (default 1)")):
+        parser.add_argument(flag, type=feature_values, default=None, metavar="FEATURE=N[,FEATURE=N...]",
+                            help=f"{what}; FEATURE one of {', '.join(VOCAB_FEATURES)}; over the config file's "
+                                 "values feature by feature (docs/data.md, Ids at scale)")
     parser.add_argument("--restart", action="store_true", help="delete model_dir first instead of resuming")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="Keras progress: 0 silent, 1 bar, 2 one line per epoch")
@@ -41,6 +50,22 @@ def add_arguments(parser):
     parser.add_argument("--min_shard_bytes", type=positive_int, default=None,
                         help="parameter_server only: the smallest shard of a variable split over the ps tasks "
                              "(default 262144, 256 KiB; smaller variables stay whole)")
+
+
+def feature_values(text):
+    """``video_id=1000000,tag=64`` → ``{"video_id": 1000000, "tag": 64}``: one integer >= 1 per
+    id feature (an argparse type, so a bad value is refused before anything is read)."""
+    out = {}
+    for item in text.split(","):
+        feature, sep, value = item.strip().partition("=")
+        if not sep or feature not in VOCAB_FEATURES:
+            raise argparse.ArgumentTypeError(f"expected FEATURE=N with FEATURE one of {', '.join(VOCAB_FEATURES)}, "
+                                             f"got {item.strip()!r}")
+        try:
+            out[feature] = positive_int(value.strip())
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentTypeError(f"{feature}: {error}") from None
+    return out
 
 
 def run(args):
@@ -60,11 +85,16 @@ def run(args):
         raise InputError(f"--config {args.config}: no such file") from None
     except ValueError as error:   # bad JSON / YAML, unknown keys
         raise InputError(f"--config {args.config}: {error}") from None
-    config = config.override("model", stage=args.stage, variant=args.variant,
-                             attention_implementation=args.attention_implementation)
+    m = config.model
+    config = config.override(
+        "model", stage=args.stage, variant=args.variant, attention_implementation=args.attention_implementation,
+        **{field: {**getattr(m, field), **flags} for field, flags in (
+            ("max_vocab_size", args.max_vocab_size), ("min_count", args.min_count),
+            ("oov_buckets", args.oov_buckets)) if flags})
     config = config.override("train", epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
                              max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed)
+    training.check_model_config(config)   # before --restart deletes anything
     if args.distribute == "parameter_server":
         training.check_parameter_server_run(config, args.warm_start)   # before --restart deletes anything
     if args.warm_start is not None:

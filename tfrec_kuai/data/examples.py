@@ -41,19 +41,35 @@ def load_metadata(examples_dir):
     return metadata
 
 
-def read_vocabulary(examples_dir, feature):
+def read_vocabulary(examples_dir, feature, with_counts=False):
     """Ids of ``vocab/<feature>.txt``, most frequent first (empty when no id of it is known, e.g.
-    ``author_id`` and ``tag`` of examples built from the log alone)."""
-    path = os.path.join(examples_dir, "vocab", f"{feature}.txt")
+    ``author_id`` and ``tag`` of examples built from the log alone).
+
+    ``with_counts``: ``(ids, counts)``, the counts of ``vocab/<feature>.counts.txt`` (train
+    occurrences, line for line), or ``None`` for a folder written before the pipeline kept them.
+    """
+    ids = _read_int_lines(examples_dir, feature, f"{feature}.txt", "integer ids")
+    if not with_counts:
+        return ids
+    if not tf.io.gfile.exists(os.path.join(examples_dir, "vocab", f"{feature}.counts.txt")):
+        return ids, None
+    counts = _read_int_lines(examples_dir, feature, f"{feature}.counts.txt", "integer counts")
+    if len(counts) != len(ids):
+        raise InputError(f"{os.path.join(examples_dir, 'vocab', feature + '.counts.txt')} holds {len(counts)} counts "
+                         f"for the {len(ids)} ids of {feature}.txt; rebuild the examples folder")
+    return ids, counts
+
+
+def _read_int_lines(examples_dir, feature, name, what):
+    path = os.path.join(examples_dir, "vocab", name)
     if not tf.io.gfile.exists(path):
-        raise InputError(f"{examples_dir} has no vocabulary {os.path.join('vocab', feature + '.txt')} "
-                         f"({_MAKE_EXAMPLES})")
+        raise InputError(f"{examples_dir} has no vocabulary {os.path.join('vocab', name)} ({_MAKE_EXAMPLES})")
     with tf.io.gfile.GFile(path) as f:
         text = f.read()
     try:
         return [int(line) for line in text.split()]
     except ValueError:
-        raise InputError(f"{path} holds something other than integer ids, one a line") from None
+        raise InputError(f"{path} holds something other than {what}, one a line") from None
 
 
 def require_examples(examples_dir, split):

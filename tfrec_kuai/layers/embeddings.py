@@ -2,8 +2,9 @@
 
 The model receives *raw* ids (docs/design.md §6) and maps them through vocabularies stored inside the
 model (``IntegerLookup``), so a SavedModel is self-contained and a serving client can send an
-example's features as they are. Padding ids (−1) and ids unseen in training map to the single
-out-of-vocabulary row; padded history positions are never read by the attention anyway.
+example's features as they are. Padding ids (−1) and ids the vocabulary lacks map to the
+out-of-vocabulary rows (one by default, ``K`` hashed buckets with ``oov_buckets``, see
+:class:`IdEmbedding`); padded history positions are never read by the attention anyway.
 """
 import math
 
@@ -24,59 +25,74 @@ NUM_FEEDBACK_BITS = len(FEEDBACK_BITS)  # bit i is the i-th binary label (docs/d
 class IdEmbedding(tf.keras.layers.Layer):
     """Raw int64 id → vocabulary index → embedding, any input shape ``S`` → ``S + [dim]``.
 
-    Index 0 is the out-of-vocabulary row (unknown ids, padding −1), 1.. follow the vocabulary
-    order (most frequent first, as the pipeline writes it; a warm start appends the new day's ids
-    after yesterday's, ``copy_rows_from``).
+    Indices ``0 .. K-1`` are the ``K = oov_buckets`` out-of-vocabulary rows, ``K ..`` follow the
+    vocabulary order (most frequent first, as the pipeline writes it; a warm start appends the new
+    day's ids after yesterday's, ``copy_rows_from``). An id the vocabulary lacks (one under the
+    training's ``min_count`` or past its ``max_vocab_size``, or never seen) goes to bucket
+    ``floormod(id, K)``: ``IntegerLookup``'s own rule for ``num_oov_indices = K`` (the stock
+    ``FloorMod`` op, so a portable SavedModel stays servable by stock TF Serving), deterministic,
+    and spread evenly over the buckets because KuaiRand ids are consecutive integers. With
+    ``K = 1`` this is the single OOV row 0. Padding (−1) lands in bucket ``K - 1``; padded history
+    positions are never read by the attention (masked by ``hist_len``), so that row's sharing
+    with real unknown ids is harmless.
 
     An empty vocabulary is legal: examples built from the interaction log alone (no video table)
-    know no author or tag, and every id then maps to the out-of-vocabulary row. ``IntegerLookup``
-    cannot express that (without a vocabulary it waits for ``adapt`` and its table stays
-    uninitialised), so no lookup table is made then.
+    know no author or tag, and every id then goes to its OOV bucket. ``IntegerLookup`` cannot
+    express that (without a vocabulary it waits for ``adapt`` and its table stays uninitialised),
+    so no lookup table is made then and the same ``floormod`` is applied directly.
     """
 
-    def __init__(self, vocabulary, dim, embeddings_regularizer=None, **kwargs):
+    def __init__(self, vocabulary, dim, embeddings_regularizer=None, oov_buckets=1, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary = [int(v) for v in vocabulary]
         self.dim = int(dim)
+        self.oov_buckets = int(oov_buckets)
+        if self.oov_buckets < 1:
+            raise ValueError(f"{self.name}: oov_buckets must be >= 1, got {self.oov_buckets}")
         self.embeddings_regularizer = embeddings_regularizer
         self.lookup = tf.keras.layers.IntegerLookup(
-            vocabulary=tf.constant(self.vocabulary, tf.int64), mask_token=None, num_oov_indices=1,
+            vocabulary=tf.constant(self.vocabulary, tf.int64), mask_token=None, num_oov_indices=self.oov_buckets,
             dtype="int64", name="lookup") if self.vocabulary else None
         self.embedding = tf.keras.layers.Embedding(
-            len(self.vocabulary) + 1, self.dim, name="embedding",
+            self.vocabulary_size, self.dim, name="embedding",
             embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
             embeddings_regularizer=embeddings_regularizer)
 
     @property
     def vocabulary_size(self):
-        return len(self.vocabulary) + 1
+        """Rows of the table: the OOV buckets and the vocabulary."""
+        return len(self.vocabulary) + self.oov_buckets
 
     def index(self, ids):
         ids = tf.cast(ids, tf.int64)
         if self.lookup is None:
-            return tf.zeros_like(ids)          # every id is out of vocabulary
+            # every id is out of vocabulary: IntegerLookup's rule without its table
+            return tf.math.floormod(ids, self.oov_buckets) if self.oov_buckets > 1 else tf.zeros_like(ids)
         return self.lookup(ids)
 
     def call(self, ids):
         return self.embedding(self.index(ids))
 
     def copy_rows_from(self, other):
-        """Takes the rows of ``other``, a built ``IdEmbedding`` whose vocabulary is a prefix of this
-        one's: its OOV row and every id it knows keep their rows, ids past the prefix keep the
-        rows this layer was initialised with (a warm start: yesterday's table, grown by today's
-        new ids, which the lookup appends after the old ones so no old index moves)."""
+        """Takes the rows of ``other``, a built ``IdEmbedding`` of the same ``oov_buckets`` whose
+        vocabulary is a prefix of this one's: its OOV rows and every id it knows keep their rows,
+        ids past the prefix keep the rows this layer was initialised with (a warm start:
+        yesterday's table, grown by today's new ids, which the lookup appends after the old ones
+        so no old index moves)."""
         n, old = len(self.vocabulary), len(other.vocabulary)
-        if self.vocabulary[:old] != other.vocabulary or self.dim != other.dim:
-            raise ValueError(f"{self.name}: the vocabulary of {other.name} ({old} ids, dim {other.dim}) is not a "
-                             f"prefix of this one ({n} ids, dim {self.dim})")
+        if self.vocabulary[:old] != other.vocabulary or self.dim != other.dim or \
+                self.oov_buckets != other.oov_buckets:
+            raise ValueError(f"{self.name}: the vocabulary of {other.name} ({old} ids, dim {other.dim}, "
+                             f"{other.oov_buckets} OOV buckets) is not a prefix of this one ({n} ids, dim {self.dim}, "
+                             f"{self.oov_buckets} OOV buckets)")
         table = self.embedding.embeddings
         rows = table.numpy()
-        rows[:old + 1] = other.embedding.embeddings.numpy()
+        rows[:old + self.oov_buckets] = other.embedding.embeddings.numpy()
         table.assign(rows)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"vocabulary": self.vocabulary, "dim": self.dim,
+        config.update({"vocabulary": self.vocabulary, "dim": self.dim, "oov_buckets": self.oov_buckets,
                        "embeddings_regularizer": tf.keras.regularizers.serialize(self.embeddings_regularizer)
                        if self.embeddings_regularizer else None})
         return config
@@ -87,6 +103,43 @@ class IdEmbedding(tf.keras.layers.Layer):
         if config.get("embeddings_regularizer"):
             config["embeddings_regularizer"] = tf.keras.regularizers.deserialize(config["embeddings_regularizer"])
         return cls(**config)
+
+
+def table_bytes(rows, dim):
+    """``(weights, with_adam)`` bytes of a float32 ``rows × dim`` table: the weights, and the
+    weights with Adam's two slots (first and second moment, each the table's shape)."""
+    weights = int(rows) * int(dim) * 4
+    return weights, 3 * weights
+
+
+def format_bytes(n):
+    """``n`` bytes with one decimal in the largest binary unit that shows at least 0.1 of it:
+    ``336 B``, ``2.0 KiB``, ``0.9 MiB``, ``3.9 GiB`` (bytes as they are under 1 KiB)."""
+    if n < 1024:
+        return f"{int(n)} B"
+    value, unit = n / 1024.0, "KiB"
+    for larger in ("MiB", "GiB", "TiB"):
+        if value / 1024.0 < 0.1:
+            break
+        value, unit = value / 1024.0, larger
+    return f"{value:.1f} {unit}"
+
+
+def describe_tables(tables):
+    """The training-start line of the id tables: ``tables`` is ``[(name, rows, dim)]``.
+
+    ``embedding tables: video 7,584×32 (0.9 MiB, 2.8 MiB with Adam), ...; total ...``: rows ×
+    dim, float32 bytes (:func:`table_bytes`). docs/data.md (*Ids at scale*) tabulates this formula
+    for each KuaiRand size.
+    """
+    parts, total = [], [0, 0]
+    for name, rows, dim in tables:
+        weights, with_adam = table_bytes(rows, dim)
+        total[0] += weights
+        total[1] += with_adam
+        parts.append(f"{name} {int(rows):,}×{int(dim)} ({format_bytes(weights)}, {format_bytes(with_adam)} with Adam)")
+    return (f"embedding tables: {', '.join(parts)}; total {format_bytes(total[0])}, "
+            f"{format_bytes(total[1])} with Adam")
 
 
 class BucketEmbedding(tf.keras.layers.Layer):
@@ -142,16 +195,19 @@ class ModuloEmbedding(tf.keras.layers.Layer):
 class ItemEmbedding(tf.keras.layers.Layer):
     """video ⊕ author ⊕ tag embeddings, shared by the target video and the history tokens.
 
+    ``oov_buckets``: ``{feature: K}`` for ``video_id`` / ``author_id`` / ``tag`` (1 where absent).
     Input: dict with ``video_id, author_id, tag`` int64 of any shape ``S``; output ``S + [d]`` with
     ``d = video_dim + author_dim + tag_dim``.
     """
 
     def __init__(self, video_vocabulary, author_vocabulary, tag_vocabulary, video_dim, author_dim, tag_dim,
-                 **kwargs):
+                 oov_buckets=None, **kwargs):
         super().__init__(**kwargs)
-        self.video = IdEmbedding(video_vocabulary, video_dim, name="video")
-        self.author = IdEmbedding(author_vocabulary, author_dim, name="author")
-        self.tag = IdEmbedding(tag_vocabulary, tag_dim, name="tag")
+        self.oov_buckets = {k: int(v) for k, v in (oov_buckets or {}).items()}
+        buckets = lambda feature: self.oov_buckets.get(feature, 1)  # noqa: E731
+        self.video = IdEmbedding(video_vocabulary, video_dim, oov_buckets=buckets("video_id"), name="video")
+        self.author = IdEmbedding(author_vocabulary, author_dim, oov_buckets=buckets("author_id"), name="author")
+        self.tag = IdEmbedding(tag_vocabulary, tag_dim, oov_buckets=buckets("tag"), name="tag")
         self.output_dim = int(video_dim) + int(author_dim) + int(tag_dim)
 
     def call(self, ids):
@@ -162,7 +218,7 @@ class ItemEmbedding(tf.keras.layers.Layer):
         config.update({
             "video_vocabulary": self.video.vocabulary, "author_vocabulary": self.author.vocabulary,
             "tag_vocabulary": self.tag.vocabulary, "video_dim": self.video.dim,
-            "author_dim": self.author.dim, "tag_dim": self.tag.dim})
+            "author_dim": self.author.dim, "tag_dim": self.tag.dim, "oov_buckets": self.oov_buckets})
         return config
 
 

@@ -98,8 +98,8 @@ class RetrievalModel(tfrs.models.Model):
         F.build_front_end(self, c, self.vocabularies)
         self.query_tower = QueryTower(self, c, name="query_tower")
         self.candidate_tower = CandidateTower(self, c, name="candidate_tower")
-        # q(video) indexed like the video vocabulary (row 0 = out of vocabulary); uniform until set.
-        n = len(self.vocabularies["video_id"]) + 1
+        # q(video) indexed like the video table (its OOV buckets first); uniform until set.
+        n = self.item_embedding.video.vocabulary_size
         self.candidate_probability = self.add_weight(
             "candidate_probability", [n], trainable=False,
             initializer=tf.keras.initializers.Constant(1.0 / n))
@@ -109,11 +109,12 @@ class RetrievalModel(tfrs.models.Model):
 
     def set_candidate_probabilities(self, counts_by_video_id):
         """Sets q from impression counts ``{raw video_id: count}`` (add-one smoothed)."""
-        vocab = self.vocabularies["video_id"]
-        counts = np.ones(len(vocab) + 1, np.float64)
-        index = {v: i + 1 for i, v in enumerate(vocab)}
-        for vid, count in counts_by_video_id.items():
-            counts[index.get(int(vid), 0)] += float(count)
+        video = self.item_embedding.video
+        counts = np.ones(video.vocabulary_size, np.float64)
+        ids = np.array([int(v) for v in counts_by_video_id], np.int64)
+        if len(ids):   # the table's own lookup: an id out of vocabulary counts for its OOV bucket
+            np.add.at(counts, video.index(tf.constant(ids)).numpy(),
+                      np.array([float(c) for c in counts_by_video_id.values()]))
         self.candidate_probability.assign((counts / counts.sum()).astype(np.float32))
 
     def call(self, features):

@@ -6,7 +6,8 @@ A model directory holds::
     examples.json          what it was trained on: the examples folder, its history length,
                            which side tables were absent (``examples.side_information``) and,
                            for a warm start, the model it started from and the ids it added
-    vocab/<feature>.txt     the vocabularies the model was built with (copied from the examples)
+    vocab/<feature>.txt     the vocabularies the model was built with (the examples', after the
+                           config's min_count and max_vocab_size: docs/data.md, *Ids at scale*)
     weights/               the final (best on validation) weights, a TF checkpoint
     checkpoints/epoch-N    per-epoch weights
     backup/                BackupAndRestore state while a run is in progress (deleted at the end)
@@ -31,7 +32,9 @@ tables' old rows and OOV row are copied, new rows start as a fresh model's, and 
 weight is copied as it is (``copy_weights``). The optimizer starts afresh: the checkpoint keeps
 Adam's moments by position in the list Adam was built with (variables without a gradient left
 out), not by variable, so nothing ties them reliably to the grown model's variables. A run so
-started resumes after a kill like any other.
+started resumes after a kill like any other. With a ``max_vocab_size`` the growth stops at the
+cap: yesterday's vocabulary stays a prefix, and today's new ids past the cap hash into the OOV
+buckets (``grown_vocabularies``).
 
 **Validation is not the test set.** Early stopping and best-epoch selection watch the *last day
 of the training split* (held out from training), never the eval days that ``evaluate`` reports.
@@ -60,9 +63,25 @@ WEIGHTS = os.path.join("weights", "model")
 
 # ----------------------------------------------------------------------------- model directory
 
-def read_vocabularies(examples_dir):
+def read_vocabularies(examples_dir, min_count=None):
+    """The examples' vocabularies (``vocab/<feature>.txt``, most frequent first); ``min_count``
+    (``{feature: n}``, ``ModelConfig.min_count``) leaves out the ids seen fewer than ``n`` times
+    in train, by the counts the pipeline writes beside the ids (``vocab/<feature>.counts.txt``)."""
     from tfrec_kuai.data import examples
-    return {name: [int(v) for v in examples.read_vocabulary(examples_dir, name)] for name in VOCAB_FEATURES}
+    out = {}
+    for name in VOCAB_FEATURES:
+        least = int((min_count or {}).get(name, 1))
+        if least <= 1:
+            out[name] = [int(v) for v in examples.read_vocabulary(examples_dir, name)]
+            continue
+        ids, counts = examples.read_vocabulary(examples_dir, name, with_counts=True)
+        if counts is None:
+            raise InputError(f"--min_count {name}={least} needs the id counts of "
+                             f"{os.path.join(examples_dir, 'vocab', name + '.counts.txt')}, which this examples "
+                             "folder lacks (an older build_examples wrote it): rebuild it, or train without "
+                             "--min_count")
+        out[name] = [int(v) for v, c in zip(ids, counts) if c >= least]
+    return out
 
 
 def _write_vocabularies(model_dir, vocabularies):
@@ -179,16 +198,26 @@ def load_retrieval_model(model_dir, attention_implementation="auto"):
 
 # ----------------------------------------------------------------------------- warm start
 
-def grown_vocabularies(old, new):
+def grown_vocabularies(old, new, max_vocab_size=None):
     """Each of ``old`` (yesterday's model's vocabularies) followed by the ids of ``new`` (today's
     examples') it lacks, in ``new``'s order — the examples' rule, most frequent first, ties by id,
-    ids under the pipeline's ``--vocab_min_count`` already left out — so the result depends on
-    the two inputs alone and an old id's index never moves. Ids of ``old`` that today's examples
-    lack stay: an id once learnt keeps its row."""
+    ids under the pipeline's ``--vocab_min_count`` (and the training's ``min_count``) already
+    left out — so the result depends on the inputs alone and an old id's index never moves. Ids
+    of ``old`` that today's examples lack stay: an id once learnt keeps its row.
+
+    ``max_vocab_size`` (``{feature: cap}``, ``ModelConfig.max_vocab_size``) stops the growth at
+    ``cap`` ids: only the most frequent of the new ids that fit are appended, the rest go to the
+    OOV buckets. ``old`` is kept whole even when it already holds more (a cap lowered since
+    yesterday): no new id is added then, and no learnt row is dropped. A fresh vocabulary is the
+    growth of an empty one, ``new``'s first ``cap`` ids."""
     out = {}
     for name in VOCAB_FEATURES:
         known = set(old[name])
-        out[name] = list(old[name]) + [v for v in new[name] if v not in known]
+        added = [v for v in new[name] if v not in known]
+        cap = (max_vocab_size or {}).get(name)
+        if cap is not None:
+            added = added[:max(0, int(cap) - len(old[name]))]
+        out[name] = list(old[name]) + added
     return out
 
 
@@ -212,14 +241,34 @@ def check_warm_start(source, model_dir, config: Config, history_length):
             _read_train_counter(os.path.join(source, "backup")):
         raise InputError(f"--warm_start {source} holds no finished model (no weights yet, or a run in progress): "
                          "finish its training first (re-run its command) or warm start from another folder")
+    # Not architecture: how the same weights are computed, L (the examples', checked above), and
+    # which ids the vocabularies keep (grown_vocabularies applies today's cap and min_count).
+    same_anyway = ("attention_implementation", "history_length", "max_vocab_size", "min_count")
     differ = [f.name for f in dataclasses.fields(ModelConfig)
-              if f.name not in ("attention_implementation", "history_length")   # L: the examples', checked above
-              and getattr(saved.model, f.name) != getattr(m, f.name)]
+              if f.name not in same_anyway and _normalized(saved.model, f.name) != _normalized(m, f.name)]
     if differ:
         what = ", ".join(f"{name} {getattr(saved.model, name)!r} (asked: {getattr(m, name)!r})" for name in differ)
         raise InputError(f"--warm_start {source} holds a model of another architecture: {what}; pass its config "
                          f"(--config {os.path.join(source, CONFIG_FILE)}) or train from scratch")
     return saved
+
+
+def _normalized(model_config, field):
+    """A field for comparison: ``oov_buckets`` with its default (1) filled in per feature, so
+    ``{}`` and ``{"video_id": 1}`` are one architecture."""
+    value = getattr(model_config, field)
+    if field == "oov_buckets":
+        return {name: int(value.get(name, 1)) for name in VOCAB_FEATURES}
+    return value
+
+
+def describe_embedding_tables(model):
+    """The training-start line: each id table's rows × dim and float32 bytes, alone and with
+    Adam's two slots (``layers.embeddings.describe_tables``)."""
+    from tfrec_kuai.layers.embeddings import describe_tables
+    layers = _id_embeddings(model)
+    return describe_tables([(layers[name].name, layers[name].vocabulary_size, layers[name].dim)
+                            for name in VOCAB_FEATURES if name in layers])
 
 
 def _id_embeddings(model):
@@ -527,6 +576,15 @@ def _read_train_counter(backup_dir):
 
 # ----------------------------------------------------------------------------- fit
 
+def check_model_config(config: Config):
+    """``config.model.validate()`` as an ``InputError`` (a bad ``--max_vocab_size``,
+    ``--min_count`` or ``--oov_buckets``, or config file value, is the user's to fix)."""
+    try:
+        config.model.validate()
+    except ValueError as error:
+        raise InputError(f"model config: {error}") from None
+
+
 def check_parameter_server_run(config: Config, warm_start=None):
     """An ``InputError`` for what a ``ParameterServerStrategy`` run does not do: validation and a
     warm start (``tfrec_kuai.train.distribute`` says why)."""
@@ -560,6 +618,7 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     metadata = examples.require_examples(examples_dir, "train")
     config = config.override("model", history_length=int(metadata["history_length"]))
     t, stage = config.train, config.model.stage
+    check_model_config(config)
     if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0:
         raise InputError(f"epochs and batch_size must be >= 1 and learning_rate > 0, got epochs={t.epochs}, "
                          f"batch_size={t.batch_size}, learning_rate={t.learning_rate}")
@@ -572,8 +631,8 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     if done_steps and os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
         # Resuming restores the saved weights: they must be of the model asked for now.
         saved = load_config_from_model_dir(model_dir).model
-        for field in ("stage", "variant", "history_length"):
-            if getattr(saved, field) != getattr(config.model, field):
+        for field in ("stage", "variant", "history_length", "max_vocab_size", "min_count", "oov_buckets"):
+            if _normalized(saved, field) != _normalized(config.model, field):
                 raise InputError(f"{model_dir} holds an unfinished run of another model ({field} "
                                  f"{getattr(saved, field)!r}, asked for {getattr(config.model, field)!r}): "
                                  "pass --restart to discard it, or another --model_dir")
@@ -585,17 +644,23 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
                 return f"a warm start from {source}" if source else "a run from scratch"
             raise InputError(f"{model_dir} holds an unfinished run of {how(started)}, asked for {how(asked)}: "
                              "pass --restart to discard it, or another --model_dir")
-    vocabularies = read_vocabularies(examples_dir)
+    m = config.model
+    todays = read_vocabularies(examples_dir, m.min_count)
+    known = _read_model_vocabularies(warm_start) if warm_start is not None else {n: [] for n in VOCAB_FEATURES}
+    vocabularies = grown_vocabularies(known, todays, m.max_vocab_size)
     record = {"examples": os.path.abspath(examples_dir), "history_length": int(metadata["history_length"]),
-              "train_examples": int(metadata["rows"]["train_examples"])}
+              "train_examples": int(metadata["rows"]["train_examples"]),
+              "vocabularies": {name: {"examples_ids": len(todays[name]), "model_ids": len(vocabularies[name]),
+                                      "oov_buckets": int(m.oov_buckets.get(name, 1))} for name in VOCAB_FEATURES}}
     source_model = None
     if warm_start is not None:
-        known = _read_model_vocabularies(warm_start)
-        vocabularies = grown_vocabularies(known, vocabularies)
         added = {name: len(vocabularies[name]) - len(known[name]) for name in VOCAB_FEATURES}
         record["warm_start"] = {"model_dir": os.path.abspath(warm_start), "new_ids": added}
+        def left_out(name):
+            unknown = len(set(todays[name]) - set(vocabularies[name]))
+            return f" ({unknown} over the cap {m.max_vocab_size[name]}: OOV)" if unknown else ""
         log(f"warm start from {warm_start}: " + ", ".join(
-            f"{name} {len(known[name])} + {added[name]} new" for name in VOCAB_FEATURES))
+            f"{name} {len(known[name])} + {added[name]} new{left_out(name)}" for name in VOCAB_FEATURES))
         if not done_steps:   # a resumed run takes every weight from its backup instead
             source_model = _load(warm_start, stage, config.model.attention_implementation)
     side = examples.side_information(examples_dir, metadata)
@@ -616,6 +681,7 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
         if stage == "retrieval" and config.model.logq_correction:
             model.set_candidate_probabilities(count_video_impressions(examples_dir))
         model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
+    log(describe_embedding_tables(model))
 
     if parameter_server:
         log(distribute.describe_shards(model))
