@@ -42,13 +42,18 @@ def add_arguments(parser):
     parser.add_argument("--author_affinity", type=float, default=0.0,
                         help="sd of the users' affinity for particular authors, a driver of likes / follows / "
                              "comments / forwards that skips and watch depth do not follow (0 = off)")
+    parser.add_argument("--uploads_per_day", type=non_negative_int, default=0,
+                        help="videos uploaded at the start of each day of the world after the log (tfrec-kuai "
+                             "abtest / loop; the log itself shows only the catalogue), for --upload_days days")
+    parser.add_argument("--upload_days", type=positive_int, default=30, help="world days that receive uploads")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
 def run(args):
     params = SimParams(impressions=args.impressions, seed=args.seed, users=args.users, days=args.days,
                        start_date=args.start_date, random_share=args.random_share, catalogue=args.catalogue,
-                       policy_strength=args.policy_strength, author_affinity_sd=args.author_affinity)
+                       policy_strength=args.policy_strength, author_affinity_sd=args.author_affinity,
+                       uploads_per_day=args.uploads_per_day, upload_days=args.upload_days)
     info = simulate(args.output, params, progress=not args.no_progress)
     print(f"wrote {args.impressions} impressions of {info['users']} users over {info['videos']} videos "
           f"to {args.output}: {info['label_rates']}")

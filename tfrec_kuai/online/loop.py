@@ -34,6 +34,7 @@ Layout::
     DIR/days/<d>/                 log_standard_abtest.csv, log_random_abtest.csv, ground_truth.csv,
                                   reference/<policy>/ (the same users served by a reference policy)
     DIR/beam/<d>/examples, state  the day's examples and history state
+    DIR/beam/<d>.video_features.csv  the video table with world day d's uploads (--uploads_per_day)
     DIR/models/<d>/ranking, retrieval
     DIR/staging/<v>/              an export waiting to be renamed into DIR/serving/kuai/<v>
     DIR/serving/kuai/<v>/         the versions the server polls
@@ -54,7 +55,8 @@ MODEL = "kuai"
 STATE, METRICS = "state.json", "metrics.json"
 # What must be the same to resume a loop folder (--days may grow; --no_progress may change).
 FIXED = ("variant", "users", "seed", "history_length", "world", "world_users", "impressions", "world_days",
-         "config", "page_size", "chunk_users", "references", "xla")
+         "config", "page_size", "chunk_users", "references", "xla", "uploads_per_day")
+DEFAULTS = {"uploads_per_day": 0}    # what a loop folder started before the option existed had
 REFERENCES = ("logging", "oracle", "random")
 STEP_KEYS = {"ExampleGen": "beam_s", "Trainer": "train_s", "Pusher": "export_s"}
 
@@ -127,7 +129,7 @@ class Loop:
             stored = state["options"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise InputError(f"{path}: unreadable ({error})") from None
-        changed = sorted(k for k in FIXED if stored.get(k) != self.options[k])
+        changed = sorted(k for k in FIXED if stored.get(k, DEFAULTS.get(k)) != self.options[k])
         if changed:
             raise InputError(f"--output {self.dir} is a loop started with other options "
                              f"({', '.join(f'--{k} {stored.get(k)!r}' for k in changed)}): resume it with the "
@@ -182,7 +184,8 @@ class Loop:
         tmp = _fresh(self.world_dir + ".tmp")
         o = self.options
         simulate(tmp, SimParams(impressions=o["impressions"], seed=o["seed"], users=o["world_users"],
-                                days=o["world_days"]), progress=self.progress)
+                                days=o["world_days"], uploads_per_day=o["uploads_per_day"],
+                                upload_days=max(SimParams.upload_days, self.days + 1)), progress=self.progress)
         shutil.rmtree(self.world_dir, ignore_errors=True)
         os.rename(tmp, self.world_dir)
         return {}
@@ -201,6 +204,11 @@ class Loop:
                 "--video_features", os.path.join(self.world_dir, VIDEO_TABLE),
                 "--user_features", os.path.join(self.world_dir, USER_TABLE),
                 "--history_length", str(self.options["history_length"]), "--eval_days", "0", "--overwrite"]
+        if self.world.population.upload_day.max() >= 0:
+            # The corpus the day's export serves tomorrow (world day ``day``) holds that day's uploads.
+            os.makedirs(self.path("beam"), exist_ok=True)
+            table = self.world.write_video_table(self.path("beam", f"{day}.video_features.csv"), day)
+            argv[argv.index("--video_features") + 1] = table
         meta = build_examples.run(argv)
         rows = meta["rows"]
         return {"rows": {k: rows[k] for k in ("input", "train_examples", "dead_letter", "history_only") if k in rows}}
@@ -324,6 +332,9 @@ def run_loop(output, days, options, progress=True):
         raise InputError(f"--config {options['config']}: no such file")
     if options["world"] and not os.path.isdir(options["world"]):
         raise InputError(f"--world {options['world']}: no such folder (expected a `tfrec-kuai simulate` output)")
+    if options["world"] and options.get("uploads_per_day"):
+        raise InputError("--uploads_per_day: only with the loop's own simulated day 0 (the --world folder's "
+                         "params.json fixes its uploads: give it to `tfrec-kuai simulate --uploads_per_day`)")
     if options["world"]:
         from tfrec_kuai.sim.world import World
         World(options["world"], seed=options["seed"]).sample_users(options["users"])   # before anything is written

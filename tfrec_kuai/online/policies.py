@@ -59,7 +59,7 @@ class RandomPolicy(Policy):
     """Uniformly random unseen videos (KuaiRand's ``is_rand=1`` exposures)."""
 
     def recommend(self, page):
-        seen = page.cohort.seen[page.rows]
+        seen = page.excluded()
         videos = top_unseen(self.page_rng(page).random(seen.shape), seen, page.size)
         return videos, np.ones(videos.shape, bool)
 
@@ -73,19 +73,24 @@ class PopularPolicy(Policy):
         self.counts = np.bincount(index, minlength=len(world.catalogue.video_id)).astype(np.float64)
 
     def recommend(self, page):
-        seen = page.cohort.seen[page.rows]
+        seen = page.excluded()
         return top_unseen(np.broadcast_to(self.counts, seen.shape), seen, page.size), None
 
 
 class LoggingPolicy(Policy):
     """The simulator's logging policy, unchanged: a topic from its blurred belief, a popular video
-    of it; a ``random_share`` of uniformly random videos (``is_rand=1``); no exclusion."""
+    of it; a ``random_share`` of uniformly random videos (``is_rand=1``); no exclusion. Its topic
+    tables know the catalogue it was fitted on; uploads reach it through the random exposures,
+    drawn among every video there that day."""
 
     def recommend(self, page):
         rng = self.page_rng(page)
         rows = np.repeat(page.cohort.pop_rows[page.rows], page.size)
         is_rand = rng.random(len(rows)) < self.world.params.random_share
         videos = self.world.population.pick_videos(rng, rows, is_rand)
+        there = np.flatnonzero(self.world.available(page.day))
+        if len(there) > self.world.population.base_videos:      # uploads: random exposures among all
+            videos = np.where(is_rand, there[rng.integers(0, len(there), len(rows))], videos)
         return videos.reshape(-1, page.size), is_rand.reshape(-1, page.size)
 
 
@@ -100,7 +105,7 @@ class OraclePolicy(Policy):
         streak = np.minimum(page.streak, beh.streak_cap)[:, None]
         p_skip = 1.0 / (1.0 + np.exp(-(static[page.rows] + beh.skip_streak * streak)))
         expected = W[page.rows] + p_skip * (A[page.rows] - W[page.rows])
-        return top_unseen(expected, page.cohort.seen[page.rows], page.size), None
+        return top_unseen(expected, page.excluded(), page.size), None
 
 
 def resolve_export(path, kind="savedmodel"):

@@ -122,3 +122,39 @@ def user_table(rng, num_users, use_pure=True):
         extra = rng.integers(0, len(rows), num_users - len(rows))
         out += [[str(len(rows) + i)] + rows[j][1:] for i, j in enumerate(extra)]
     return header, out
+
+
+def draw_like(rng, base, count, first_id, upload_dates, new_author_share=0.3):
+    """``count`` new videos that look like ``base``'s: the catalogue grown by uploads.
+
+    Each new video copies the tags (visible and hidden topics alike) and the side-table row of one
+    base video and the duration of another, so the tag and duration distributions are the base
+    catalogue's; its author is an existing one (picked per video, so prolific authors upload more)
+    or, with ``new_author_share``, a new author; its quality is drawn as the base's. Ids follow
+    ``first_id``; ``upload_dates`` (``count`` ISO dates) fill the table's ``upload_dt``.
+
+    Returns a :class:`Catalogue` of the new videos alone, sharing ``base``'s topics."""
+    look = rng.integers(0, len(base.video_id), count)
+    duration = base.duration_ms[rng.integers(0, len(base.video_id), count)]
+    new_author = rng.random(count) < new_author_share
+    author = np.where(new_author, rng.integers(10_000_000, 20_000_000, count),
+                      base.author_id[rng.integers(0, len(base.video_id), count)])
+    video_id = np.arange(first_id, first_id + count, dtype=np.int64)
+    col = {name: i for i, name in enumerate(base.table_header)}
+    rows = []
+    for i in range(count):
+        row = list(base.table_rows[look[i]])
+        row[col["video_id"]], row[col["author_id"]] = str(video_id[i]), str(author[i])
+        row[col["upload_dt"]], row[col["video_duration"]] = upload_dates[i], f"{float(duration[i]):.1f}"
+        rows.append(row)
+    return Catalogue(video_id=video_id, author_id=author.astype(np.int64), duration_ms=duration.copy(),
+                     tags=base.tags[look].copy(), topic_ids=base.topic_ids,
+                     quality=rng.normal(0.0, 0.5, count), table_header=base.table_header, table_rows=rows)
+
+
+def concatenate(first, second):
+    """One catalogue of ``first``'s videos then ``second``'s (the same topics)."""
+    return Catalogue(**{name: np.concatenate([getattr(first, name), getattr(second, name)])
+                        for name in ("video_id", "author_id", "duration_ms", "tags", "quality")},
+                     topic_ids=first.topic_ids, table_header=first.table_header,
+                     table_rows=first.table_rows + second.table_rows)

@@ -27,7 +27,7 @@ import numpy as np
 
 from tfrec_kuai.schema import LOG_COLUMNS, LONG_MS, VALID_MS, local_calendar
 from tfrec_kuai.sim import behaviour
-from tfrec_kuai.sim.catalogue import generate_catalogue, load_pure_catalogue, user_table
+from tfrec_kuai.sim.catalogue import concatenate, draw_like, generate_catalogue, load_pure_catalogue, user_table
 from tfrec_kuai.sim.leave import LeaveParams
 
 TRUTH_COLUMNS = ("user_id", "video_id", "time_ms", "p_skip", "p_valid", "p_long", "p_complete", "p_like",
@@ -80,6 +80,10 @@ class SimParams:
     # When a visit ends: used by the world as an environment (tfrec_kuai.sim.world), not by the
     # offline log, whose sessions have a fixed mean length (session_mean).
     leave: LeaveParams = field(default_factory=LeaveParams)
+    # Uploads (the world only): new videos that appear at the start of each world day, drawn like
+    # the catalogue's (catalogue.draw_like), for upload_days days; the offline log never shows them.
+    uploads_per_day: int = 0
+    upload_days: int = 30
 
     def to_dict(self):
         out = asdict(self)
@@ -156,6 +160,17 @@ class Population:
             w = weight[seg_start[t]:seg_end[t]]
             cum[seg_start[t]:seg_end[t]] = t + np.cumsum(w) / w.sum()
         self.video_order, self.video_cum = order, cum
+        # Uploads come after every base draw, from a stream of their own: the base world and its
+        # offline log are the same with or without them.
+        self.base_videos = len(cat.video_id)
+        self.upload_day = np.full(self.base_videos, -1, np.int64)   # -1: there before the world starts
+        if p.uploads_per_day > 0:
+            day = np.repeat(np.arange(p.upload_days, dtype=np.int64), p.uploads_per_day)
+            first = _dt.date.fromisoformat(p.start_date) + _dt.timedelta(days=p.days)
+            dates = [(first + _dt.timedelta(days=int(d))).isoformat() for d in day]
+            uploads = draw_like(np.random.default_rng([p.seed, 3]), cat, len(day), int(cat.video_id.max()) + 1, dates)
+            self.catalogue = cat = concatenate(cat, uploads)
+            self.upload_day = np.concatenate([self.upload_day, day])
         tag_valid = cat.tags >= 0
         self.tag_count = np.maximum(tag_valid.sum(1), 1)
         self.tag_valid = tag_valid
@@ -321,7 +336,7 @@ def simulate(output_dir, params, progress=True):
     with open(os.path.join(output_dir, VIDEO_TABLE), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cat.table_header)
-        w.writerows(cat.table_rows)
+        w.writerows(cat.table_rows[:world.base_videos])     # uploads appear in the world, later
     with open(os.path.join(output_dir, USER_TABLE), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(world.user_header)
@@ -363,7 +378,8 @@ def simulate(output_dir, params, progress=True):
         "params": params.to_dict(),
         "rows": rows,
         "users": num_users,
-        "videos": len(cat.video_id),
+        "videos": world.base_videos,
+        "uploads": len(cat.video_id) - world.base_videos,
         "topics": cat.num_topics,
         "label_rates": {k: float(v) for k, v in summary.items()},
         "files": {"logs": [STANDARD_LOG, RANDOM_LOG], "video_features": VIDEO_TABLE, "user_features": USER_TABLE,

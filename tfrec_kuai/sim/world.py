@@ -61,6 +61,11 @@ class Page:
     position: int
     size: int
 
+    def excluded(self):
+        """``[b, V]`` bool: what a policy must not serve these users now — the videos each has
+        seen and those not uploaded yet."""
+        return self.cohort.seen[self.rows] | ~self.cohort.world.available(self.day)[None, :]
+
 
 class Cohort:
     """The state of a group of users driven together: what each has seen (for exclusion and
@@ -174,7 +179,7 @@ class World:
         self.population = Population(self.params)
         self.catalogue = self.population.catalogue
         if int(info.get("users", len(self.population.user_ids))) != len(self.population.user_ids) or \
-                int(info.get("videos", len(self.catalogue.video_id))) != len(self.catalogue.video_id):
+                int(info.get("videos", self.population.base_videos)) != self.population.base_videos:
             raise InputError(f"--world {folder}: {PARAMS_FILE} does not rebuild the same users and videos")
         self.beh, self.leave = self.params.behaviour, self.params.leave
         self.num_users = len(self.population.user_ids)
@@ -186,6 +191,22 @@ class World:
         self.visit_rate = self.population.counts / (p.session_mean * p.days) * self.leave.visits_scale
         self._hour_cdf = np.cumsum(HOUR_WEIGHTS) / HOUR_WEIGHTS.sum()
         self._tab_cdf = np.cumsum(TAB_WEIGHTS)
+
+    def available(self, day):
+        """``[V]`` bool: the videos there on world ``day`` (the base catalogue and the uploads of
+        days up to ``day``)."""
+        return self.population.upload_day <= day
+
+    def write_video_table(self, path, day):
+        """The video side table as it stands on world ``day`` (with its uploads) at ``path``."""
+        import csv
+
+        cat = self.catalogue
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(cat.table_header)
+            w.writerows(row for row, there in zip(cat.table_rows, self.available(day)) if there)
+        return path
 
     def video_index(self, video_ids):
         """Catalogue index of log video ids (InputError for an id the catalogue lacks)."""
@@ -278,6 +299,9 @@ class World:
                 raise ValueError(f"policy {policy.name!r} returned shape {videos.shape}, "
                                  f"expected {(len(act), page_size)}")
             is_rand = np.zeros(videos.shape, bool) if is_rand is None else np.asarray(is_rand, bool)
+            if not self.available(day)[videos].all():
+                raise ValueError(f"policy {policy.name!r} served videos not uploaded by day {day}: "
+                                 f"{self.catalogue.video_id[videos[~self.available(day)[videos]]][:3].tolist()}")
             page_rows = np.zeros((len(act), page_size, len(LOG_COLUMNS)), np.int64)
             shown = np.zeros((len(act), page_size), bool)
             alive = np.ones(len(act), bool)
