@@ -94,7 +94,9 @@ def _check_reconciles(folder):
         else:
             assert set(d["requests_by_version"]) == {str(d["day"] - 1), str(d["day"])}
             assert d["requests_by_version"][str(d["day"] - 1)] >= 1 and d["swap_under_traffic"]
-        assert all(d[k] > 0 for k in ("beam_s", "train_s", "export_s"))
+        assert all(d[k] > 0 for k in ("beam_s", "evaluate_s", "train_s", "export_s"))
+        # offline beside online: the serving model judged on the day's examples it never trained on
+        assert 0.0 < d["offline"]["auc_skip"] < 1.0 and d["offline"]["gauc_skip"] > 0.0
         keys.append(rows[:, [0, 1, 4]])
     keys = np.concatenate(keys)
     assert len(np.unique(keys, axis=0)) == len(keys), "an impression is logged twice"
@@ -127,7 +129,7 @@ def test_the_report_renders(loop_dir, tmp_path):
     with open(page) as f:
         text = f.read()
     assert "finished" in text and "v1:" in text
-    check_page(page, images=4, tmp=str(tmp_path))
+    check_page(page, images=5, tmp=str(tmp_path))
 
 
 def _state(folder):
@@ -167,7 +169,7 @@ def test_kill_9_and_resume(loop_dir, loop_args, tmp_path):
     _kill_when(command, lambda: os.path.exists(os.path.join(out, "models", "2.tmp")), 2.0)   # day 2's Trainer
     with open(server_file) as f:
         assert _server_gone(json.load(f)["pid"]), "kill -9 of the loop left its server running"
-    assert _state(out)["done"][-1] == "2/ExampleGen"
+    assert _state(out)["done"][-1] == "2/Evaluator"
 
     assert cli.main(["loop", "--output", out] + loop_args) == 0
     resumed = _check_reconciles(out)

@@ -8,7 +8,10 @@ from tfrec_kuai.errors import InputError
 
 
 def add_arguments(parser):
-    parser.add_argument("--examples", required=True, help="examples folder (its eval split is used)")
+    parser.add_argument("--examples", required=True, help="examples folder (its eval split is used, or --split)")
+    parser.add_argument("--split", choices=("eval", "train"), default="eval",
+                        help="the split to evaluate on (train: examples the model was not trained on, e.g. the "
+                             "daily loop's next day)")
     parser.add_argument("--model_dir", required=True, help="a model directory written by `tfrec-kuai train`")
     parser.add_argument("--output", required=True, help="folder for metrics.json and the PNG plots")
     parser.add_argument("--ground_truth", default=None,
@@ -29,5 +32,5 @@ def run(args):
     evaluation.evaluate(args.examples, args.model_dir, args.output, ground_truth=args.ground_truth,
                         batch_size=args.batch_size, max_batches=args.max_batches,
                         attention_implementation=args.attention_implementation, stage=args.stage,
-                        variant=args.variant)
+                        variant=args.variant, split=args.split)
     return 0

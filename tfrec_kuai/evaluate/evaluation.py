@@ -337,8 +337,11 @@ def _json_safe(x):
 
 
 def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=2048, max_batches=None,
-             attention_implementation="auto", log=print, stage=None, variant=None):
+             attention_implementation="auto", log=print, stage=None, variant=None, split="eval"):
     """Evaluates the model in ``model_dir`` on the eval split; writes ``metrics.json`` + plots.
+
+    ``split="train"`` evaluates on the train split instead: the daily loop's next-day check, whose
+    day of examples is all train (the model being judged never saw it).
 
     ``stage`` / ``variant``, when given, are what the caller expects the folder to hold; the
     examples must have the model's history length. A mismatch is an ``InputError`` before any
@@ -346,18 +349,18 @@ def evaluate(examples_dir, model_dir, output_dir, ground_truth=None, batch_size=
     """
     from tfrec_kuai.data import examples
     from tfrec_kuai.train import training
-    metadata = examples.require_examples(examples_dir, "eval")
+    metadata = examples.require_examples(examples_dir, split)
     config = training.check_model_dir(model_dir, stage=stage, variant=variant,
                                       history_length=metadata["history_length"])
     stage = config.model.stage
     side = examples.side_information(examples_dir, metadata)
     log(examples.describe_side_information(side))
     os.makedirs(output_dir, exist_ok=True)
-    dataset = examples.make_dataset(examples_dir, "eval", batch_size)
+    dataset = examples.make_dataset(examples_dir, split, batch_size)
     metrics = {"stage": stage, "variant": config.model.variant, "model_dir": os.path.abspath(model_dir),
                "examples": os.path.abspath(examples_dir), "side_information": side,
-               "trained_on": training.read_examples_record(model_dir)}
-    with examples.read_errors_as_input_errors(examples_dir, "eval"):
+               "trained_on": training.read_examples_record(model_dir), "split": split}
+    with examples.read_errors_as_input_errors(examples_dir, split):
         _evaluate_stage(metrics, model_dir, examples_dir, dataset, output_dir, ground_truth, max_batches,
                         attention_implementation)
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:

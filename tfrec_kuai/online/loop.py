@@ -11,6 +11,7 @@ as TFX names the steps:
    impressions written as KuaiRand-format logs into ``DIR/days/<d>/``;
 2. **ExampleGen**: the Beam job on that day's logs only, with the previous day's history state
    (``build_examples --history_state``): its cost does not grow with the days before;
+   **Evaluator**: the model that served the day, on the day's examples (offline AUC by day);
 3. **Trainer**: both stages, ``tfrec-kuai train`` on the day's examples, warm-started from
    yesterday's models where the train command takes ``--warm_start``;
 4. **Pusher**: ``tfrec-kuai export`` of version d + 1 into a staging folder. It is renamed into
@@ -35,6 +36,7 @@ Layout::
                                   reference/<policy>/ (the same users served by a reference policy)
     DIR/beam/<d>/examples, state  the day's examples and history state
     DIR/beam/<d>.video_features.csv  the video table with world day d's uploads (--uploads_per_day)
+    DIR/evaluation/<d>/           metrics.json of the day's Evaluator
     DIR/models/<d>/ranking, retrieval
     DIR/staging/<v>/              an export waiting to be renamed into DIR/serving/kuai/<v>
     DIR/serving/kuai/<v>/         the versions the server polls
@@ -58,14 +60,14 @@ FIXED = ("variant", "users", "seed", "history_length", "world", "world_users", "
          "config", "page_size", "chunk_users", "references", "xla", "uploads_per_day")
 DEFAULTS = {"uploads_per_day": 0}    # what a loop folder started before the option existed had
 REFERENCES = ("logging", "oracle", "random")
-STEP_KEYS = {"ExampleGen": "beam_s", "Trainer": "train_s", "Pusher": "export_s"}
+STEP_KEYS = {"ExampleGen": "beam_s", "Evaluator": "evaluate_s", "Trainer": "train_s", "Pusher": "export_s"}
 
 
 def plan(days, simulate):
     """The steps in order: ``[(day, step)]``."""
     steps = ([(0, "Simulate")] if simulate else []) + [(0, "ExampleGen"), (0, "Trainer"), (0, "Pusher")]
     for d in range(1, days + 1):
-        steps += [(d, "Serving"), (d, "ExampleGen"), (d, "Trainer"), (d, "Pusher")]
+        steps += [(d, "Serving"), (d, "ExampleGen"), (d, "Evaluator"), (d, "Trainer"), (d, "Pusher")]
     return steps
 
 
@@ -213,6 +215,15 @@ class Loop:
         rows = meta["rows"]
         return {"rows": {k: rows[k] for k in ("input", "train_examples", "dead_letter", "history_only") if k in rows}}
 
+    def _evaluator(self, day):
+        """Offline metrics of the model that served day ``day`` (yesterday's ranking model) on that
+        day's examples, which it never trained on: the offline figure beside the online one."""
+        from tfrec_kuai.evaluate import evaluation
+        metrics = evaluation.evaluate(self.path("beam", day, "examples"), self.path("models", day - 1, "ranking"),
+                                      _fresh(self.path("evaluation", day)), split="train", log=lambda *a: None)
+        return {"offline": {k: v for k, v in metrics.items()
+                            if k.startswith(("auc_", "gauc_", "xauc_")) and isinstance(v, float)}}
+
     def _trainer(self, day):
         final = self.path("models", day)
         tmp = _fresh(final + ".tmp")
@@ -303,6 +314,7 @@ class Loop:
             row["swap_requests"] = serve["swap_requests"]
             row["swap_under_traffic"] = len(serve["requests_by_version"]) > 1
             row["beam_rows"] = steps.get(f"{d}/ExampleGen", {}).get("rows")
+            row["offline"] = steps.get(f"{d}/Evaluator", {}).get("offline")
             row["references"] = {name: {k: ref[k] for k in ("watch_time_per_user_day", "skip_rate", "impressions")}
                                  for name, ref in serve["references"].items()}
             rows.append(row)

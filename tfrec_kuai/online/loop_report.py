@@ -18,9 +18,9 @@ from tfrec_kuai.evaluate.page import format_value, img_tag, write_html
 from tfrec_kuai.online.abtest_page import _finish
 
 PAGE = "index.html"
-PLOTS = ("watch_by_day.png", "skip_by_day.png", "step_cost.png", "versions.png")
+PLOTS = ("watch_by_day.png", "skip_by_day.png", "step_cost.png", "versions.png", "offline_by_day.png")
 COLUMNS = ("day", "model_version", "impressions", "requests", "failed_requests", "watch_time_per_user_day",
-           "skip_rate", "beam_s", "train_s", "export_s")
+           "skip_rate", "auc_skip", "beam_s", "evaluate_s", "train_s", "export_s")
 
 
 def write_report(output, out):
@@ -29,7 +29,7 @@ def write_report(output, out):
     setup, days = out["setup"], out["days"]
     title = f"tfrec-kuai loop: {setup['variant']}, {len(days)} of {setup['days']} days"
     figures = plot_days(out, output)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(d.get(c)))}</td>" for c in COLUMNS) +
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(_cell(d, c)))}</td>" for c in COLUMNS) +
                    f"<td>{html.escape(_versions(d))}</td></tr>" for d in days)
     table = ("<table><tr>" + "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in COLUMNS) +
              "<th>impressions by version</th></tr>" + rows + "</table>")
@@ -41,6 +41,10 @@ def write_report(output, out):
                 "<h2>Setup</h2><table class='setup'>" + setup_rows + "</table>",
                 "<h2>Days</h2>" + table, "<h2>Plots</h2>" + "".join(img_tag(p, alt) for p, alt in figures)]
     return write_html(os.path.join(output, PAGE), title, sections)
+
+
+def _cell(day, column):
+    return (day.get("offline") or {}).get(column) if column.startswith("auc_") else day.get(column)
 
 
 def _versions(day):
@@ -74,7 +78,8 @@ def plot_days(out, output):
     cost_days = [0] + list(x)
     rows = [out["day0"]] + days
     bottom = np.zeros(len(rows))
-    for key, label in (("beam_s", "ExampleGen (Beam)"), ("train_s", "Trainer"), ("export_s", "Pusher (export)")):
+    for key, label in (("beam_s", "ExampleGen (Beam)"), ("evaluate_s", "Evaluator"), ("train_s", "Trainer"),
+                       ("export_s", "Pusher (export)")):
         values = np.array([_num(r.get(key), 0.0) for r in rows])
         ax.bar(cost_days, values, bottom=bottom, label=label)
         bottom += values
@@ -100,8 +105,19 @@ def plot_days(out, output):
     ax.set_ylabel("Predict requests")
     ax.set_title("requests by the model version that answered them (request log)")
     _finish(fig, ax, paths[3], integer_x=True)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    keys = sorted({k for d in days for k in (d.get("offline") or {}) if k.startswith("auc_")})
+    if not keys:
+        ax.plot([], [], label="no day evaluated yet")
+    for key in keys:
+        ax.plot(x, [_num((d.get("offline") or {}).get(key)) for d in days], marker="o", label=key.replace("_", " "))
+    ax.set_xlabel("day (the model that served it, on its examples)")
+    ax.set_ylabel("AUC")
+    ax.set_title("offline AUC by day: yesterday's model on today's served impressions")
+    _finish(fig, ax, paths[4], integer_x=True)
     return [(paths[0], "watch time per user-day by day"), (paths[1], "skip rate by day"),
-            (paths[2], "seconds of each step by day"), (paths[3], "requests by model version, by day")]
+            (paths[2], "seconds of each step by day"), (paths[3], "requests by model version, by day"),
+            (paths[4], "offline AUC by day")]
 
 
 def _num(value, default=np.nan):
