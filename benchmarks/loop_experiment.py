@@ -2,12 +2,13 @@
 the same loop with `no_feedback`, by the rule of docs/preregistrations/daily_loop.md.
 
 Runs ``tfrec-kuai loop`` twice on the same world seed (skipping a loop whose metrics.json says
-it finished) — ``--variant full --reference logging --reference oracle`` and ``--variant
+it finished) — ``--variant full --reference logging --reference oracle --reference frozen`` and ``--variant
 no_feedback`` — then reads every day's served logs and compares per-user watch seconds with 95 %
 paired user-level bootstrap intervals (the same users in every loop and reference):
 
 * the loop improves: days 6–8 against days 1–3 of `full` (the last three days against the first
-  three for another ``--days``);
+  three for another ``--days``), and against the `frozen` reference (the day-0 model kept
+  serving the same users: the same world without the daily learning);
 * ends above logging: the last day of `full` against its `logging` reference;
 * ends above `no_feedback`: the last day of the two loops, and their last three days pooled.
 
@@ -29,7 +30,8 @@ from tfrec_kuai.online.abtest import RANDOM, STANDARD
 from tfrec_kuai.schema import COLUMN_INDEX, compute_labels
 from tfrec_kuai.sim.world import World
 
-LOOPS = {"full": ["--variant", "full", "--reference", "logging", "--reference", "oracle"],
+REFERENCES = ("logging", "oracle", "frozen")
+LOOPS = {"full": ["--variant", "full", "--reference", "logging", "--reference", "oracle", "--reference", "frozen"],
          "no_feedback": ["--variant", "no_feedback"]}
 
 
@@ -61,8 +63,9 @@ def run_loops(args):
                        check=True)
 
 
-def per_user(folder, users):
-    """``[users, 3]``: watch seconds, impressions, skips of the served logs in ``folder``."""
+def per_user(folder, users, world, day):
+    """``[users, 4]``: watch seconds, impressions, skips of the served logs in ``folder`` (loop
+    day ``day``), and impressions of videos uploaded that world day or the one before."""
     C = COLUMN_INDEX
     parts = []
     for name in (STANDARD, RANDOM):
@@ -75,7 +78,9 @@ def per_user(folder, users):
     rows = np.concatenate(parts) if parts else np.zeros((0, len(C)), np.int64)
     index = np.searchsorted(users, rows[:, C["user_id"]])
     skip = compute_labels(rows[:, C["play_time_ms"]], rows[:, C["duration_ms"]])["skip"]
-    out = np.zeros((len(users), 3))
+    out = np.zeros((len(users), 4))
+    age = (day - 1) - world.population.upload_day[world.video_index(rows[:, C["video_id"]])]
+    out[:, 3] = np.bincount(index, (age >= 0) & (age <= 1), len(users))
     out[:, 0] = np.bincount(index, rows[:, C["play_time_ms"]] / 1000.0, len(users))
     out[:, 1] = np.bincount(index, minlength=len(users))
     out[:, 2] = np.bincount(index, skip, len(users))
@@ -102,12 +107,13 @@ def main(argv=None):
     args = parse_args(argv)
     run_loops(args)
     world = os.path.join(args.output, "full", "world")
-    users = World(world, seed=args.seed).sample_users(args.users)
+    world = World(world, seed=args.seed)
+    users = world.sample_users(args.users)
     days = list(range(1, args.days + 1))
-    served = {name: {d: per_user(os.path.join(args.output, name, "days", str(d)), users) for d in days}
+    served = {name: {d: per_user(os.path.join(args.output, name, "days", str(d)), users, world, d) for d in days}
               for name in LOOPS}
-    for ref in ("logging", "oracle"):
-        served[ref] = {d: per_user(os.path.join(args.output, "full", "days", str(d), "reference", ref), users)
+    for ref in REFERENCES:
+        served[ref] = {d: per_user(os.path.join(args.output, "full", "days", str(d), "reference", ref), users, world, d)
                        for d in days}
     rng = np.random.default_rng(7)
     first, last = days[:3], days[-3:]
@@ -117,6 +123,10 @@ def main(argv=None):
 
     claims = {
         "full improves (last 3 days vs first 3)": lift(pooled("full", last), pooled("full", first), rng, args.bootstrap),
+        "full vs frozen day-0 model (last 3 days)": lift(pooled("full", last), pooled("frozen", last), rng,
+                                                          args.bootstrap),
+        "full vs frozen day-0 model, last day": lift(served["full"][days[-1]], served["frozen"][days[-1]], rng,
+                                                     args.bootstrap),
         "full vs logging, last day": lift(served["full"][days[-1]], served["logging"][days[-1]], rng, args.bootstrap),
         "full vs no_feedback loop, last day": lift(served["full"][days[-1]], served["no_feedback"][days[-1]], rng,
                                                    args.bootstrap),
@@ -126,26 +136,34 @@ def main(argv=None):
                                                               pooled("no_feedback", first), rng, args.bootstrap),
     }
     by_day = {name: [{"day": d, "watch_time_per_user_day": float(s[:, 0].sum() / len(users)),
-                      "skip_rate": float(s[:, 2].sum() / max(s[:, 1].sum(), 1))} for d, s in per_day.items()]
+                      "skip_rate": float(s[:, 2].sum() / max(s[:, 1].sum(), 1)),
+                      "fresh_share": float(s[:, 3].sum() / max(s[:, 1].sum(), 1))} for d, s in per_day.items()]
               for name, per_day in served.items()}
+    offline = {name: [(d.get("offline") or {}).get("auc_skip") for d in m["days"]]
+               for name, m in ((n, json.load(open(os.path.join(args.output, n, "metrics.json")))) for n in LOOPS)}
     metrics = {name: json.load(open(os.path.join(args.output, name, "metrics.json"))) for name in LOOPS}
     summary = {"args": vars(args), "by_day": by_day, "claims": claims,
                "failed_requests": {n: sum(d["failed_requests"] for d in m["days"]) for n, m in metrics.items()},
                "unattributed_requests": {n: sum(d.get("unattributed_requests", 0) for d in m["days"])
                                          for n, m in metrics.items()},
-               "beam_s": {n: [d["beam_s"] for d in m["days"]] for n, m in metrics.items()}}
+               "beam_s": {n: [d["beam_s"] for d in m["days"]] for n, m in metrics.items()},
+               "offline_auc_skip": offline}
     with open(os.path.join(args.output, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     lines = [f"Daily loop, {args.users} users, {args.days} days, world seed {args.seed}; watch s / user-day "
-             "(skip rate) by day", "", "| day | " + " | ".join(served) + " |", "|---" * (len(served) + 1) + "|"]
+             "(skip rate; share of impressions on videos uploaded that day or the day before) by day", "", "| day | " + " | ".join(served) + " |", "|---" * (len(served) + 1) + "|"]
     for i, d in enumerate(days):
         lines.append(f"| {d} | " + " | ".join(f"{by_day[n][i]['watch_time_per_user_day']:.0f} "
-                                              f"({by_day[n][i]['skip_rate']:.3f})" for n in served) + " |")
+                                              f"({by_day[n][i]['skip_rate']:.3f}; {by_day[n][i]['fresh_share']:.1%})"
+                                              for n in served) + " |")
     lines += ["", "| comparison | watch time lift [95 %] | skip rate lift [95 %] |", "|---|---|---|"]
     for name, c in claims.items():
         w, s = c["watch_time_per_user_day"], c["skip_rate"]
         lines.append(f"| {name} | {w['value']:+.1%} [{w['low']:+.1%}, {w['high']:+.1%}] | "
                      f"{s['value']:+.1%} [{s['low']:+.1%}, {s['high']:+.1%}] |")
+    lines += ["", "offline skip AUC by day (the serving model on the day's examples): " +
+              "; ".join(f"{n} " + ", ".join("–" if a is None else f"{a:.3f}" for a in v) for n, v in offline.items()),
+              f"Beam step seconds by day: {summary['beam_s']}"]
     lines += ["", f"failed requests: {summary['failed_requests']}; unattributed requests: "
               f"{summary['unattributed_requests']}"]
     table = "\n".join(lines)

@@ -31,7 +31,7 @@ def loop_args(world300, tmp_path_factory):
     with open(config, "w") as f:
         json.dump(tiny_config().to_dict(), f)
     return ["--days", str(DAYS), "--users", "150", "--history_length", "10", "--seed", "3", "--world", world300,
-            "--config", config, "--reference", "logging", "--no_progress"]
+            "--config", config, "--reference", "logging", "--reference", "frozen", "--no_progress"]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,12 @@ def test_the_loop_runs_its_days_and_reconciles(loop_dir):
     assert out["setup"]["finished"]
     assert out["day0"]["beam_rows"]["input"] == 30_000
     for d in out["days"]:
-        ref = d["references"]["logging"]
-        assert ref["impressions"] > 0 and ref["watch_time_per_user_day"] > 0
+        for name in ("logging", "frozen"):
+            ref = d["references"][name]
+            assert ref["impressions"] > 0 and ref["watch_time_per_user_day"] > 0
+    # frozen is version 1 kept serving: on day 1 (served by version 1) it is the loop itself
+    assert out["days"][0]["references"]["frozen"] == {k: out["days"][0][k] for k in
+                                                      ("watch_time_per_user_day", "skip_rate", "impressions")}
     with open(os.path.join(loop_dir, "server.json")) as f:
         assert _server_gone(json.load(f)["pid"]), "the loop's server outlived the loop"
 

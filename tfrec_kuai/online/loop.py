@@ -59,7 +59,9 @@ STATE, METRICS = "state.json", "metrics.json"
 FIXED = ("variant", "users", "seed", "history_length", "world", "world_users", "impressions", "world_days",
          "config", "page_size", "chunk_users", "references", "xla", "uploads_per_day")
 DEFAULTS = {"uploads_per_day": 0}    # what a loop folder started before the option existed had
-REFERENCES = ("logging", "oracle", "random")
+# ``frozen``: version 1 (the day-0 model) kept serving, in-process: the loop without its daily
+# learning, facing the same world — in particular the same catalogue depleted by the no-repeat rule.
+REFERENCES = ("logging", "oracle", "random", "frozen")
 STEP_KEYS = {"ExampleGen": "beam_s", "Evaluator": "evaluate_s", "Trainer": "train_s", "Pusher": "export_s"}
 
 
@@ -283,7 +285,8 @@ class Loop:
         world = self.world
         users = world.sample_users(self.options["users"])
         policy = ServedPolicy(f"served:{MODEL}", world, server.address, MODEL)
-        references = [(name, make_policy(name, world, None)) for name in self.options["references"]]
+        references = [(name, make_policy(f"savedmodel:{self.version_dir(1)}" if name == "frozen" else name, world, None))
+                      for name in self.options["references"]]
         tmp = _fresh(self.path("days", f"{day}.tmp"))
         try:
             record = serve_day(world, self.world_dir, tmp, day, users, policy, self.options["page_size"],

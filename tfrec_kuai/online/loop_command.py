@@ -37,8 +37,8 @@ def add_arguments(parser):
     parser.add_argument("--page_size", type=positive_int, default=10, help="videos per request")
     parser.add_argument("--chunk_users", type=positive_int, default=1000, help="users driven together")
     parser.add_argument("--reference", action="append", type=_reference, default=[], metavar="POLICY",
-                        help="also serve the same users each day with this policy (logging, oracle, random) on "
-                             "the same world seed; repeat the flag")
+                        help="also serve the same users each day with this policy (logging, oracle, random, or "
+                             "frozen: the day-0 model, never retrained) on the same world seed; repeat the flag")
     parser.add_argument("--xla", choices=("auto", "on", "off"), default="off",
                         help="tfrec-kuai export --xla (default off: the day's examples have no eval split to "
                              "warm a compiled version up with, and a first request compiling would stall the swap)")
