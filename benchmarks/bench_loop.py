@@ -21,7 +21,6 @@ an idle machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pipeline_incremental import job, median_job  # the Beam step, one way
+from bench_pipeline_incremental import day_arguments, job, median_job  # the Beam step, one way
 from tests.log_rows import split_by_date
 from tfrec_kuai.sim.simulator import SimParams, simulate
 
@@ -52,17 +51,7 @@ def train(examples, model_dir, warm_start=None, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--days", type=int, default=8)
-    parser.add_argument("--impressions", type=int, default=150_000, help="over all days")
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--history_length", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=3, help="Beam runs per day and mode (the median is printed)")
-    parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
-                                                      "bench_loop.json"),
-                        help="JSON file the table is written to (default: benchmarks/out/, not tracked)")
+    parser = day_arguments(__doc__.split("\n")[0], 150_000, 1000, 5, 3, "bench_loop.json")
     args = parser.parse_args(argv)
     if args.days < 3:
         parser.error("--days must be >= 3")

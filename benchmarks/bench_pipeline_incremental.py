@@ -53,18 +53,24 @@ def median_job(runs, *args, **kwargs):
     return statistics.median(times), meta
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def day_arguments(description, impressions, users, seed, runs, output_name):
+    """The parser of a benchmark over a log cut into days (this one and ``bench_loop.py``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--days", type=int, default=8)
-    parser.add_argument("--impressions", type=int, default=400_000, help="over all days")
-    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--impressions", type=int, default=impressions, help="over all days")
+    parser.add_argument("--users", type=int, default=users)
     parser.add_argument("--history_length", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=1, help="runs per day and mode (the median is printed)")
-    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=runs, help="Beam runs per day and mode (the median is printed)")
+    parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
-                                                      "bench_pipeline_incremental.json"),
+                                                      output_name),
                         help="JSON file the table is written to (default: benchmarks/out/, not tracked)")
+    return parser
+
+
+def main(argv=None):
+    parser = day_arguments(__doc__.split("\n")[0], 400_000, 2000, 3, 1, "bench_pipeline_incremental.json")
     args = parser.parse_args(argv)
     if args.days < 2:
         parser.error("--days must be >= 2")
