@@ -79,8 +79,9 @@ def per_user(folder, users, world, day):
     index = np.searchsorted(users, rows[:, C["user_id"]])
     skip = compute_labels(rows[:, C["play_time_ms"]], rows[:, C["duration_ms"]])["skip"]
     out = np.zeros((len(users), 4))
-    age = (day - 1) - world.population.upload_day[world.video_index(rows[:, C["video_id"]])]
-    out[:, 3] = np.bincount(index, (age >= 0) & (age <= 1), len(users))
+    uploaded = world.population.upload_day[world.video_index(rows[:, C["video_id"]])]   # -1: the catalogue's
+    age = (day - 1) - uploaded                                                           # loop day d = world day d-1
+    out[:, 3] = np.bincount(index, (uploaded >= 0) & (age >= 0) & (age <= 1), len(users))
     out[:, 0] = np.bincount(index, rows[:, C["play_time_ms"]] / 1000.0, len(users))
     out[:, 1] = np.bincount(index, minlength=len(users))
     out[:, 2] = np.bincount(index, skip, len(users))
