@@ -67,6 +67,10 @@ class ModelConfig:
     min_count: Dict[str, int] = dataclasses.field(default_factory=dict)
     oov_buckets: Dict[str, int] = dataclasses.field(default_factory=dict)
 
+    def oov_rows(self, feature):
+        """The OOV buckets of id ``feature`` (``oov_buckets``, one row where it is not named)."""
+        return int(self.oov_buckets.get(feature, 1))
+
     def validate(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")

@@ -109,7 +109,7 @@ def build_front_end(owner, model_config, vocabularies):
     c = model_config
     owner.item_embedding = ItemEmbedding(vocabularies["video_id"], vocabularies["author_id"], vocabularies["tag"],
                                          c.video_dim, c.author_dim, c.tag_dim, oov_buckets=c.oov_buckets, name="item")
-    owner.user_embedding = IdEmbedding(vocabularies["user_id"], c.user_dim, oov_buckets=c.oov_buckets.get("user_id", 1),
+    owner.user_embedding = IdEmbedding(vocabularies["user_id"], c.user_dim, oov_buckets=c.oov_rows("user_id"),
                                        name="user") if c.use_user_id else None
     owner.hour_embedding = ModuloEmbedding(24, c.context_dim, name="hour")
     owner.tab_embedding = ModuloEmbedding(16, c.context_dim, name="tab")

@@ -256,10 +256,9 @@ def check_warm_start(source, model_dir, config: Config, history_length):
 def _normalized(model_config, field):
     """A field for comparison: ``oov_buckets`` with its default (1) filled in per feature, so
     ``{}`` and ``{"video_id": 1}`` are one architecture."""
-    value = getattr(model_config, field)
     if field == "oov_buckets":
-        return {name: int(value.get(name, 1)) for name in VOCAB_FEATURES}
-    return value
+        return {name: model_config.oov_rows(name) for name in VOCAB_FEATURES}
+    return getattr(model_config, field)
 
 
 def describe_embedding_tables(model):
@@ -651,7 +650,7 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
     record = {"examples": os.path.abspath(examples_dir), "history_length": int(metadata["history_length"]),
               "train_examples": int(metadata["rows"]["train_examples"]),
               "vocabularies": {name: {"examples_ids": len(todays[name]), "model_ids": len(vocabularies[name]),
-                                      "oov_buckets": int(m.oov_buckets.get(name, 1))} for name in VOCAB_FEATURES}}
+                                      "oov_buckets": m.oov_rows(name)} for name in VOCAB_FEATURES}}
     source_model = None
     if warm_start is not None:
         added = {name: len(vocabularies[name]) - len(known[name]) for name in VOCAB_FEATURES}
