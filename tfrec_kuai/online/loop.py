@@ -208,7 +208,7 @@ class Loop:
                 "--video_features", os.path.join(self.world_dir, VIDEO_TABLE),
                 "--user_features", os.path.join(self.world_dir, USER_TABLE),
                 "--history_length", str(self.options["history_length"]), "--eval_days", "0", "--overwrite"]
-        if self.world.population.upload_day.max() >= 0:
+        if self.world.params.uploads_per_day > 0:
             # The corpus the day's export serves tomorrow (world day ``day``) holds that day's uploads.
             os.makedirs(self.path("beam"), exist_ok=True)
             table = self.world.write_video_table(self.path("beam", f"{day}.video_features.csv"), day)

@@ -23,6 +23,7 @@ position in the page; the one sequential part is the order of positions, as in `
 """
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
 import os
@@ -191,16 +192,17 @@ class World:
         self.visit_rate = self.population.counts / (p.session_mean * p.days) * self.leave.visits_scale
         self._hour_cdf = np.cumsum(HOUR_WEIGHTS) / HOUR_WEIGHTS.sum()
         self._tab_cdf = np.cumsum(TAB_WEIGHTS)
+        self._available = {}
 
     def available(self, day):
         """``[V]`` bool: the videos there on world ``day`` (the base catalogue and the uploads of
-        days up to ``day``)."""
-        return self.population.upload_day <= day
+        days up to ``day``); one array per day, asked for on every page."""
+        if day not in self._available:
+            self._available[day] = self.population.upload_day <= day
+        return self._available[day]
 
     def write_video_table(self, path, day):
         """The video side table as it stands on world ``day`` (with its uploads) at ``path``."""
-        import csv
-
         cat = self.catalogue
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
@@ -299,9 +301,10 @@ class World:
                 raise ValueError(f"policy {policy.name!r} returned shape {videos.shape}, "
                                  f"expected {(len(act), page_size)}")
             is_rand = np.zeros(videos.shape, bool) if is_rand is None else np.asarray(is_rand, bool)
-            if not self.available(day)[videos].all():
+            there = self.available(day)[videos]
+            if not there.all():
                 raise ValueError(f"policy {policy.name!r} served videos not uploaded by day {day}: "
-                                 f"{self.catalogue.video_id[videos[~self.available(day)[videos]]][:3].tolist()}")
+                                 f"{self.catalogue.video_id[videos[~there]][:3].tolist()}")
             page_rows = np.zeros((len(act), page_size, len(LOG_COLUMNS)), np.int64)
             shown = np.zeros((len(act), page_size), bool)
             alive = np.ones(len(act), bool)
