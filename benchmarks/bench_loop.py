@@ -21,7 +21,6 @@ an idle machine.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -33,9 +32,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pipeline_incremental import day_arguments, job, median_job  # the Beam step, one way
-from tests.log_rows import split_by_date
-from tfrec_kuai.sim.simulator import SimParams, simulate
+from bench_pipeline_incremental import day_arguments, job, log_by_date, median_job, write_table
 
 
 def train(examples, model_dir, warm_start=None, seed=0):
@@ -58,11 +55,7 @@ def main(argv=None):
     work = args.work or tempfile.mkdtemp(prefix="bench_loop_")
     table = []
     try:
-        log_dir = os.path.join(work, "log")
-        simulate(log_dir, SimParams(impressions=args.impressions, users=args.users, days=args.days, seed=args.seed),
-                 progress=False)
-        split = split_by_date([os.path.join(log_dir, f) for f in ("log_standard_sim.csv", "log_random_sim.csv")],
-                              os.path.join(work, "days"))
+        log_dir, split = log_by_date(work, args)
         paths = [p for _, p in split]
         L = args.history_length
 
@@ -101,10 +94,7 @@ def main(argv=None):
         first, last = table[0][key], table[-1][key]
         print(f"{key}: day {table[-1]['day']} / day {table[0]['day']} = {last / max(first, 1e-9):.2f}; "
               f"median {statistics.median(r[key] for r in table):.1f} s")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump({"setup": vars(args), "days": table}, f, indent=2)
-    print(f"written to {args.output}")
+    write_table(args, table)
     return 0
 
 

@@ -69,6 +69,25 @@ def day_arguments(description, impressions, users, seed, runs, output_name):
     return parser
 
 
+def log_by_date(work, args):
+    """``(log folder, [(date, path)])``: the simulated log of ``--days`` days in ``work`` (made
+    once), cut into one file per date."""
+    log_dir = os.path.join(work, "log")
+    if not os.path.exists(os.path.join(log_dir, "params.json")):
+        simulate(log_dir, SimParams(impressions=args.impressions, users=args.users, days=args.days,
+                                    seed=args.seed), progress=False)
+    return log_dir, split_by_date([os.path.join(log_dir, f) for f in ("log_standard_sim.csv", "log_random_sim.csv")],
+                                  os.path.join(work, "days"))
+
+
+def write_table(args, table):
+    """The run's setup and per-day rows as JSON at ``--output``."""
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump({"setup": vars(args), "days": table}, f, indent=2)
+    print(f"written to {args.output}")
+
+
 def main(argv=None):
     parser = day_arguments(__doc__.split("\n")[0], 400_000, 2000, 3, 1, "bench_pipeline_incremental.json")
     args = parser.parse_args(argv)
@@ -76,12 +95,7 @@ def main(argv=None):
         parser.error("--days must be >= 2")
     work = args.work or tempfile.mkdtemp(prefix="bench_incremental_")
     try:
-        log_dir = os.path.join(work, "log")
-        if not os.path.exists(os.path.join(log_dir, "params.json")):
-            simulate(log_dir, SimParams(impressions=args.impressions, users=args.users, days=args.days,
-                                        seed=args.seed), progress=False)
-        split = split_by_date([os.path.join(log_dir, f) for f in ("log_standard_sim.csv", "log_random_sim.csv")],
-                              os.path.join(work, "days"))
+        log_dir, split = log_by_date(work, args)
         paths = [p for _, p in split]
 
         def state(d):
@@ -112,10 +126,7 @@ def main(argv=None):
               f"{r['full_s']:.2f} | {r['full_s'] / max(r['incremental_s'], 1e-9):.2f} |")
     first, last = table[0]["incremental_s"], table[-1]["incremental_s"]
     print(f"\nincremental: day {table[-1]['day']} / day {table[0]['day']} = {last / max(first, 1e-9):.2f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump({"setup": vars(args), "days": table}, f, indent=2)
-    print(f"written to {args.output}")
+    write_table(args, table)
     return 0
 
 

@@ -64,11 +64,9 @@ def test_the_video_table_of_a_day_holds_its_uploads(worlds, tmp_path):
     assert len(uploaded) == 2 * PER_DAY and {r["upload_dt"] for r in uploaded} == {"2022-04-11", "2022-04-12"}
 
 
-def _served(world, log, policy_of):
-    users = world.sample_users(40)
-    cohort = world.cohort(users, log)
-    served = world.serve(cohort, policy_of(world), days=2, page_size=10)
-    _, _, extra = served.columns()
+def _served(world, log, policy):
+    cohort = world.cohort(world.sample_users(40), log)
+    _, _, extra = world.serve(cohort, policy, days=2, page_size=10).columns()
     return extra["video"], extra["day"]
 
 
@@ -78,9 +76,10 @@ def _served(world, log, policy_of):
                          ids=["random", "oracle", "logging", "popular"])
 def test_policies_serve_only_what_is_there(worlds, make):
     world = World(worlds[PER_DAY], seed=1)
-    videos, days = _served(world, read_world_log(world.folder), make)
+    policy = make(world)
+    videos, days = _served(world, read_world_log(world.folder), policy)
     assert np.all(world.population.upload_day[videos] <= days)
-    if not isinstance(make(world), PopularPolicy):           # popular ranks by the old log: never an upload
+    if not isinstance(policy, PopularPolicy):                 # popular ranks by the old log: never an upload
         assert (world.population.upload_day[videos] >= 0).any()
 
 
