@@ -12,7 +12,7 @@ paired user-level bootstrap intervals (the same users in every loop and referenc
 * ends above logging: the last day of `full` against its `logging` reference;
 * ends above `no_feedback`: the last day of the two loops, and their last three days pooled.
 
-    .venv/bin/python benchmarks/loop_experiment.py --output OUT [--days 8 --users 1000 --seed 5 --uploads_per_day 100]
+    .venv/bin/python benchmarks/loop_experiment.py --output OUT [--days 8 --users 1000 --seed 5 --uploads_per_day 100 --videos N]
 
 Writes OUT/summary.json and OUT/table.md and prints the table.
 """
@@ -45,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--impressions", type=int, default=150_000)
     p.add_argument("--world_days", type=int, default=7)
     p.add_argument("--uploads_per_day", type=int, default=100, help="new videos every served day (cold start)")
+    p.add_argument("--videos", type=int, default=0, help="catalogue size of the world (0: KuaiRand-Pure's 7,583)")
     p.add_argument("--bootstrap", type=int, default=2000)
     return p.parse_args(argv)
 
@@ -52,7 +53,8 @@ def parse_args(argv=None):
 def run_loops(args):
     common = ["--days", str(args.days), "--users", str(args.users), "--seed", str(args.seed),
               "--history_length", str(args.history_length), "--impressions", str(args.impressions),
-              "--world_days", str(args.world_days), "--uploads_per_day", str(args.uploads_per_day), "--no_progress"]
+              "--world_days", str(args.world_days), "--uploads_per_day", str(args.uploads_per_day), "--videos", str(args.videos),
+              "--no_progress"]
     for name, flags in LOOPS.items():
         folder = os.path.join(args.output, name)
         metrics = os.path.join(folder, "metrics.json")

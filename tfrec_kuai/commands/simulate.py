@@ -37,6 +37,9 @@ def add_arguments(parser):
     parser.add_argument("--random_share", type=_share, default=0.10, help="share of is_rand=1 random exposures")
     parser.add_argument("--catalogue", choices=("kuairand_pure", "generated"), default="kuairand_pure",
                         help="real KuaiRand-Pure video/user tables or generated ones of the same shape")
+    parser.add_argument("--videos", type=non_negative_int, default=0,
+                        help="catalogue size: grow the catalogue to N videos drawn like it (its tags, durations "
+                             "and authors with several videos), uploaded before the log; 0 = as it is")
     parser.add_argument("--policy_strength", type=float, default=0.5,
                         help="how strongly the logging policy follows the users' true interests")
     parser.add_argument("--author_affinity", type=float, default=0.0,
@@ -52,6 +55,7 @@ def add_arguments(parser):
 def run(args):
     params = SimParams(impressions=args.impressions, seed=args.seed, users=args.users, days=args.days,
                        start_date=args.start_date, random_share=args.random_share, catalogue=args.catalogue,
+                       videos=args.videos,
                        policy_strength=args.policy_strength, author_affinity_sd=args.author_affinity,
                        uploads_per_day=args.uploads_per_day, upload_days=args.upload_days)
     info = simulate(args.output, params, progress=not args.no_progress)

@@ -57,8 +57,9 @@ MODEL = "kuai"
 STATE, METRICS = "state.json", "metrics.json"
 # What must be the same to resume a loop folder (--days may grow; --no_progress may change).
 FIXED = ("variant", "users", "seed", "history_length", "world", "world_users", "impressions", "world_days",
-         "config", "page_size", "chunk_users", "references", "xla", "uploads_per_day")
-DEFAULTS = {"uploads_per_day": 0}    # what a loop folder started before the option existed had
+         "config", "page_size", "chunk_users", "references", "xla", "uploads_per_day",
+         "videos")
+DEFAULTS = {"uploads_per_day": 0, "videos": 0}    # what a loop folder started before the options existed had
 # ``frozen``: version 1 (the day-0 model) kept serving, in-process: the loop without its daily
 # learning, facing the same world — in particular the same catalogue depleted by the no-repeat rule.
 REFERENCES = ("logging", "oracle", "random", "frozen")
@@ -188,7 +189,7 @@ class Loop:
         tmp = _fresh(self.world_dir + ".tmp")
         o = self.options
         simulate(tmp, SimParams(impressions=o["impressions"], seed=o["seed"], users=o["world_users"],
-                                days=o["world_days"], uploads_per_day=o["uploads_per_day"],
+                                days=o["world_days"], uploads_per_day=o["uploads_per_day"], videos=o["videos"],
                                 upload_days=max(SimParams.upload_days, self.days + 1)), progress=self.progress)
         shutil.rmtree(self.world_dir, ignore_errors=True)
         os.rename(tmp, self.world_dir)
@@ -347,9 +348,10 @@ def run_loop(output, days, options, progress=True):
         raise InputError(f"--config {options['config']}: no such file")
     if options["world"] and not os.path.isdir(options["world"]):
         raise InputError(f"--world {options['world']}: no such folder (expected a `tfrec-kuai simulate` output)")
-    if options["world"] and options.get("uploads_per_day"):
-        raise InputError("--uploads_per_day: only with the loop's own simulated day 0 (the --world folder's "
-                         "params.json fixes its uploads: give it to `tfrec-kuai simulate --uploads_per_day`)")
+    for name in ("uploads_per_day", "videos"):
+        if options["world"] and options.get(name):
+            raise InputError(f"--{name}: only with the loop's own simulated day 0 (the --world folder's "
+                             f"params.json fixes its catalogue: give it to `tfrec-kuai simulate --{name}`)")
     if options["world"]:
         from tfrec_kuai.sim.world import World
         World(options["world"], seed=options["seed"]).sample_users(options["users"])   # before anything is written

@@ -33,6 +33,9 @@ def add_arguments(parser):
     parser.add_argument("--uploads_per_day", type=non_negative_int, default=0,
                         help="new videos uploaded at the start of every served day (cold start; 0 = none); "
                              "only with the simulated day 0, not --world")
+    parser.add_argument("--videos", type=non_negative_int, default=0,
+                        help="catalogue size of the simulated world (tfrec-kuai simulate --videos; 0 = KuaiRand-Pure's "
+                             "7,583); only with the simulated day 0, not --world")
     parser.add_argument("--config", default=None, help="training config file for both stages (tfrec-kuai train)")
     parser.add_argument("--page_size", type=positive_int, default=10, help="videos per request")
     parser.add_argument("--chunk_users", type=positive_int, default=1000, help="users driven together")
@@ -52,7 +55,8 @@ def run(args):
                "history_length": args.history_length, "world": args.world, "world_users": args.world_users,
                "impressions": args.impressions, "world_days": args.world_days, "config": args.config,
                "page_size": args.page_size, "chunk_users": args.chunk_users, "references": list(args.reference),
-               "xla": args.xla, "uploads_per_day": args.uploads_per_day}
+               "xla": args.xla, "uploads_per_day": args.uploads_per_day,
+               "videos": args.videos}
     out = run_loop(args.output, args.days, options, progress=not args.no_progress)
     for d in out["days"]:
         print(f"day {d['day']}: version {d['model_version']}, watch {d['watch_time_per_user_day']:.1f} s/user-day, "

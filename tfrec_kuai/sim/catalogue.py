@@ -10,6 +10,7 @@ videos get a drawn one that is recorded only in the log rows.
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import os
 from dataclasses import dataclass
 
@@ -31,12 +32,34 @@ class Catalogue:
     tags: np.ndarray          # [V, MAX_TAGS] topic indices into topic_ids, -1 = none
     topic_ids: np.ndarray     # [K] tag id of every topic
     quality: np.ndarray       # [V] float, latent appeal independent of the user
-    table_header: list        # the side table as written: header + rows (strings)
-    table_rows: list
+    table_header: list        # the side table as written: header ...
+    base_rows: list           # ... and the rows (strings) of the table it was loaded or generated from
+    row_source: np.ndarray    # [V] int32: the base row each video's side-table row copies
+    upload_ordinal: np.ndarray  # [V] int32: a drawn video's upload date (date.toordinal), -1: the row verbatim
 
     @property
     def num_topics(self):
         return len(self.topic_ids)
+
+    def table_rows(self, videos=None):
+        """The side-table rows (lists of strings) of ``videos`` (catalogue indices, default all).
+
+        Made one at a time as they are written: a drawn video's row is its base row with its own
+        id, author, upload date and duration, so millions of drawn videos never sit in memory as
+        strings (the arrays above are the catalogue's only per-video memory)."""
+        col = {name: i for i, name in enumerate(self.table_header)}
+        rewritten = (col["video_id"], col["author_id"], col["upload_dt"], col["video_duration"])
+        for v in range(len(self.video_id)) if videos is None else videos:
+            row = self.base_rows[self.row_source[v]]
+            if self.upload_ordinal[v] < 0:
+                yield row
+                continue
+            row = list(row)
+            for c, value in zip(rewritten, (str(self.video_id[v]), str(self.author_id[v]),
+                                            _dt.date.fromordinal(int(self.upload_ordinal[v])).isoformat(),
+                                            f"{float(self.duration_ms[v]):.1f}")):
+                row[c] = value
+            yield row
 
 
 def _draw_durations_ms(rng, n):
@@ -60,7 +83,9 @@ def _finish(rng, video_id, author_id, duration_ms, tag_lists, header, rows):
     quality = rng.normal(0.0, 0.5, len(video_id))
     return Catalogue(video_id=np.asarray(video_id, np.int64), author_id=np.asarray(author_id, np.int64),
                      duration_ms=np.maximum(np.round(duration_ms), 1000).astype(np.int64), tags=tags,
-                     topic_ids=topic_ids, quality=quality, table_header=header, table_rows=rows)
+                     topic_ids=topic_ids, quality=quality, table_header=header, base_rows=rows,
+                     row_source=np.arange(len(rows), dtype=np.int32),
+                     upload_ordinal=np.full(len(rows), -1, np.int32))
 
 
 def load_pure_catalogue(rng, path=PURE_VIDEOS):
@@ -124,37 +149,37 @@ def user_table(rng, num_users, use_pure=True):
     return header, out
 
 
-def draw_like(rng, base, count, first_id, upload_dates, new_author_share=0.3):
+def draw_like(rng, base, count, first_id, upload_dates, new_author_share=0.3, new_authors=None):
     """``count`` new videos that look like ``base``'s: the catalogue grown by uploads.
 
     Each new video copies the tags (visible and hidden topics alike) and the side-table row of one
     base video and the duration of another, so the tag and duration distributions are the base
     catalogue's; its author is an existing one (picked per video, so prolific authors upload more)
-    or, with ``new_author_share``, a new author; its quality is drawn as the base's. Ids follow
-    ``first_id``; ``upload_dates`` (``count`` ISO dates) fill the table's ``upload_dt``.
+    or, with ``new_author_share``, a new author: a new one per video, or one of ``new_authors``
+    new authors (so they too have several videos each); its quality is drawn as the base's. Ids
+    follow ``first_id``; ``upload_dates`` (``count`` ``datetime.date.toordinal`` values) fill the
+    table's ``upload_dt``.
 
-    Returns a :class:`Catalogue` of the new videos alone, sharing ``base``'s topics."""
+    Returns a :class:`Catalogue` of the new videos alone, sharing ``base``'s topics and rows."""
     look = rng.integers(0, len(base.video_id), count)
     duration = base.duration_ms[rng.integers(0, len(base.video_id), count)]
     new_author = rng.random(count) < new_author_share
-    author = np.where(new_author, rng.integers(10_000_000, 20_000_000, count),
-                      base.author_id[rng.integers(0, len(base.video_id), count)])
-    video_id = np.arange(first_id, first_id + count, dtype=np.int64)
-    col = {name: i for i, name in enumerate(base.table_header)}
-    rows = []
-    for i in range(count):
-        row = list(base.table_rows[look[i]])
-        row[col["video_id"]], row[col["author_id"]] = str(video_id[i]), str(author[i])
-        row[col["upload_dt"]], row[col["video_duration"]] = upload_dates[i], f"{float(duration[i]):.1f}"
-        rows.append(row)
-    return Catalogue(video_id=video_id, author_id=author.astype(np.int64), duration_ms=duration.copy(),
+    new_ids = (rng.integers(10_000_000, 20_000_000, count) if new_authors is None else
+               rng.integers(10_000_000, 20_000_000, max(1, new_authors))[rng.integers(0, max(1, new_authors), count)])
+    author = np.where(new_author, new_ids, base.author_id[rng.integers(0, len(base.video_id), count)])
+    return Catalogue(video_id=np.arange(first_id, first_id + count, dtype=np.int64),
+                     author_id=author.astype(np.int64), duration_ms=duration.copy(),
                      tags=base.tags[look].copy(), topic_ids=base.topic_ids,
-                     quality=rng.normal(0.0, 0.5, count), table_header=base.table_header, table_rows=rows)
+                     quality=rng.normal(0.0, 0.5, count), table_header=base.table_header,
+                     base_rows=base.base_rows, row_source=base.row_source[look].astype(np.int32),
+                     upload_ordinal=np.asarray(upload_dates, np.int32))
 
 
 def concatenate(first, second):
-    """One catalogue of ``first``'s videos then ``second``'s (the same topics)."""
+    """One catalogue of ``first``'s videos then ``second``'s (the same topics and base rows)."""
+    if second.base_rows is not first.base_rows:
+        raise ValueError("concatenate: the two catalogues copy different base tables")
     return Catalogue(**{name: np.concatenate([getattr(first, name), getattr(second, name)])
-                        for name in ("video_id", "author_id", "duration_ms", "tags", "quality")},
-                     topic_ids=first.topic_ids, table_header=first.table_header,
-                     table_rows=first.table_rows + second.table_rows)
+                        for name in ("video_id", "author_id", "duration_ms", "tags", "quality", "row_source",
+                                     "upload_ordinal")},
+                     topic_ids=first.topic_ids, table_header=first.table_header, base_rows=first.base_rows)

@@ -55,6 +55,10 @@ class SimParams:
     catalogue: str = "kuairand_pure"  # or "generated"
     generated_videos: int = 8000
     generated_topics: int = 40
+    # Catalogue size: 0 keeps the catalogue as loaded or generated; more grows it with videos drawn
+    # like it (catalogue.draw_like: its tags and durations, authors with several videos), uploaded
+    # before the log starts — KuaiRand-1K's millions of videos on the Pure catalogue's shape.
+    videos: int = 0
     start_date: str = "2022-04-08"
     days: int = 14
     random_share: float = 0.10       # is_rand=1 impressions: uniformly random videos
@@ -105,6 +109,16 @@ class SimParams:
         return cls(**values)
 
 
+def grow_catalogue(rng, cat, videos, start_date, upload_span_days=365):
+    """``cat`` and ``videos - len(cat)`` videos drawn like it, uploaded over the year before
+    ``start_date``; new authors keep the base's videos per author, so they too have several."""
+    count = videos - len(cat.video_id)
+    per_author = len(cat.video_id) / max(1, len(np.unique(cat.author_id)))
+    dates = start_date.toordinal() - rng.integers(1, upload_span_days + 1, count)
+    drawn = draw_like(rng, cat, count, int(cat.video_id.max()) + 1, dates, new_authors=int(round(count * 0.3 / per_author)))
+    return concatenate(cat, drawn)
+
+
 def _allocate(rng, total, weights):
     """Integer impressions per user summing exactly to ``total``, at least 1 each."""
     n = len(weights)
@@ -126,6 +140,9 @@ class Population:
         rng = np.random.default_rng([p.seed, 0])
         self.catalogue = (load_pure_catalogue(rng) if p.catalogue == "kuairand_pure"
                           else generate_catalogue(rng, p.generated_videos, p.generated_topics))
+        if p.videos > len(self.catalogue.video_id):
+            self.catalogue = grow_catalogue(np.random.default_rng([p.seed, 4]), self.catalogue, p.videos,
+                                            _dt.date.fromisoformat(p.start_date))
         cat = self.catalogue
         num_users = p.users or max(2, int(round(p.impressions / p.impressions_per_user)))
         num_users = min(num_users, p.impressions)
@@ -167,8 +184,8 @@ class Population:
         if p.uploads_per_day > 0:
             day = np.repeat(np.arange(p.upload_days, dtype=np.int64), p.uploads_per_day)
             first = _dt.date.fromisoformat(p.start_date) + _dt.timedelta(days=p.days)
-            dates = [(first + _dt.timedelta(days=int(d))).isoformat() for d in day]
-            uploads = draw_like(np.random.default_rng([p.seed, 3]), cat, len(day), int(cat.video_id.max()) + 1, dates)
+            uploads = draw_like(np.random.default_rng([p.seed, 3]), cat, len(day), int(cat.video_id.max()) + 1,
+                                first.toordinal() + day)
             self.catalogue = cat = concatenate(cat, uploads)
             self.upload_day = np.concatenate([self.upload_day, day])
         tag_valid = cat.tags >= 0
@@ -336,7 +353,7 @@ def simulate(output_dir, params, progress=True):
     with open(os.path.join(output_dir, VIDEO_TABLE), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cat.table_header)
-        w.writerows(cat.table_rows[:world.base_videos])     # uploads appear in the world, later
+        w.writerows(cat.table_rows(range(world.base_videos)))     # uploads appear in the world, later
     with open(os.path.join(output_dir, USER_TABLE), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(world.user_header)

@@ -207,7 +207,7 @@ class World:
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(cat.table_header)
-            w.writerows(row for row, there in zip(cat.table_rows, self.available(day)) if there)
+            w.writerows(cat.table_rows(np.flatnonzero(self.available(day))))
         return path
 
     def video_index(self, video_ids):
