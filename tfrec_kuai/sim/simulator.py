@@ -109,14 +109,17 @@ class SimParams:
         return cls(**values)
 
 
-def grow_catalogue(rng, cat, videos, start_date, upload_span_days=365):
+def grow_catalogue(rng, cat, videos, start_date, upload_span_days=365, videos_per_new_author=4.0):
     """``cat`` and ``videos - len(cat)`` videos drawn like it, uploaded over the year before
-    ``start_date``; new authors keep the base's videos per author, so they too have several."""
+    ``start_date``. A drawn video's author is a base one or (draw_like's share) one of a pool of
+    new authors sized for ``videos_per_new_author`` each: a chosen shape (KuaiRand-Pure, a sample
+    of a larger catalogue, has 1.2 videos per author), so that a big catalogue has authors with
+    several videos, as the real one does."""
     count = videos - len(cat.video_id)
-    per_author = len(cat.video_id) / max(1, len(np.unique(cat.author_id)))
     dates = start_date.toordinal() - rng.integers(1, upload_span_days + 1, count)
-    drawn = draw_like(rng, cat, count, int(cat.video_id.max()) + 1, dates, new_authors=int(round(count * 0.3 / per_author)))
-    return concatenate(cat, drawn)
+    new_authors = int(round(count * 0.3 / videos_per_new_author))
+    return concatenate(cat, draw_like(rng, cat, count, int(cat.video_id.max()) + 1, dates, new_author_share=0.3,
+                                      new_authors=new_authors))
 
 
 def _allocate(rng, total, weights):
