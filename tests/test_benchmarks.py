@@ -1,7 +1,10 @@
 """The benchmarks' own bookkeeping: they must time the model they are asked to (today's default, or
-the ranking config file given), never one left in their work folder by an earlier build."""
+the ranking config file given), never one left in their work folder by an earlier build; and the
+parts of them that compute (a grown corpus, a log's heaviest user, a profile's parts) are right."""
 import os
 import sys
+
+import pytest
 
 import tfrec_kuai  # noqa: F401
 
@@ -37,3 +40,45 @@ def test_models_built_by_another_default_are_rebuilt_and_their_exports_dropped(t
     bench_serving.build_models(str(work), impressions=0, ranking_config=path)
     assert training.load_config_from_model_dir(ranking_dir).model.expert_units == 32
     assert os.path.getmtime(os.path.join(retrieval_dir, "config.json")) == before
+
+
+def test_the_grown_corpus_copies_real_rows_under_new_ids():
+    import numpy as np
+    import bench_retrieve_corpus
+    corpus = {"video_id": np.array([5, 9, 2], np.int64), "author_id": np.array([1, 2, 3], np.int64),
+              "tag": np.array([7, 8, 9], np.int64), "duration_s": np.array([1.0, 2.0, 3.0], np.float32)}
+    grown = bench_retrieve_corpus.grown_corpus(corpus, 1000)
+    assert all(len(v) == 1000 for v in grown.values())
+    assert len(np.unique(grown["video_id"])) == 1000 and (grown["video_id"][3:] > 9).all()
+    rows = {(a, t, d) for a, t, d in zip(corpus["author_id"], corpus["tag"], corpus["duration_s"])}
+    assert {(a, t, d) for a, t, d in zip(grown["author_id"], grown["tag"], grown["duration_s"])} == rows
+    assert (bench_retrieve_corpus.grown_corpus(corpus, 2)["video_id"] == [5, 9]).all()
+
+
+def test_the_largest_user_is_counted_over_both_logs(tiny_log_dir):
+    import numpy as np
+    import bench_pipeline_scale
+    logs = [np.loadtxt(os.path.join(tiny_log_dir, name), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+            for name in ("log_standard_sim.csv", "log_random_sim.csv")]
+    users = np.concatenate([log[:, 0] for log in logs])
+    assert bench_pipeline_scale.largest_user(tiny_log_dir) == np.bincount(users).max()
+
+
+@pytest.mark.slow
+def test_the_profile_puts_each_op_of_a_traced_step_in_one_part(tiny_examples_dir, tmp_path):
+    import profile_training_step as profile
+    from tfrec_kuai import ops
+    assert profile.part_of("history/encoder/feedback_weighted_attention/FeedbackWeightedAttention",
+                           "FeedbackWeightedAttention") == "attention op, forward"
+    assert profile.part_of("Adam/UnsortedSegmentSum", "UnsortedSegmentSum").startswith("optimizer")
+    assert profile.part_of("gradient_tape/history/encoder/Slice", "Slice").endswith("(backward)")
+    implementation = "fused" if ops.fused_available() else "composite"
+    config, times, wall, path = profile.profile(tiny_examples_dir, implementation, steps=2, warmup=2,
+                                                logdir=str(tmp_path), batch_size=64)
+    assert os.path.isfile(path) and wall > 0
+    parts = {profile.part_of(scope, op_type) for scope, op_type in times}
+    assert {"optimizer (Adam, sparse updates)", "embedding lookups and their gradients"} <= parts
+    if implementation == "fused":
+        assert {"attention op, forward", "attention op, backward"} <= parts
+    else:
+        assert "attention, composite ops (forward + backward)" in parts
