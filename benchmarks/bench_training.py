@@ -21,6 +21,7 @@ which git ignores: a run's record, not a tracked file that every run rewrites).
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -91,7 +92,8 @@ def worker(args):
         fit_rate(args.examples[0], config, args.worker, max(args.steps // 3, 5), args.warmup)
         rate = fit_rate(args.examples[0], config, args.worker, args.steps, args.warmup)
     print(json.dumps({"rate": rate, "batch_size": config.train.batch_size,
-                      "history_length": config.model.history_length}))
+                      "history_length": config.model.history_length,
+                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
 
 
 def _run_worker(args, examples_dir, what):
@@ -124,7 +126,7 @@ def main(argv=None):
     results = []
     for examples_dir in args.examples:
         rates = {impl: [] for impl in impls}
-        ratios = []
+        ratios, peak = [], 0.0
         for r in range(args.rounds):
             order = impls if r % 2 == 0 else impls[::-1]
             this = {}
@@ -132,6 +134,7 @@ def main(argv=None):
                 measured = _run_worker(args, examples_dir, impl)
                 this[impl] = measured["rate"]
                 rates[impl].append(measured["rate"])
+                peak = max(peak, measured["peak_rss_gb"])
                 print(f"  L={measured['history_length']} round {r + 1} {impl}: {measured['rate']:,.0f} examples/s",
                       file=sys.stderr)
             if len(impls) == 2:
@@ -139,17 +142,19 @@ def main(argv=None):
         input_alone = _run_worker(args, examples_dir, "input")
         results.append({"examples": examples_dir, "history_length": measured["history_length"],
                         "batch_size": measured["batch_size"], "input_alone": input_alone["rate"],
-                        "rates": rates, "ratios": ratios})
+                        "rates": rates, "ratios": ratios, "peak_rss_gb": peak})
     print(f"\nbatch size {results[0]['batch_size']}, {args.steps} timed steps, {args.rounds} rounds "
           f"(each fit in its own process after a warm-up fit, order alternating), {os.cpu_count()} CPUs, "
           f"TF {tf.version.VERSION}\n")
-    print("| L | input alone | composite | fused | fused / composite (median, range) |\n|---|---|---|---|---|")
+    print("| examples | L | input alone | composite | fused | fused / composite (median, range) | peak RSS of a fit (GB) |\n"
+          "|---|---|---|---|---|---|---|")
     for res in results:
         med = {impl: statistics.median(v) for impl, v in res["rates"].items()}
         ratio = (f"{statistics.median(res['ratios']):.2f} ({min(res['ratios']):.2f}–{max(res['ratios']):.2f})"
                  if res["ratios"] else "–")
-        print(f"| {res['history_length']} | {res['input_alone']:,.0f} | {med['composite']:,.0f} | "
-              f"{med.get('fused', float('nan')):,.0f} | {ratio} |")
+        print(f"| {os.path.basename(os.path.normpath(res['examples']))} | {res['history_length']} | "
+              f"{res['input_alone']:,.0f} | {med['composite']:,.0f} | {med.get('fused', float('nan')):,.0f} | {ratio} | "
+              f"{res['peak_rss_gb']:.2f} |")
     if not ops.fused_available():
         print("\n(fused op library not available: composite only)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
