@@ -97,11 +97,12 @@ def test_a_policy_serving_a_video_not_uploaded_yet_is_an_error(worlds):
         world.serve(cohort, Future(), days=1)
 
 
-def test_uploads_with_a_world_folder_is_refused(worlds, tmp_path, capsys):
-    code = cli.main(["loop", "--output", str(tmp_path / "l"), "--world", worlds[0], "--days", "1",
-                     "--uploads_per_day", "5"])
+@pytest.mark.parametrize("flag", ["--uploads_per_day", "--videos"])
+def test_uploads_or_a_catalogue_size_with_a_world_folder_is_refused(worlds, tmp_path, capsys, flag):
+    code = cli.main(["loop", "--output", str(tmp_path / "l"), "--world", worlds[0], "--days", "1", flag, "5"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--uploads_per_day" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and flag in err, err
+    assert not (tmp_path / "l").exists()
 
 
 @pytest.mark.slow
