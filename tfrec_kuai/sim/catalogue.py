@@ -22,6 +22,7 @@ PURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 PURE_VIDEOS = os.path.join(PURE_DIR, "video_features_basic_pure.csv")
 PURE_USERS = os.path.join(PURE_DIR, "user_features_pure.csv")
 MAX_TAGS = 3
+NEW_AUTHOR_SHARE = 0.3    # of videos drawn like the catalogue's (draw_like): by a new author
 
 
 @dataclass
@@ -60,6 +61,14 @@ class Catalogue:
                                             f"{float(self.duration_ms[v]):.1f}")):
                 row[c] = value
             yield row
+
+    def write_table(self, path, videos):
+        """Write the side table (header and the rows of ``videos``, catalogue indices) at ``path``."""
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(self.table_header)
+            w.writerows(self.table_rows(videos))
+        return path
 
 
 def _draw_durations_ms(rng, n):
@@ -149,7 +158,7 @@ def user_table(rng, num_users, use_pure=True):
     return header, out
 
 
-def draw_like(rng, base, count, first_id, upload_dates, new_author_share=0.3, new_authors=None):
+def draw_like(rng, base, count, first_id, upload_dates, new_author_share=NEW_AUTHOR_SHARE, new_authors=None):
     """``count`` new videos that look like ``base``'s: the catalogue grown by uploads.
 
     Each new video copies the tags (visible and hidden topics alike) and the side-table row of one
@@ -164,8 +173,11 @@ def draw_like(rng, base, count, first_id, upload_dates, new_author_share=0.3, ne
     look = rng.integers(0, len(base.video_id), count)
     duration = base.duration_ms[rng.integers(0, len(base.video_id), count)]
     new_author = rng.random(count) < new_author_share
-    new_ids = (rng.integers(10_000_000, 20_000_000, count) if new_authors is None else
-               rng.integers(10_000_000, 20_000_000, max(1, new_authors))[rng.integers(0, max(1, new_authors), count)])
+    if new_authors is None:
+        new_ids = rng.integers(10_000_000, 20_000_000, count)
+    else:
+        pool = rng.integers(10_000_000, 20_000_000, max(1, new_authors))
+        new_ids = pool[rng.integers(0, len(pool), count)]
     author = np.where(new_author, new_ids, base.author_id[rng.integers(0, len(base.video_id), count)])
     return Catalogue(video_id=np.arange(first_id, first_id + count, dtype=np.int64),
                      author_id=author.astype(np.int64), duration_ms=duration.copy(),

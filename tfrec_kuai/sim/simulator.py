@@ -27,7 +27,8 @@ import numpy as np
 
 from tfrec_kuai.schema import LOG_COLUMNS, LONG_MS, VALID_MS, local_calendar
 from tfrec_kuai.sim import behaviour
-from tfrec_kuai.sim.catalogue import concatenate, draw_like, generate_catalogue, load_pure_catalogue, user_table
+from tfrec_kuai.sim.catalogue import (NEW_AUTHOR_SHARE, concatenate, draw_like, generate_catalogue,
+                                      load_pure_catalogue, user_table)
 from tfrec_kuai.sim.leave import LeaveParams
 
 TRUTH_COLUMNS = ("user_id", "video_id", "time_ms", "p_skip", "p_valid", "p_long", "p_complete", "p_like",
@@ -111,15 +112,14 @@ class SimParams:
 
 def grow_catalogue(rng, cat, videos, start_date, upload_span_days=365, videos_per_new_author=4.0):
     """``cat`` and ``videos - len(cat)`` videos drawn like it, uploaded over the year before
-    ``start_date``. A drawn video's author is a base one or (draw_like's share) one of a pool of
+    ``start_date``. A drawn video's author is a base one or (``NEW_AUTHOR_SHARE``) one of a pool of
     new authors sized for ``videos_per_new_author`` each: a chosen shape (KuaiRand-Pure, a sample
     of a larger catalogue, has 1.2 videos per author), so that a big catalogue has authors with
     several videos, as the real one does."""
     count = videos - len(cat.video_id)
     dates = start_date.toordinal() - rng.integers(1, upload_span_days + 1, count)
-    new_authors = int(round(count * 0.3 / videos_per_new_author))
-    return concatenate(cat, draw_like(rng, cat, count, int(cat.video_id.max()) + 1, dates, new_author_share=0.3,
-                                      new_authors=new_authors))
+    new_authors = int(round(count * NEW_AUTHOR_SHARE / videos_per_new_author))
+    return concatenate(cat, draw_like(rng, cat, count, int(cat.video_id.max()) + 1, dates, new_authors=new_authors))
 
 
 def _allocate(rng, total, weights):
@@ -353,10 +353,7 @@ def simulate(output_dir, params, progress=True):
     os.makedirs(output_dir, exist_ok=True)
     world = Population(params)
     cat = world.catalogue
-    with open(os.path.join(output_dir, VIDEO_TABLE), "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(cat.table_header)
-        w.writerows(cat.table_rows(range(world.base_videos)))     # uploads appear in the world, later
+    cat.write_table(os.path.join(output_dir, VIDEO_TABLE), range(world.base_videos))  # uploads: in the world, later
     with open(os.path.join(output_dir, USER_TABLE), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(world.user_header)

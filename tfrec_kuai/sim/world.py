@@ -23,7 +23,6 @@ position in the page; the one sequential part is the order of positions, as in `
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -203,12 +202,7 @@ class World:
 
     def write_video_table(self, path, day):
         """The video side table as it stands on world ``day`` (with its uploads) at ``path``."""
-        cat = self.catalogue
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(cat.table_header)
-            w.writerows(cat.table_rows(np.flatnonzero(self.available(day))))
-        return path
+        return self.catalogue.write_table(path, np.flatnonzero(self.available(day)))
 
     def video_index(self, video_ids):
         """Catalogue index of log video ids (InputError for an id the catalogue lacks)."""
