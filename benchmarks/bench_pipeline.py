@@ -36,14 +36,18 @@ from tfrec_kuai.schema import COLUMN_INDEX, compute_labels, feedback_bits
 from tfrec_kuai.sim.simulator import SimParams, simulate
 
 
-def run_job(log_dir, out, extra):
-    shutil.rmtree(out, ignore_errors=True)
-    args = ["--input", os.path.join(log_dir, "log_*.csv"), "--output", out,
+def job_args(log_dir, out, extra=()):
+    """build_examples' flags for a `tfrec-kuai simulate` folder: both side tables, L = 50, one eval day."""
+    return ["--input", os.path.join(log_dir, "log_*.csv"), "--output", out,
             "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
             "--user_features", os.path.join(log_dir, "user_features_sim.csv"),
-            "--history_length", "50", "--eval_days", "1"] + extra
+            "--history_length", "50", "--eval_days", "1", *extra]
+
+
+def run_job(log_dir, out, extra):
+    shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    meta = build_examples.run(args)
+    meta = build_examples.run(job_args(log_dir, out, extra))
     return time.perf_counter() - start, meta
 
 

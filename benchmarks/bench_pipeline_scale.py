@@ -22,6 +22,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from bench_pipeline import job_args   # the same flags as the in-process benchmark
 
 
 def simulate(folder, impressions, videos):
@@ -34,10 +37,7 @@ def simulate(folder, impressions, videos):
 def run_job(log_dir, out):
     """(wall seconds, peak RSS bytes, metadata) of one build_examples process."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "beam_pipelines.build_examples", "--input", os.path.join(log_dir, "log_*.csv"),
-               "--video_features", os.path.join(log_dir, "video_features_basic_sim.csv"),
-               "--user_features", os.path.join(log_dir, "user_features_sim.csv"),
-               "--history_length", "50", "--eval_days", "1", "--output", out]
+    command = [sys.executable, "-m", "beam_pipelines.build_examples", *job_args(log_dir, out)]
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read()
@@ -78,10 +78,10 @@ def main(argv=None):
         runs = [run_job(log_dir, os.path.join(args.workdir, "examples"))
                 for _ in range(args.runs_largest if n == max(sizes) else args.runs)]
         seconds = statistics.median(r[0] for r in runs)
-        meta = runs[-1][2]
+        written = runs[-1][2]["rows"]
         rows.append({"impressions": n, "runs": [r[0] for r in runs], "seconds": seconds,
                      "peak_rss_gb": max(r[1] for r in runs) / 1e9, "largest_user": largest_user(log_dir),
-                     "examples": meta.get("num_examples") or meta.get("examples")})
+                     "examples": written["train_examples"] + written["eval_examples"]})
         print(f"  {n:,} impressions: {', '.join(f'{r[0]:.1f}' for r in runs)} s, peak {rows[-1]['peak_rss_gb']:.2f} GB",
               file=sys.stderr, flush=True)
     base = rows[0]["seconds"] / rows[0]["impressions"]

@@ -26,8 +26,7 @@ sys.path.insert(0, HERE)
 import numpy as np
 
 import bench_serving
-
-HISTORY_LENGTH, IMPRESSIONS = 50, 30000
+from bench_rank_path import HISTORY_LENGTH, IMPRESSIONS   # bench_serving.py's default build
 
 
 def grown_corpus(corpus, size, seed=0):

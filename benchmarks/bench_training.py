@@ -63,12 +63,17 @@ def input_rate(examples_dir, config, steps):
     return n / (time.perf_counter() - t0)
 
 
-def fit_rate(examples_dir, config: Config, implementation, steps, warmup):
+def compiled_model(examples_dir, config: Config, implementation):
+    """(the full ranking model built and compiled as training does, seeded; its config) with ``implementation``."""
     config = config.override("model", attention_implementation=implementation)
-    vocabularies = training.read_vocabularies(examples_dir)
     tf.keras.utils.set_random_seed(0)
-    model = training.build_model(config, vocabularies)
+    model = training.build_model(config, training.read_vocabularies(examples_dir))
     model.compile(optimizer=tf.keras.optimizers.Adam(config.train.learning_rate))
+    return model, config
+
+
+def fit_rate(examples_dir, config: Config, implementation, steps, warmup):
+    model, config = compiled_model(examples_dir, config, implementation)
     stream = training.training_stream(examples_dir, config, steps + warmup)
     timer = _Timer(warmup)
     model.fit(stream, epochs=1, steps_per_epoch=steps + warmup, callbacks=[timer], verbose=0)

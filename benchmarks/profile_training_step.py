@@ -27,7 +27,7 @@ import tfrec_kuai  # noqa: F401
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from bench_training import _config
+from bench_training import _config, compiled_model
 from tfrec_kuai.train import training
 
 # (part, test) in order: the first part whose test accepts (scope parts, op type) gets the op.
@@ -98,11 +98,7 @@ def op_times(xplane_path):
 
 
 def profile(examples_dir, implementation, steps, warmup, logdir, batch_size=None, config_path=None):
-    config = _config(examples_dir, config_path, batch_size).override("model", attention_implementation=implementation)
-    vocabularies = training.read_vocabularies(examples_dir)
-    tf.keras.utils.set_random_seed(0)
-    model = training.build_model(config, vocabularies)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.train.learning_rate))
+    model, config = compiled_model(examples_dir, _config(examples_dir, config_path, batch_size), implementation)
     model.fit(training.training_stream(examples_dir, config, warmup), epochs=1, steps_per_epoch=warmup, verbose=0)
     stream = training.training_stream(examples_dir, config, steps)
     tf.profiler.experimental.start(logdir)
