@@ -47,7 +47,7 @@ PARTS = (
     ("input: waiting for the next batch", lambda p, t: t == "IteratorGetNext"),
     ("input: parsing and batching (tf.data threads)", lambda p, t: t in ("ParseExampleV2", "ParseExample")
         or _within(p, "ParseExample")),
-    ("optimizer (Adam, sparse updates)", lambda p, t: t.startswith("ResourceApply") or _within(p, "Adam")),
+    ("optimizer (Adam, sparse updates)", lambda p, t: t.startswith("ResourceApply") or _within(p, "Adam", "LazyAdam")),
     ("attention op, forward", lambda p, t: t == ATTENTION_OPS[0]),
     ("attention op, backward", lambda p, t: t == ATTENTION_OPS[1]),
     ("attention, composite ops (forward + backward)", lambda p, t: _within(p, "feedback_weighted_attention")),

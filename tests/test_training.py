@@ -21,8 +21,10 @@ def _weights(model_dir, stage="ranking"):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_ends_where_an_unbroken_run_ends(tiny_examples_dir, tmp_path):
-    config = tiny_config("ranking", epochs=2, steps_per_epoch=4, backup_every_steps=2, validation="none")
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])   # both keep their moments in the backup
+def test_killed_and_resumed_run_ends_where_an_unbroken_run_ends(tiny_examples_dir, tmp_path, optimizer):
+    config = tiny_config("ranking", epochs=2, steps_per_epoch=4, backup_every_steps=2, validation="none",
+                         optimizer=optimizer)
     unbroken, resumed = str(tmp_path / "unbroken"), str(tmp_path / "resumed")
     quiet = dict(verbose=0, log=lambda *a: None)
     training.train(tiny_examples_dir, unbroken, config, **quiet)

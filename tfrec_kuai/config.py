@@ -15,6 +15,7 @@ from tfrec_kuai.schema import BINARY_LABELS, VOCAB_FEATURES
 
 VARIANTS = ("full", "no_history", "no_feedback", "no_context", "shared_bottom")
 STAGES = ("ranking", "retrieval")
+OPTIMIZERS = ("adam", "lazy_adam")   # train.optimizer (tfrec_kuai/train/optimizers.py)
 
 
 @dataclasses.dataclass
@@ -106,6 +107,12 @@ class TrainConfig:
     backup_every_steps: int = 200
     seed: int = 0
     max_train_examples: Optional[int] = None
+    optimizer: str = "adam"   # adam | lazy_adam: tfrec_kuai/train/optimizers.py says when lazy pays
+
+    def validate(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        return self
 
 
 @dataclasses.dataclass

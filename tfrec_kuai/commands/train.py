@@ -11,7 +11,7 @@ import argparse
 import tfrec_kuai  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 from tfrec_kuai.commands import non_negative_int, positive_float, positive_int
-from tfrec_kuai.config import STAGES, VARIANTS
+from tfrec_kuai.config import OPTIMIZERS, STAGES, VARIANTS
 from tfrec_kuai.schema import VOCAB_FEATURES
 
 
@@ -30,6 +30,9 @@ def add_arguments(parser):
     parser.add_argument("--validation", choices=("last_train_day", "eval", "none"), default=None,
                         help="what early stopping watches (default: the last training day, held out)")
     parser.add_argument("--seed", type=non_negative_int, default=None)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                        help="adam (default) or lazy_adam: updates only the embedding rows a batch touched, "
+                             "which a catalogue of millions of videos needs (tfrec_kuai/train/optimizers.py)")
     parser.add_argument("--attention_implementation", choices=("auto", "fused", "composite"), default=None)
     parser.add_argument("--warm_start", default=None, metavar="MODEL_DIR",
                         help="start from this finished model of the same stage, variant, architecture and L "
@@ -93,7 +96,8 @@ def run(args):
             ("oov_buckets", args.oov_buckets)) if flags})
     config = config.override("train", epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
-                             max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed)
+                             max_train_examples=args.max_train_examples, validation=args.validation, seed=args.seed,
+                             optimizer=args.optimizer)
     training.check_model_config(config)   # before --restart deletes anything
     if args.distribute == "parameter_server":
         training.check_parameter_server_run(config, args.warm_start)   # before --restart deletes anything

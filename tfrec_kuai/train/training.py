@@ -54,6 +54,7 @@ from tfrec_kuai.config import Config, ModelConfig
 from tfrec_kuai.errors import InputError
 from tfrec_kuai.models import RankingModel, RetrievalModel
 from tfrec_kuai.schema import CORPUS_FEATURES, VOCAB_FEATURES
+from tfrec_kuai.train.optimizers import make_optimizer
 
 _LOG = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -576,12 +577,14 @@ def _read_train_counter(backup_dir):
 # ----------------------------------------------------------------------------- fit
 
 def check_model_config(config: Config):
-    """``config.model.validate()`` as an ``InputError`` (a bad ``--max_vocab_size``,
-    ``--min_count`` or ``--oov_buckets``, or config file value, is the user's to fix)."""
-    try:
-        config.model.validate()
-    except ValueError as error:
-        raise InputError(f"model config: {error}") from None
+    """``config.model.validate()`` and ``config.train.validate()`` as an ``InputError`` (a bad
+    ``--max_vocab_size``, ``--min_count`` or ``--oov_buckets``, or config file value, is the user's
+    to fix)."""
+    for section in ("model", "train"):
+        try:
+            getattr(config, section).validate()
+        except ValueError as error:
+            raise InputError(f"{section} config: {error}") from None
 
 
 def check_parameter_server_run(config: Config, warm_start=None):
@@ -679,7 +682,7 @@ def train(examples_dir, model_dir, config: Config, verbose=1, extra_callbacks=()
             del source_model
         if stage == "retrieval" and config.model.logq_correction:
             model.set_candidate_probabilities(count_video_impressions(examples_dir))
-        model.compile(optimizer=tf.keras.optimizers.Adam(t.learning_rate))
+        model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate))
     log(describe_embedding_tables(model))
 
     if parameter_server:
