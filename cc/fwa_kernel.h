@@ -57,6 +57,16 @@ std::string FwaCheckLengths(const int32_t* lengths, int64_t batch, int64_t lengt
 int64_t FwaForwardCostPerUnit(const FwaShape& s);
 int64_t FwaBackwardCostPerUnit(const FwaShape& s);
 
+// The instruction sets the kernels are compiled for: the x86-64-v2 baseline (SSE4.2), and AVX2
+// with FMA (8-wide vectors, fused multiply-add). FwaForward / FwaBackward run the best one the
+// CPU has, chosen once per process; TFREC_KUAI_FWA_ISA=baseline|avx2|auto in the environment
+// overrides that (for comparisons; a value this CPU cannot run falls back to auto, with a line
+// on stderr). The two agree to float32 rounding, not bit for bit (FMA rounds once).
+enum class FwaIsa { kBaseline, kAvx2 };
+bool FwaIsaSupported(FwaIsa isa);
+const char* FwaIsaName(FwaIsa isa);  // "baseline", "avx2"
+FwaIsa FwaActiveIsa();
+
 // Forward for the flattened (b, h) units in [begin, end): writes out[b,h,:].
 void FwaForward(const FwaInputs& in, float* out, int64_t begin, int64_t end);
 
@@ -64,5 +74,10 @@ void FwaForward(const FwaInputs& in, float* out, int64_t begin, int64_t end);
 // recomputes the softmax and writes every gradient slice of those units (zeros at padding).
 void FwaBackward(const FwaInputs& in, const float* grad_out, const FwaGradients& grads, int64_t begin,
                  int64_t end);
+
+// The same with a given instruction set (which must be FwaIsaSupported), for tests and benchmarks.
+void FwaForwardWith(FwaIsa isa, const FwaInputs& in, float* out, int64_t begin, int64_t end);
+void FwaBackwardWith(FwaIsa isa, const FwaInputs& in, const float* grad_out, const FwaGradients& grads,
+                     int64_t begin, int64_t end);
 
 }  // namespace tfrec_kuai

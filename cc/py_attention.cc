@@ -76,6 +76,20 @@ FwaInputs Gather(const CArray<float>& query, const CArray<float>& keys, const CA
   return in;
 }
 
+// "auto" (or None): the instruction set the TF op uses too (FwaActiveIsa); "baseline" / "avx2":
+// that copy of the kernels, a ValueError where this CPU cannot run it.
+FwaIsa PickIsa(const py::object& isa) {
+  if (isa.is_none()) return FwaActiveIsa();
+  const std::string name = isa.cast<std::string>();
+  if (name == "auto") return FwaActiveIsa();
+  for (FwaIsa candidate : {FwaIsa::kBaseline, FwaIsa::kAvx2}) {
+    if (name != FwaIsaName(candidate)) continue;
+    if (!FwaIsaSupported(candidate)) throw std::invalid_argument("isa " + name + " is not supported by this CPU");
+    return candidate;
+  }
+  throw std::invalid_argument("isa must be one of auto, baseline, avx2, got '" + name + "'");
+}
+
 py::array_t<float> NewArray(std::initializer_list<int64_t> dims) {
   std::vector<py::ssize_t> shape;
   for (int64_t d : dims) shape.push_back(static_cast<py::ssize_t>(d));
@@ -104,18 +118,22 @@ void RunUnits(int64_t units, int num_threads, Fn fn) {
 // Arrays are converted to C-contiguous float32 / int32 (copies only when needed); the GIL is
 // released while the kernel runs, so Python threads can run several calls at once.
 py::array_t<float> FwaForwardPy(CArray<float> query, CArray<float> keys, CArray<float> values, CArray<float> bias,
-                                CArray<float> gate, CArray<int32_t> lengths, py::object scale, int num_threads) {
+                                CArray<float> gate, CArray<int32_t> lengths, py::object scale, int num_threads,
+                                py::object isa_name) {
+  const FwaIsa isa = PickIsa(isa_name);
   const FwaInputs in = Gather(query, keys, values, bias, gate, lengths, scale);
   const FwaShape& s = in.shape;
   py::array_t<float> out = NewArray({s.batch, s.heads, s.value_depth});
   float* o = out.mutable_data();
-  RunUnits(s.batch * s.heads, num_threads, [&in, o](int64_t begin, int64_t end) { FwaForward(in, o, begin, end); });
+  RunUnits(s.batch * s.heads, num_threads,
+           [&in, o, isa](int64_t begin, int64_t end) { FwaForwardWith(isa, in, o, begin, end); });
   return out;
 }
 
 py::tuple FwaBackwardPy(CArray<float> grad, CArray<float> query, CArray<float> keys, CArray<float> values,
                         CArray<float> bias, CArray<float> gate, CArray<int32_t> lengths, py::object scale,
-                        int num_threads) {
+                        int num_threads, py::object isa_name) {
+  const FwaIsa isa = PickIsa(isa_name);
   const FwaInputs in = Gather(query, keys, values, bias, gate, lengths, scale);
   const FwaShape& s = in.shape;
   CheckShape(grad, "grad", {s.batch, s.heads, s.value_depth}, "[B,H,Dv]", "the output shape");
@@ -128,7 +146,7 @@ py::tuple FwaBackwardPy(CArray<float> grad, CArray<float> query, CArray<float> k
                  dgate.mutable_data()};
   const float* go = grad.data();
   RunUnits(s.batch * s.heads, num_threads,
-           [&in, go, &g](int64_t begin, int64_t end) { FwaBackward(in, go, g, begin, end); });
+           [&in, go, &g, isa](int64_t begin, int64_t end) { FwaBackwardWith(isa, in, go, g, begin, end); });
   return py::make_tuple(dq, dk, dv, dbias, dgate);
 }
 
@@ -137,15 +155,24 @@ py::tuple FwaBackwardPy(CArray<float> grad, CArray<float> query, CArray<float> k
 void RegisterAttentionBindings(py::module_& m) {
   m.def("fwa_forward", &FwaForwardPy, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("bias"),
         py::arg("gate"), py::arg("lengths"), py::arg("scale") = py::none(), py::arg("num_threads") = 1,
+        py::arg("isa") = py::none(),
         "Feedback-weighted attention forward (docs/design.md section 7) on NumPy arrays: query [B,H,D], keys "
         "[B,L,H,D], values [B,L,H,Dv], bias/gate [B,L,H], lengths [B] int in [0, L]; scale None means "
         "1/sqrt(D). Returns float32 [B,H,Dv]. Raises ValueError on bad shapes or lengths. Releases the GIL; "
-        "num_threads > 1 splits the (b, h) units over that many threads.");
+        "num_threads > 1 splits the (b, h) units over that many threads. isa None or 'auto' runs the kernels the "
+        "TF op runs (fwa_isa()); 'baseline' or 'avx2' that copy (ValueError where the CPU lacks it).");
   m.def("fwa_backward", &FwaBackwardPy, py::arg("grad"), py::arg("query"), py::arg("keys"), py::arg("values"),
         py::arg("bias"), py::arg("gate"), py::arg("lengths"), py::arg("scale") = py::none(),
-        py::arg("num_threads") = 1,
+        py::arg("num_threads") = 1, py::arg("isa") = py::none(),
         "The fused backward kernel: given grad = d(loss)/d(output) [B,H,Dv], returns the gradients "
         "(dquery, dkeys, dvalues, dbias, dgate), zeros at padding. Same arguments and errors as fwa_forward.");
+  m.def("fwa_isa", [] { return std::string(FwaIsaName(FwaActiveIsa())); },
+        "The instruction set the kernels run with in this process: 'avx2' (AVX2 + FMA, where the CPU has both) "
+        "or 'baseline' (x86-64-v2); the environment's TFREC_KUAI_FWA_ISA=baseline|avx2|auto overrides it.");
+  m.def("fwa_isa_supported", [](const std::string& name) {
+    for (FwaIsa isa : {FwaIsa::kBaseline, FwaIsa::kAvx2}) if (name == FwaIsaName(isa)) return FwaIsaSupported(isa);
+    throw std::invalid_argument("isa must be one of baseline, avx2, got '" + name + "'");
+  }, py::arg("isa"), "Whether this CPU can run that copy of the kernels.");
 }
 
 }  // namespace tfrec_kuai

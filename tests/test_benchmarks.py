@@ -82,3 +82,29 @@ def test_the_profile_puts_each_op_of_a_traced_step_in_one_part(tiny_examples_dir
         assert {"attention op, forward", "attention op, backward"} <= parts
     else:
         assert "attention, composite ops (forward + backward)" in parts
+
+
+def test_the_attention_benchmark_reads_the_bandwidth_it_compares_against_in_the_same_run(capsys):
+    import bench_attention
+    from tfrec_kuai import ops
+    impls = ["fused", "composite"] if ops.fused_available() else ["composite"]
+    rows = bench_attention.main(["--shapes", "main", "--fills", "1.0", "--repeats", "1", "--warmup", "0",
+                                 "--impls", *impls])
+    forward = [r for r in rows if r["mode"] == "fwd" and r["impl"] != "isa"]
+    assert {r["impl"] for r in forward} == {*impls, "stream"}
+    stream = next(r for r in forward if r["impl"] == "stream")
+    assert stream["of_stream"] == pytest.approx(1.0) and stream["gbps"] > 0
+    for r in forward:
+        # of stream = this forward's GB/s of minimal bytes over the stream's GB/s of its tensors.
+        assert r["of_stream"] == pytest.approx(r["gbps"] / stream["gbps"])
+    assert all(r["impl"] != "stream" for r in rows if r["mode"] == "fwd+bwd")
+    out = capsys.readouterr().out
+    assert "of stream" in out and f"fused kernels: {ops.fused_isa() or 'not built'}" in out
+    if ops.fused_available():
+        from tfrec_kuai import _native
+        isa_rows = [r for r in rows if r["impl"] == "isa"]
+        if _native.fwa_isa_supported("avx2"):   # the two copies of the kernels, timed in the same run
+            assert sorted(r["mode"] for r in isa_rows) == ["fwd", "fwd+bwd"]
+            assert all(r["speedup"] == pytest.approx(r["baseline_ms"] / r["avx2_ms"]) for r in isa_rows)
+        else:
+            assert not isa_rows

@@ -7,7 +7,10 @@ relative" means every element within 1e-5 of the reference scaled by the referen
 largest magnitude (float32 kernels cannot promise more on near-zero elements), loosened only
 where the logits are so large that float32 cannot hold them that precisely (``logit_rtol``).
 """
+import os
 import pathlib
+import subprocess
+import sys
 import threading
 import warnings
 import zlib
@@ -522,6 +525,55 @@ def test_pybind_runs_in_threads():
         t.join()
     for r in results:
         np.testing.assert_array_equal(r, want)
+
+
+# --- the two instruction sets of the kernels ----------------------------------------------------
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@pytest.mark.parametrize("case", ["mixed_lengths", "H1_D_ne_Dv", "large_logits", "all_empty", "larger_threaded",
+                                  "specialised_32", "specialised_64"])
+def test_each_instruction_set_matches_the_float64_reference(case, isa):
+    """The baseline (x86-64-v2) and the AVX2 + FMA copies of the kernels, forward and backward,
+    on every specialised depth and the generic one."""
+    native = _native()
+    if not native.fwa_isa_supported(isa):
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    B, L, H, D, Dv, lengths, offset, scale = CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    inputs = make_inputs(rng, B, L, H, D, Dv, lengths, offset)
+    dout = rng.normal(size=(B, H, Dv)).astype(np.float32)
+    used = scale if scale is not None else 1.0 / np.sqrt(D)
+    rtol = logit_rtol(inputs, used)
+    assert_close(native.fwa_forward(*inputs, scale, num_threads=3, isa=isa), reference_forward(*inputs, used),
+                 f"{isa} forward", rtol)
+    grads = native.fwa_backward(dout, *inputs, scale, num_threads=3, isa=isa)
+    for name, got, want in zip(NAMES, grads, reference_backward(*inputs, used, dout)):
+        assert_close(got, want, f"{isa} d{name}", rtol)
+
+
+def test_the_op_runs_the_instruction_set_the_cpu_has_and_the_environment_can_force_one():
+    native = _native()
+    best = "avx2" if native.fwa_isa_supported("avx2") else "baseline"
+    assert native.fwa_isa_supported("baseline")
+    with pytest.raises(ValueError, match="isa must be one of"):
+        native.fwa_isa_supported("avx512")
+    inputs = make_inputs(np.random.default_rng(3), 5, 6, 2, 16, 16, [6, 0, 3, 6, 1])
+    with pytest.raises(ValueError, match="isa must be one of auto, baseline, avx2, got 'sse'"):
+        native.fwa_forward(*inputs, None, isa="sse")
+    if os.environ.get("TFREC_KUAI_FWA_ISA") is None:
+        assert native.fwa_isa() == best
+    np.testing.assert_array_equal(native.fwa_forward(*inputs, None),
+                                  native.fwa_forward(*inputs, None, isa=native.fwa_isa()))
+
+    def isa_in_a_process(value):
+        env = {**os.environ, "TFREC_KUAI_FWA_ISA": value}
+        done = subprocess.run([sys.executable, "-c", "from tfrec_kuai import _native; print(_native.fwa_isa())"],
+                              env=env, capture_output=True, text=True, check=True)
+        return done.stdout.strip(), done.stderr
+    assert isa_in_a_process("baseline") == ("baseline", "")
+    assert isa_in_a_process("auto") == (best, "")
+    chosen, warning = isa_in_a_process("avx512")
+    assert chosen == best and "TFREC_KUAI_FWA_ISA=avx512 is not one of auto, baseline, avx2" in warning
 
 
 # --- library loading and fallback -------------------------------------------------------------

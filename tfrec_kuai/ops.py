@@ -113,6 +113,20 @@ def fused_available():
         return False
 
 
+def fused_isa():
+    """The instruction set the fused kernels run with in this process — ``"avx2"`` (AVX2 + FMA,
+    where the CPU has both) or ``"baseline"`` (x86-64-v2), chosen once from the CPU or forced by
+    ``TFREC_KUAI_FWA_ISA`` (cc/fwa_kernel.h) — or None when the native libraries are not built.
+    The op library and the pybind11 module choose by the same rule; the module is asked."""
+    if not fused_available():
+        return None
+    try:
+        from tfrec_kuai import _native
+    except ImportError:
+        return None
+    return _native.fwa_isa()
+
+
 def _warn_fallback(error):
     """One warning per process: the fallback is slower but correct, so it must not be silent."""
     global _warned
