@@ -1,7 +1,7 @@
 """Training throughput: the full ranking model with fused vs composite attention, and the input alone.
 
     .venv/bin/python benchmarks/bench_training.py --examples DIR [--examples DIR2 ...] [--rounds 3] \
-        [--optimizer adam --optimizer lazy_adam] [--malloc tuned --malloc default]
+        [--optimizer adam --optimizer lazy_adam]
 
 Each ``DIR`` is an examples folder of ``python -m beam_pipelines.build_examples`` (one per history
 length L to measure; ``make bench`` builds a small L = 50 one in benchmarks/out/examples first).
@@ -15,9 +15,7 @@ examples/s of each implementation over ``--rounds``, the median of the per-round
 fused / composite with their range, and the tf.data input alone (read + gunzip + shuffle + parse
 and the per-batch masking the training loop does) on the same stream. Each ``--optimizer``
 (``train.optimizer``: ``adam``, ``lazy_adam``; default the config's) is a row of its own for every
-folder, so the two optimizers are compared in the same run. Each ``--malloc`` is a row too:
-``tuned`` (the default: glibc's malloc keeps freed memory, as the ``tfrec-kuai`` commands set it,
-``tfrec_kuai/allocator.py``) or ``default`` (glibc's own thresholds).
+folder, so the two optimizers are compared in the same run.
 
 The first ``--warmup`` steps of each fit are not timed. Results are printed as a Markdown table
 and appended to ``--output`` as JSON lines (by default ``benchmarks/out/bench_training.jsonl``,
@@ -38,7 +36,6 @@ import tensorflow as tf
 
 from tfrec_kuai import ops
 from tfrec_kuai.train import training
-from tfrec_kuai.allocator import keep_freed_memory
 from tfrec_kuai.config import OPTIMIZERS, Config, load_config
 from tfrec_kuai.train.optimizers import make_optimizer
 
@@ -96,8 +93,6 @@ def _config(examples_dir, config_path, batch_size, optimizer=None):
 
 def worker(args):
     """One implementation (or the input alone) in this process: a discarded warm-up, then the timed run."""
-    if (args.malloc or ["tuned"])[0] == "tuned":
-        keep_freed_memory()
     config = _config(args.examples[0], args.config, args.batch_size, (args.optimizer or [None])[0])
     if args.worker == "input":
         input_rate(args.examples[0], config, args.steps)
@@ -106,16 +101,14 @@ def worker(args):
         fit_rate(args.examples[0], config, args.worker, max(args.steps // 3, 5), args.warmup)
         rate = fit_rate(args.examples[0], config, args.worker, args.steps, args.warmup)
     print(json.dumps({"rate": rate, "batch_size": config.train.batch_size, "optimizer": config.train.optimizer,
-                      "malloc": (args.malloc or ["tuned"])[0],
                       "history_length": config.model.history_length,
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
 
 
-def _run_worker(args, examples_dir, optimizer, malloc, what):
+def _run_worker(args, examples_dir, optimizer, what):
     command = [sys.executable, os.path.abspath(__file__), "--worker", what, "--examples", examples_dir,
                "--steps", str(args.steps), "--warmup", str(args.warmup)]
     command += ["--optimizer", optimizer] if optimizer else []
-    command += ["--malloc", malloc]
     command += ["--config", args.config] if args.config else []
     command += ["--batch_size", str(args.batch_size)] if args.batch_size else []
     done = subprocess.run(command, capture_output=True, text=True)
@@ -134,9 +127,6 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--optimizer", action="append", choices=OPTIMIZERS, default=None,
                    help="train.optimizer; repeat to compare (default: the config's)")
-    p.add_argument("--malloc", action="append", choices=("tuned", "default"), default=None,
-                   help="glibc malloc thresholds: tuned (as the tfrec-kuai commands; default) or default; repeat "
-                        "to compare")
     p.add_argument("--rounds", type=int, default=3, help="processes per implementation and L, order alternating")
     p.add_argument("--worker", choices=("fused", "composite", "input"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "bench_training.jsonl"),
@@ -146,38 +136,37 @@ def main(argv=None):
         return worker(args)
     impls = ["fused", "composite"] if ops.fused_available() else ["composite"]
     results = []
-    rows = [(examples_dir, optimizer, malloc) for examples_dir in args.examples for optimizer in args.optimizer or [None]
-            for malloc in args.malloc or ["tuned"]]
-    for examples_dir, optimizer, malloc in rows:
+    rows = [(examples_dir, optimizer) for examples_dir in args.examples for optimizer in args.optimizer or [None]]
+    for examples_dir, optimizer in rows:
         rates = {impl: [] for impl in impls}
         ratios, peak = [], 0.0
         for r in range(args.rounds):
             order = impls if r % 2 == 0 else impls[::-1]
             this = {}
             for impl in order:
-                measured = _run_worker(args, examples_dir, optimizer, malloc, impl)
+                measured = _run_worker(args, examples_dir, optimizer, impl)
                 this[impl] = measured["rate"]
                 rates[impl].append(measured["rate"])
                 peak = max(peak, measured["peak_rss_gb"])
-                print(f"  L={measured['history_length']} {measured['optimizer']} malloc {malloc} round {r + 1} {impl}: {measured['rate']:,.0f} examples/s",
+                print(f"  L={measured['history_length']} {measured['optimizer']} round {r + 1} {impl}: {measured['rate']:,.0f} examples/s",
                       file=sys.stderr)
             if len(impls) == 2:
                 ratios.append(this["fused"] / this["composite"])
-        input_alone = _run_worker(args, examples_dir, optimizer, malloc, "input")
-        results.append({"examples": examples_dir, "optimizer": measured["optimizer"], "malloc": malloc,
+        input_alone = _run_worker(args, examples_dir, optimizer, "input")
+        results.append({"examples": examples_dir, "optimizer": measured["optimizer"],
                         "history_length": measured["history_length"],
                         "batch_size": measured["batch_size"], "input_alone": input_alone["rate"],
                         "rates": rates, "ratios": ratios, "peak_rss_gb": peak})
     print(f"\nbatch size {results[0]['batch_size']}, {args.steps} timed steps, {args.rounds} rounds "
           f"(each fit in its own process after a warm-up fit, order alternating), {os.cpu_count()} CPUs, "
           f"TF {tf.version.VERSION}\n")
-    print("| examples | L | optimizer | malloc | input alone | composite | fused | fused / composite (median, range) "
-          "| peak RSS of a fit (GB) |\n|---|---|---|---|---|---|---|---|---|")
+    print("| examples | L | optimizer | input alone | composite | fused | fused / composite (median, range) "
+          "| peak RSS of a fit (GB) |\n|---|---|---|---|---|---|---|---|")
     for res in results:
         med = {impl: statistics.median(v) for impl, v in res["rates"].items()}
         ratio = (f"{statistics.median(res['ratios']):.2f} ({min(res['ratios']):.2f}–{max(res['ratios']):.2f})"
                  if res["ratios"] else "–")
-        print(f"| {os.path.basename(os.path.normpath(res['examples']))} | {res['history_length']} | {res['optimizer']} | {res['malloc']} | "
+        print(f"| {os.path.basename(os.path.normpath(res['examples']))} | {res['history_length']} | {res['optimizer']} | "
               f"{res['input_alone']:,.0f} | {med['composite']:,.0f} | {med.get('fused', float('nan')):,.0f} | {ratio} | "
               f"{res['peak_rss_gb']:.2f} |")
     if not ops.fused_available():

@@ -65,9 +65,7 @@ def main(argv=None):
         print(missing, file=sys.stderr)
         return 2
     if COMMANDS[args.command][2]:
-        from tfrec_kuai.allocator import keep_freed_memory
         from tfrec_kuai.quiet import quiet_tensorflow
-        keep_freed_memory()   # before TensorFlow allocates: tfrec_kuai/allocator.py says why
         quiet_tensorflow(verbose=args.tf_verbose)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
