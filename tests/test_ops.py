@@ -141,22 +141,32 @@ CASES = {
 }
 
 
+def case_inputs(case):
+    """(inputs, dout, scale) of ``CASES[case]``, with a fixed seed per case (str hash() is salted
+    per process and made these tests flaky)."""
+    B, L, H, D, Dv, lengths, offset, scale = CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    inputs = make_inputs(rng, B, L, H, D, Dv, lengths, offset)
+    return inputs, rng.normal(size=(B, H, Dv)).astype(np.float32), scale
+
+
+def assert_matches_reference(out, grads, inputs, scale, dout, what):
+    """The output and the five gradients against the float64 reference (``logit_rtol``)."""
+    used = scale if scale is not None else 1.0 / np.sqrt(inputs[0].shape[-1])
+    rtol = logit_rtol(inputs, used)
+    assert_close(out, reference_forward(*inputs, used), f"{what} output", rtol)
+    for name, got, want in zip(NAMES, grads, reference_backward(*inputs, used, dout)):
+        assert_close(got, want, f"{what} d{name}", rtol)
+
+
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 @pytest.mark.parametrize("implementation", ["fused", "composite"])
 def test_forward_and_gradients_match_float64_reference(case, implementation):
     if implementation == "fused" and not ops.fused_available():
         missing_native("the op library")
-    B, L, H, D, Dv, lengths, offset, scale = CASES[case]
-    # A fixed seed per case (str hash() is salted per process and made this test flaky).
-    rng = np.random.default_rng(zlib.crc32(case.encode()))
-    inputs = make_inputs(rng, B, L, H, D, Dv, lengths, offset)
-    dout = rng.normal(size=(B, H, Dv)).astype(np.float32)
-    used_scale = scale if scale is not None else 1.0 / np.sqrt(D)
-    rtol = logit_rtol(inputs, used_scale)
+    inputs, dout, scale = case_inputs(case)
     out, grads = run_with_grads(inputs, implementation, scale, dout)
-    assert_close(out, reference_forward(*inputs, used_scale), f"{implementation} output", rtol)
-    for name, got, want in zip(NAMES, grads, reference_backward(*inputs, used_scale, dout)):
-        assert_close(got, want, f"{implementation} d{name}", rtol)
+    assert_matches_reference(out, grads, inputs, scale, dout, implementation)
     if case == "all_empty":
         assert not out.any() and not any(g.any() for g in grads)
 
@@ -538,17 +548,10 @@ def test_each_instruction_set_matches_the_float64_reference(case, isa):
     native = _native()
     if not native.fwa_isa_supported(isa):
         pytest.skip(f"this CPU cannot run the {isa} kernels")
-    B, L, H, D, Dv, lengths, offset, scale = CASES[case]
-    rng = np.random.default_rng(zlib.crc32(case.encode()))
-    inputs = make_inputs(rng, B, L, H, D, Dv, lengths, offset)
-    dout = rng.normal(size=(B, H, Dv)).astype(np.float32)
-    used = scale if scale is not None else 1.0 / np.sqrt(D)
-    rtol = logit_rtol(inputs, used)
-    assert_close(native.fwa_forward(*inputs, scale, num_threads=3, isa=isa), reference_forward(*inputs, used),
-                 f"{isa} forward", rtol)
-    grads = native.fwa_backward(dout, *inputs, scale, num_threads=3, isa=isa)
-    for name, got, want in zip(NAMES, grads, reference_backward(*inputs, used, dout)):
-        assert_close(got, want, f"{isa} d{name}", rtol)
+    inputs, dout, scale = case_inputs(case)
+    assert_matches_reference(native.fwa_forward(*inputs, scale, num_threads=3, isa=isa),
+                             native.fwa_backward(dout, *inputs, scale, num_threads=3, isa=isa),
+                             inputs, scale, dout, isa)
 
 
 def test_the_op_runs_the_instruction_set_the_cpu_has_and_the_environment_can_force_one():
