@@ -154,6 +154,11 @@ def isa_table(shapes, fills, warmup, repeats):
     return rows
 
 
+def _avx2_supported():
+    from tfrec_kuai import _native
+    return _native.fwa_isa_supported("avx2")
+
+
 def _percent(fraction):
     return "–" if np.isnan(fraction) else f"{fraction:.0%}"
 
@@ -187,11 +192,12 @@ def main(argv=None):
                 if not backward:
                     steps["stream"] = make_stream_read()
                 results = time_steps(steps, (*floats, lengths, dout), args.warmup, args.repeats)
-                stream_gbps = stream_bytes(floats) / results["stream"][0] / 1e9 if not backward else None
+                streamed = stream_bytes(floats)
+                stream_gbps = streamed / results["stream"][0] / 1e9 if not backward else None
                 for impl in steps:
                     median, fastest = results[impl]
                     fused = results.get("fused", (float("nan"), float("nan")))
-                    moved = stream_bytes(floats) if impl == "stream" else nbytes
+                    moved = streamed if impl == "stream" else nbytes
                     row = dict(shape=",".join(map(str, shape)), fill=fill, mode="fwd+bwd" if backward else "fwd",
                                impl=impl, median_ms=median * 1e3, min_ms=fastest * 1e3, gbps=moved / median / 1e9,
                                fused_speedup=median / fused[0], fused_speedup_min=fastest / fused[1])
@@ -200,8 +206,7 @@ def main(argv=None):
                     print(f"{row['shape']:>20} {fill:>5.0%} {row['mode']:>8} {impl:>10} {row['median_ms']:>10.2f} "
                           f"{row['min_ms']:>8.2f} {row['gbps']:>6.2f} {row['fused_speedup']:>8.2f} "
                           f"{row['fused_speedup_min']:>8.2f} {_percent(row['of_stream']):>9}", flush=True)
-    from tfrec_kuai import _native
-    if isa is not None and _native.fwa_isa_supported("avx2"):
+    if isa is not None and _avx2_supported():
         print(f"\nthe kernels' two instruction sets (pybind11, {os.cpu_count()} threads, median ms)\n")
         print("| B,L,H,D,Dv | fill | pass | baseline | avx2 | avx2 speed-up | avx2 GB/s |\n|---|---|---|---|---|---|---|")
         for r in isa_table(SHAPES[args.shapes], args.fills, args.warmup, args.repeats):

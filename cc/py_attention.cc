@@ -78,16 +78,20 @@ FwaInputs Gather(const CArray<float>& query, const CArray<float>& keys, const CA
 
 // "auto" (or None): the instruction set the TF op uses too (FwaActiveIsa); "baseline" / "avx2":
 // that copy of the kernels, a ValueError where this CPU cannot run it.
+FwaIsa IsaByName(const std::string& name) {
+  for (FwaIsa isa : {FwaIsa::kBaseline, FwaIsa::kAvx2}) {
+    if (name == FwaIsaName(isa)) return isa;
+  }
+  throw std::invalid_argument("isa must be one of auto, baseline, avx2, got '" + name + "'");
+}
+
 FwaIsa PickIsa(const py::object& isa) {
   if (isa.is_none()) return FwaActiveIsa();
   const std::string name = isa.cast<std::string>();
   if (name == "auto") return FwaActiveIsa();
-  for (FwaIsa candidate : {FwaIsa::kBaseline, FwaIsa::kAvx2}) {
-    if (name != FwaIsaName(candidate)) continue;
-    if (!FwaIsaSupported(candidate)) throw std::invalid_argument("isa " + name + " is not supported by this CPU");
-    return candidate;
-  }
-  throw std::invalid_argument("isa must be one of auto, baseline, avx2, got '" + name + "'");
+  const FwaIsa picked = IsaByName(name);
+  if (!FwaIsaSupported(picked)) throw std::invalid_argument("isa " + name + " is not supported by this CPU");
+  return picked;
 }
 
 py::array_t<float> NewArray(std::initializer_list<int64_t> dims) {
@@ -169,10 +173,8 @@ void RegisterAttentionBindings(py::module_& m) {
   m.def("fwa_isa", [] { return std::string(FwaIsaName(FwaActiveIsa())); },
         "The instruction set the kernels run with in this process: 'avx2' (AVX2 + FMA, where the CPU has both) "
         "or 'baseline' (x86-64-v2); the environment's TFREC_KUAI_FWA_ISA=baseline|avx2|auto overrides it.");
-  m.def("fwa_isa_supported", [](const std::string& name) {
-    for (FwaIsa isa : {FwaIsa::kBaseline, FwaIsa::kAvx2}) if (name == FwaIsaName(isa)) return FwaIsaSupported(isa);
-    throw std::invalid_argument("isa must be one of baseline, avx2, got '" + name + "'");
-  }, py::arg("isa"), "Whether this CPU can run that copy of the kernels.");
+  m.def("fwa_isa_supported", [](const std::string& name) { return FwaIsaSupported(IsaByName(name)); },
+        py::arg("isa"), "Whether this CPU can run that copy of the kernels ('baseline' or 'avx2').");
 }
 
 }  // namespace tfrec_kuai

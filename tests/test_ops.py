@@ -558,6 +558,12 @@ def test_the_op_runs_the_instruction_set_the_cpu_has_and_the_environment_can_for
     native = _native()
     best = "avx2" if native.fwa_isa_supported("avx2") else "baseline"
     assert native.fwa_isa_supported("baseline")
+    # The AVX2 kernel test skips where fwa_isa_supported("avx2") is False: that answer must be the
+    # CPU's own (its flags), so a wrong "no" cannot silently skip the AVX2 kernels on an AVX2 CPU.
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = {word for line in f if line.startswith("flags") for word in line.split(":", 1)[1].split()}
+        assert native.fwa_isa_supported("avx2") == ({"avx2", "fma"} <= flags)
     with pytest.raises(ValueError, match="isa must be one of"):
         native.fwa_isa_supported("avx512")
     inputs = make_inputs(np.random.default_rng(3), 5, 6, 2, 16, 16, [6, 0, 3, 6, 1])
